@@ -1,0 +1,5 @@
+//! The agent's two front doors over one set of operations: [`service::AgentService`] does the
+//! work; [`grpc`] serves it to the CLI and [`rest`] to browsers and scripts.
+pub mod grpc;
+pub mod rest;
+pub mod service;

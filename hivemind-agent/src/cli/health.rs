@@ -1,0 +1,74 @@
+//! `hivemind health`.
+
+use std::process::ExitCode;
+
+use super::{EXIT_DEGRADED, GlobalArgs, Output, client, output};
+use crate::proto;
+
+pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let mut client = client::connect(global).await?;
+    let reply = client.health(proto::HealthRequest {}).await?.into_inner();
+    match global.output {
+        Output::Json => output::json(&reply)?,
+        Output::Table => print!("{}", render(&reply)),
+    }
+    Ok(if reply.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DEGRADED)
+    })
+}
+
+fn render(reply: &proto::HealthReply) -> String {
+    let mut out = format!(
+        "Agent      hivemind {} on node {}, up {}\n",
+        reply.version,
+        reply.node_name,
+        output::duration(reply.uptime_seconds)
+    );
+    if let Some(store) = &reply.store {
+        let state = if store.ok {
+            "ok".to_owned()
+        } else {
+            format!("DOWN: {}", store.error)
+        };
+        out += &format!(
+            "Store      {} {} ({state})\n",
+            store.backend, store.location
+        );
+    }
+    if let Some(rt) = &reply.runtime {
+        let state = if rt.reachable {
+            format!("containerd {} (reachable)", rt.version)
+        } else {
+            format!("containerd DOWN: {}", rt.error)
+        };
+        out += &format!(
+            "Runtime    {state}, socket {}, namespace {}\n",
+            rt.socket, rt.namespace
+        );
+    }
+    if let Some(dp) = &reply.dataplane {
+        out += &format!(
+            "Dataplane  {} programs, pinned at {}\n\n",
+            dp.programs.len(),
+            dp.pin_path
+        );
+        let mut table = output::Table::new(&["program", "kind", "id", "attached"]);
+        for p in &dp.programs {
+            let attached = if p.attached.is_empty() {
+                "-".to_owned()
+            } else {
+                p.attached.join(", ")
+            };
+            table.row(vec![
+                p.name.clone(),
+                p.kind.clone(),
+                p.id.to_string(),
+                attached,
+            ]);
+        }
+        out += &table.render();
+    }
+    out
+}

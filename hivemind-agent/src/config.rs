@@ -1,0 +1,476 @@
+//! Agent configuration: a TOML file, overridden by `HIVEMIND_*` environment variables, overridden
+//! by flags; validated once at start. A bad configuration is reported in one line naming the
+//! setting and the agent exits 64 (EX_USAGE) before touching anything.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use clap::Args;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::paths;
+
+/// `hivemind agent` flags. Each is optional so a flag left out falls back to the environment
+/// (clap reads `HIVEMIND_*`), then the config file, then the built-in default.
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML config file; keys are the flag names with `_` for `-`.
+    #[arg(long, env = "HIVEMIND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the store, volumes, logs and keys [default: /var/lib/hivemind].
+    #[arg(long, env = "HIVEMIND_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unix socket the CLI talks gRPC to [default: /run/hivemind/hivemind.sock].
+    #[arg(long, env = "HIVEMIND_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Address of the REST API and web UI [default: 127.0.0.1:3000].
+    #[arg(long, env = "HIVEMIND_API_ADDR", value_name = "ADDR:PORT")]
+    pub api_addr: Option<String>,
+    /// containerd's gRPC socket [default: /run/containerd/containerd.sock].
+    #[arg(long, env = "HIVEMIND_CONTAINERD_SOCKET", value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+    /// containerd namespace that holds Hivemind's images and containers [default: hivemind].
+    #[arg(long, env = "HIVEMIND_CONTAINERD_NAMESPACE", value_name = "NS")]
+    pub containerd_namespace: Option<String>,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, env = "HIVEMIND_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// This node's underlay address, used by peers for VXLAN [default: the underlay's address].
+    #[arg(long, env = "HIVEMIND_NODE_IP", value_name = "IP")]
+    pub node_ip: Option<String>,
+    /// Interface that carries traffic between nodes.
+    #[arg(long, env = "HIVEMIND_UNDERLAY_IFACE", value_name = "IF")]
+    pub underlay_iface: Option<String>,
+    /// Container address space; each node gets a /24 of it [default: 10.244.0.0/16].
+    #[arg(long, env = "HIVEMIND_CLUSTER_CIDR", value_name = "CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// UDP port of the VXLAN overlay [default: 4789].
+    #[arg(long, env = "HIVEMIND_VXLAN_PORT", value_name = "N")]
+    pub vxlan_port: Option<String>,
+    /// A registry reachable only over plain HTTP; repeat for several.
+    #[arg(
+        long = "insecure-registry",
+        env = "HIVEMIND_INSECURE_REGISTRIES",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Start a local etcd member and become the first node of a cluster.
+    #[arg(long, env = "HIVEMIND_CLUSTER_INIT")]
+    pub cluster_init: bool,
+    /// Use an existing etcd cluster instead of the embedded store.
+    #[arg(
+        long,
+        env = "HIVEMIND_ETCD_ENDPOINTS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long, env = "HIVEMIND_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    api_addr: Option<String>,
+    containerd_socket: Option<PathBuf>,
+    containerd_namespace: Option<String>,
+    node_name: Option<String>,
+    node_ip: Option<String>,
+    underlay_iface: Option<String>,
+    cluster_cidr: Option<String>,
+    vxlan_port: Option<u16>,
+    insecure_registries: Vec<String>,
+    cluster_init: bool,
+    etcd_endpoints: Vec<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub data_dir: paths::DataDir,
+    pub socket: PathBuf,
+    pub api_addr: SocketAddr,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    pub underlay_iface: Option<String>,
+    pub cluster_cidr: Ipv4Net,
+    pub vxlan_port: u16,
+    pub insecure_registries: Vec<String>,
+    pub cluster_init: bool,
+    pub etcd_endpoints: Vec<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid {setting} {value:?}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("data dir {path} is not usable: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--cluster-init and --etcd-endpoints exclude each other: pick one store")]
+    StoreConflict,
+}
+
+fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl AgentConfig {
+    pub fn load(args: AgentArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| paths::DEFAULT_DATA_DIR.into());
+        check_data_dir(&data_dir)?;
+
+        let api_addr = args
+            .api_addr
+            .or(file.api_addr)
+            .unwrap_or_else(|| "127.0.0.1:3000".into());
+        let api_addr = api_addr.parse().map_err(|_| {
+            invalid(
+                "--api-addr",
+                &api_addr,
+                "expected ADDR:PORT, e.g. 127.0.0.1:3000",
+            )
+        })?;
+
+        let node_name = match args.node_name.or(file.node_name) {
+            Some(name) => name,
+            None => host_name(),
+        };
+        check_dns_label("--node-name", &node_name)?;
+
+        let node_ip = args
+            .node_ip
+            .or(file.node_ip)
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| invalid("--node-ip", &ip, "expected an IP address"))
+            })
+            .transpose()?;
+
+        let cluster_cidr = args
+            .cluster_cidr
+            .or(file.cluster_cidr)
+            .unwrap_or_else(|| "10.244.0.0/16".into());
+        let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
+
+        let vxlan_port = match args.vxlan_port {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid("--vxlan-port", &port, "expected a UDP port 1-65535"))?,
+            None => file.vxlan_port.unwrap_or(4789),
+        };
+
+        let containerd_namespace = args
+            .containerd_namespace
+            .or(file.containerd_namespace)
+            .unwrap_or_else(|| "hivemind".into());
+        if containerd_namespace.is_empty()
+            || !containerd_namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "--containerd-namespace",
+                &containerd_namespace,
+                "use letters, digits, '-', '_' and '.'",
+            ));
+        }
+
+        let insecure_registries = merge(args.insecure_registries, file.insecure_registries);
+        for registry in &insecure_registries {
+            check_host_port("--insecure-registry", registry)?;
+        }
+        let etcd_endpoints = merge(args.etcd_endpoints, file.etcd_endpoints);
+        for endpoint in &etcd_endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "--etcd-endpoints",
+                    endpoint,
+                    "expected http(s)://HOST:PORT",
+                ));
+            }
+        }
+        let cluster_init = args.cluster_init || file.cluster_init;
+        if cluster_init && !etcd_endpoints.is_empty() {
+            return Err(ConfigError::StoreConflict);
+        }
+
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("--log-format", other, "expected text or json")),
+        };
+
+        Ok(Self {
+            data_dir: paths::DataDir::new(data_dir),
+            socket: args
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| paths::DEFAULT_SOCKET.into()),
+            api_addr,
+            containerd_socket: args
+                .containerd_socket
+                .or(file.containerd_socket)
+                .unwrap_or_else(|| paths::DEFAULT_CONTAINERD_SOCKET.into()),
+            containerd_namespace,
+            node_name,
+            node_ip,
+            underlay_iface: args.underlay_iface.or(file.underlay_iface),
+            cluster_cidr,
+            vxlan_port,
+            insecure_registries,
+            cluster_init,
+            etcd_endpoints,
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
+        path: path.to_owned(),
+        // toml's message names the key and line; keep it on one line.
+        message: err.message().to_owned()
+            + &err
+                .span()
+                .map(|span| format!(" (at byte {})", span.start))
+                .unwrap_or_default(),
+    })
+}
+
+/// Flags and env replace the file's list rather than appending to it, like every other setting.
+fn merge(flags: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flags.is_empty() { file } else { flags }
+}
+
+/// Creates the directory if needed and proves it is writable, so a read-only or foreign
+/// directory fails the start instead of the first deploy.
+fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
+    let fail = |source| ConfigError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    fs::create_dir_all(path).map_err(fail)?;
+    let probe = path.join(".hivemind-write-probe");
+    fs::write(&probe, b"").map_err(fail)?;
+    fs::remove_file(&probe).map_err(fail)
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// RFC 1123 label: what node, app and volume names must be.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn check_dns_label(setting: &'static str, name: &str) -> Result<(), ConfigError> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(invalid(
+            setting,
+            name,
+            "use at most 63 lowercase letters, digits and '-', not starting or ending with '-'",
+        ))
+    }
+}
+
+fn check_host_port(setting: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(setting, value, "expected HOST:PORT"))
+    }
+}
+
+fn parse_cluster_cidr(value: &str) -> Result<Ipv4Net, ConfigError> {
+    let net: Ipv4Net = value.parse().map_err(|_| {
+        invalid(
+            "--cluster-cidr",
+            value,
+            "expected an IPv4 CIDR such as 10.244.0.0/16",
+        )
+    })?;
+    if net.prefix_len() > 23 {
+        return Err(invalid(
+            "--cluster-cidr",
+            value,
+            "must be /23 or larger: each node takes a /24 of it",
+        ));
+    }
+    if net.network() != net.addr() {
+        return Err(invalid(
+            "--cluster-cidr",
+            value,
+            format!("host bits are set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_in(dir: &Path) -> AgentArgs {
+        AgentArgs {
+            data_dir: Some(dir.to_owned()),
+            node_name: Some("n1".into()),
+            ..AgentArgs::default()
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hivemind-config-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let dir = temp_dir("defaults");
+        let config = AgentConfig::load(args_in(&dir)).expect("defaults load");
+        assert_eq!(config.api_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(config.vxlan_port, 4789);
+        assert_eq!(config.containerd_namespace, "hivemind");
+    }
+
+    #[test]
+    fn flags_beat_file() {
+        let dir = temp_dir("layering");
+        let file = dir.join("agent.toml");
+        fs::write(&file, "api_addr = \"127.0.0.1:4000\"\nvxlan_port = 5000\n").expect("write");
+        let mut args = args_in(&dir);
+        args.config = Some(file);
+        args.vxlan_port = Some("6000".into());
+        let config = AgentConfig::load(args).expect("load");
+        assert_eq!(config.api_addr.port(), 4000, "file value used when no flag");
+        assert_eq!(config.vxlan_port, 6000, "flag beats file");
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = temp_dir("unknown");
+        let file = dir.join("agent.toml");
+        fs::write(&file, "api_adr = \"x\"\n").expect("write");
+        let mut args = args_in(&dir);
+        args.config = Some(file);
+        let err = AgentConfig::load(args)
+            .expect_err("unknown key must fail")
+            .to_string();
+        assert!(err.contains("api_adr"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let dir = temp_dir("bad");
+        for (mutate, setting) in [
+            (
+                Box::new(|a: &mut AgentArgs| a.api_addr = Some("nope".into()))
+                    as Box<dyn Fn(&mut AgentArgs)>,
+                "--api-addr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.cluster_cidr = Some("10.0.0.0/25".into())),
+                "--cluster-cidr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.cluster_cidr = Some("10.0.0.1/16".into())),
+                "--cluster-cidr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.vxlan_port = Some("0".into())),
+                "--vxlan-port",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.node_name = Some("Bad_Name".into())),
+                "--node-name",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.insecure_registries = vec!["host".into()]),
+                "--insecure-registry",
+            ),
+        ] {
+            let mut args = args_in(&dir);
+            mutate(&mut args);
+            let err = AgentConfig::load(args).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{err}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("web-1"));
+        assert!(!is_dns_label("-web"));
+        assert!(!is_dns_label("Web"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(!is_dns_label(""));
+    }
+}

@@ -1,0 +1,84 @@
+//! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::{signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    api::{grpc, rest, service::AgentService},
+    config::AgentConfig,
+    net::dataplane,
+    paths,
+    runtime::Runtime,
+    store::Store,
+};
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
+
+    let store = Arc::new(Store::open(&config.data_dir.store_db())?);
+    let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
+    let runtime = Runtime::new(
+        config.containerd_socket.clone(),
+        config.containerd_namespace.clone(),
+    );
+    match runtime.version().await {
+        Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),
+        // Not fatal: the runtime reconnects by itself and health reports it down meanwhile.
+        Err(err) => tracing::warn!("{err}"),
+    }
+
+    let service = AgentService::new(config.node_name.clone(), store, runtime, dataplane);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let grpc_listener = grpc::bind(&config.socket)
+        .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    let rest_listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+    tracing::info!(socket = %config.socket.display(), api = %config.api_addr, "serving");
+
+    let grpc_task = tokio::spawn(grpc::serve(grpc_listener, service.clone(), stopped()));
+    let rest_task = tokio::spawn({
+        let shutdown = stopped();
+        async move {
+            axum::serve(rest_listener, rest::router(service))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    });
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    grpc_task
+        .await
+        .context("gRPC server task")?
+        .context("gRPC server")?;
+    rest_task
+        .await
+        .context("REST server task")?
+        .context("REST server")?;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The Hivemind node agent and its CLI, in one binary.
+//!
+//! `hivemind agent` runs [`daemon`]; every other subcommand is a client in [`cli`] that talks to
+//! a running agent over gRPC. Inside the daemon each subsystem owns its state:
+//! [`store`] (desired state), [`runtime`] (containerd), [`net::dataplane`] (the eBPF programs and
+//! maps), and [`api`] serves them to the CLI (gRPC) and to browsers and scripts (REST).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod net;
+pub mod paths;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;
+pub mod unix_channel;
+
+/// The agent's gRPC API, generated from `proto/hivemind.proto`.
+#[allow(clippy::pedantic, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("hivemind.v1");
+}
+
+/// The version every component reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,2 @@
+//! Container networking. [`dataplane`] is the only code that touches aya.
+pub mod dataplane;

@@ -1,0 +1,35 @@
+//! Every filesystem path the agent uses, in one place.
+
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/hivemind";
+pub const DEFAULT_SOCKET: &str = "/run/hivemind/hivemind.sock";
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The BPF filesystem; pins live below `BPFFS/hivemind/<node>`.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Paths below the agent's data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The embedded (single-node) store.
+    pub fn store_db(&self) -> PathBuf {
+        self.root.join("state.redb")
+    }
+}
+
+/// Where the dataplane pins its maps, programs and links for `node`.
+pub fn pin_dir(node: &str) -> PathBuf {
+    Path::new(BPFFS).join("hivemind").join(node)
+}

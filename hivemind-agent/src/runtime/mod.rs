@@ -1,0 +1,93 @@
+//! The container runtime: containerd over its gRPC socket.
+//!
+//! The channel connects lazily and reconnects by itself, so the agent starts while containerd
+//! is down, reports it as unreachable, and picks it up again when it returns.
+
+use std::{path::PathBuf, time::Duration};
+
+use containerd_client::services::v1::version_client::VersionClient;
+use tonic::transport::Channel;
+
+use crate::{proto, unix_channel};
+
+/// How long a health probe waits before calling containerd unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("containerd at {socket} is unreachable: {message}")]
+    Unreachable { socket: PathBuf, message: String },
+    #[error("containerd at {socket} did not answer within {timeout:?}")]
+    Timeout { socket: PathBuf, timeout: Duration },
+}
+
+/// containerd's answer to a version probe.
+#[derive(Debug, Clone)]
+pub struct RuntimeVersion {
+    pub version: String,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    channel: Channel,
+    socket: PathBuf,
+    namespace: String,
+}
+
+impl Runtime {
+    pub fn new(socket: PathBuf, namespace: String) -> Self {
+        Self {
+            channel: unix_channel::lazy(socket.clone()),
+            socket,
+            namespace,
+        }
+    }
+
+    pub async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+        let mut client = VersionClient::new(self.channel.clone());
+        let reply = tokio::time::timeout(PROBE_TIMEOUT, client.version(()))
+            .await
+            .map_err(|_| RuntimeError::Timeout {
+                socket: self.socket.clone(),
+                timeout: PROBE_TIMEOUT,
+            })?
+            .map_err(|status| RuntimeError::Unreachable {
+                socket: self.socket.clone(),
+                message: status_message(&status),
+            })?
+            .into_inner();
+        Ok(RuntimeVersion {
+            version: reply.version,
+            revision: reply.revision,
+        })
+    }
+
+    pub async fn status(&self) -> proto::RuntimeStatus {
+        let mut status = proto::RuntimeStatus {
+            socket: self.socket.display().to_string(),
+            namespace: self.namespace.clone(),
+            ..Default::default()
+        };
+        match self.version().await {
+            Ok(version) => {
+                status.reachable = true;
+                status.version = version.version;
+                status.revision = version.revision;
+            }
+            Err(err) => status.error = err.to_string(),
+        }
+        status
+    }
+}
+
+/// tonic's transport errors hide the OS error in the source chain; surface it.
+fn status_message(status: &tonic::Status) -> String {
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        message = err.to_string();
+        source = err.source();
+    }
+    message
+}
