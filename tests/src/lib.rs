@@ -1,1 +1,25 @@
+//! Fixtures for Hivemind's integration tests. Each is an RAII guard that tears down what it
+//! made when dropped — also when the test panics:
+//!
+//! - [`Netns`]: a network-namespace "host", and [`veth`] links between hosts;
+//! - [`Containerd`]: a private containerd with its own root, state and socket;
+//! - [`Registry`]: a private OCI registry (docker-registry) on a loopback address;
+//! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
+//! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket.
+//!
+//! Tests need root; run them with `cargo xtask test`.
+#![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
+mod agent;
+mod containerd;
+pub mod image;
+mod netns;
+mod process;
+mod registry;
+pub mod util;
+
+pub use agent::{Agent, AgentOptions};
+pub use containerd::Containerd;
+pub use netns::{Netns, list as netns_list, veth};
+pub use process::Process;
+pub use registry::Registry;

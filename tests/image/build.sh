@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the test image as an OCI layout in $1: busybox-static with every applet (sh, httpd,
+# nc, wget, ping, ...), a web root, and a config whose default command serves /www on port 80.
+# Deterministic: the same busybox gives the same digests.
+set -euo pipefail
+out=${1:?usage: build.sh OUT_DIR}
+busybox=/bin/busybox # from busybox-static: no shared libraries to copy
+[ -x "$busybox" ] || { echo "$busybox missing: install busybox-static (cargo xtask setup)" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+rootfs=$work/rootfs
+mkdir -p "$rootfs"/{bin,etc,tmp,www,data,proc,sys,dev}
+cp "$busybox" "$rootfs/bin/busybox"
+for applet in $("$rootfs/bin/busybox" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
+echo 'root:x:0:' > "$rootfs/etc/group"
+echo 'hivemind test image' > "$rootfs/www/index.html"
+chmod 1777 "$rootfs/tmp"
+
+blobs=$out/blobs/sha256
+rm -rf "$out"; mkdir -p "$blobs"
+put_blob() { # file -> prints digest (hex), moves the file into blobs/
+  local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$blobs/$d"; echo "$d"
+}
+
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$work/layer.tar" .
+diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+gzip -n -9 < "$work/layer.tar" > "$work/layer.tar.gz"
+layer_size=$(stat -c %s "$work/layer.tar.gz")
+layer=$(put_blob "$work/layer.tar.gz")
+
+cat > "$work/config.json" <<JSON
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-v","-p","80","-h","/www"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"tests/image/build.sh"}]}
+JSON
+config_size=$(stat -c %s "$work/config.json")
+config=$(put_blob "$work/config.json")
+
+cat > "$work/manifest.json" <<JSON
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer","size":$layer_size}]}
+JSON
+manifest_size=$(stat -c %s "$work/manifest.json")
+manifest=$(put_blob "$work/manifest.json")
+
+echo '{"imageLayoutVersion":"1.0.0"}' > "$out/oci-layout"
+cat > "$out/index.json" <<JSON
+{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}
+JSON
+echo "sha256:$manifest"

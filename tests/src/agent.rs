@@ -1,0 +1,196 @@
+//! `hivemind agent` running inside a network namespace, with its own data dir and socket.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::{
+    Containerd, Netns,
+    process::Process,
+    util::{hivemind_bin, run, unique, wait_for},
+};
+
+/// How to start an agent; `Default` gives a fresh node name and nothing else.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOptions {
+    pub node_name: Option<String>,
+    /// containerd socket; defaults to the given [`Containerd`]'s.
+    pub containerd_socket: Option<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    // Drop order: stop the process, then remove pins, then the data dir.
+    process: Option<Process>,
+    node_name: String,
+    netns: String,
+    socket: PathBuf,
+    dir: TempDir,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent in `netns` and waits until it answers `hivemind health`.
+    pub fn start(netns: &Netns, containerd: &Containerd, options: AgentOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("hm-agent-").tempdir().expect("agent dir");
+        let node_name = options.node_name.clone().unwrap_or_else(|| unique("node"));
+        let socket = dir.path().join("agent.sock");
+        let containerd_socket = options
+            .containerd_socket
+            .clone()
+            .unwrap_or_else(|| containerd.socket().to_owned());
+        let mut args = vec![
+            "agent".to_owned(),
+            "--data-dir".to_owned(),
+            dir.path().join("data").display().to_string(),
+            "--socket".to_owned(),
+            socket.display().to_string(),
+            "--node-name".to_owned(),
+            node_name.clone(),
+            "--containerd-socket".to_owned(),
+            containerd_socket.display().to_string(),
+            "--api-addr".to_owned(),
+            "127.0.0.1:3000".to_owned(),
+        ];
+        for registry in &options.insecure_registries {
+            args.push("--insecure-registry".to_owned());
+            args.push(registry.clone());
+        }
+        args.extend(options.extra_args.iter().cloned());
+        let mut agent = Self {
+            process: None,
+            node_name,
+            netns: netns.name().to_owned(),
+            socket,
+            dir,
+            args,
+        };
+        agent.launch(netns);
+        agent
+    }
+
+    fn launch(&mut self, netns: &Netns) {
+        let log = self.dir.path().join(format!("agent-{}.log", unique("")));
+        let mut command = netns.command(&hivemind_bin().display().to_string());
+        command.args(&self.args).env("HIVEMIND_LOG", "info,hivemind_agent=debug");
+        self.process = Some(Process::spawn("hivemind agent", &mut command, &log));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        wait_for("the agent to answer health", Duration::from_secs(30), || {
+            let process = self.process.as_mut().expect("agent started");
+            if let Some(status) = process.exited() {
+                panic!("hivemind agent exited ({status}):\n{}", process.log());
+            }
+            let out = self.cli(&["health"]);
+            // 0: healthy; 3: answered but degraded. Both mean the agent is serving.
+            matches!(out.status.code(), Some(0 | 3)).then_some(())
+        });
+    }
+
+    /// Stops the agent (SIGTERM) and starts it again with the same arguments and data.
+    pub fn restart(&mut self, netns: &Netns) {
+        self.stop();
+        self.launch(netns);
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.take().map(|mut p| p.stop(Duration::from_secs(20)))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the agent again after [`Agent::stop`] or [`Agent::kill`].
+    pub fn start_again(&mut self, netns: &Netns) {
+        assert!(self.process.is_none(), "agent still running");
+        self.launch(netns);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The agent's log so far (all runs).
+    pub fn log(&self) -> String {
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
+    }
+
+    /// `/sys/fs/bpf/hivemind/<node>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/hivemind").join(&self.node_name)
+    }
+
+    /// Runs `hivemind --addr unix:SOCKET ARGS` (from the root namespace: the socket is a file).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(hivemind_bin())
+            .arg("--addr")
+            .arg(format!("unix:{}", self.socket.display()))
+            .args(args))
+    }
+
+    /// `hivemind ... ARGS` that must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hivemind {args:?} failed ({}):\nstdout: {}\nstderr: {}\nagent log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `hivemind -o json ... ARGS`, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.cli_ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|err| panic!("hivemind {args:?}: not JSON ({err}):\n{out}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+    }
+}
