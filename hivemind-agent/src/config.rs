@@ -1,6 +1,6 @@
 //! Agent configuration: a TOML file, overridden by `HIVEMIND_*` environment variables, overridden
 //! by flags; validated once at start. A bad configuration is reported in one line naming the
-//! setting and the agent exits 64 (EX_USAGE) before touching anything.
+//! setting and the agent exits 64 (`EX_USAGE`) before touching anything.
 
 use std::{
     fs,
@@ -200,11 +200,7 @@ impl AgentConfig {
         let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
 
         let vxlan_port = match args.vxlan_port {
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid("--vxlan-port", &port, "expected a UDP port 1-65535"))?,
+            Some(port) => parse_port("--vxlan-port", &port)?,
             None => file.vxlan_port.unwrap_or(4789),
         };
 
@@ -212,32 +208,14 @@ impl AgentConfig {
             .containerd_namespace
             .or(file.containerd_namespace)
             .unwrap_or_else(|| "hivemind".into());
-        if containerd_namespace.is_empty()
-            || !containerd_namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                "--containerd-namespace",
-                &containerd_namespace,
-                "use letters, digits, '-', '_' and '.'",
-            ));
-        }
+        check_namespace(&containerd_namespace)?;
 
         let insecure_registries = merge(args.insecure_registries, file.insecure_registries);
         for registry in &insecure_registries {
             check_host_port("--insecure-registry", registry)?;
         }
         let etcd_endpoints = merge(args.etcd_endpoints, file.etcd_endpoints);
-        for endpoint in &etcd_endpoints {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(invalid(
-                    "--etcd-endpoints",
-                    endpoint,
-                    "expected http(s)://HOST:PORT",
-                ));
-            }
-        }
+        check_etcd_endpoints(&etcd_endpoints)?;
         let cluster_init = args.cluster_init || file.cluster_init;
         if cluster_init && !etcd_endpoints.is_empty() {
             return Err(ConfigError::StoreConflict);
@@ -271,6 +249,44 @@ impl AgentConfig {
             etcd_endpoints,
             log_format,
         })
+    }
+}
+
+fn parse_port(setting: &'static str, value: &str) -> Result<u16, ConfigError> {
+    value
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(setting, value, "expected a port 1-65535"))
+}
+
+fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let ok = !namespace.is_empty()
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "--containerd-namespace",
+            namespace,
+            "use letters, digits, '-', '_' and '.'",
+        ))
+    }
+}
+
+fn check_etcd_endpoints(endpoints: &[String]) -> Result<(), ConfigError> {
+    match endpoints
+        .iter()
+        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+    {
+        Some(bad) => Err(invalid(
+            "--etcd-endpoints",
+            bad,
+            "expected http(s)://HOST:PORT",
+        )),
+        None => Ok(()),
     }
 }
 
@@ -310,8 +326,7 @@ fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
 
 fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_ascii_lowercase())
-        .unwrap_or_else(|_| "node".into())
+        .map_or_else(|_| "node".into(), |name| name.trim().to_ascii_lowercase())
 }
 
 /// RFC 1123 label: what node, app and volume names must be.

@@ -13,9 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match args.command {
-        cli::Command::Agent(agent_args) => run_agent(agent_args),
-        command => cli::run(&args.global, command),
+    if let cli::Command::Agent(agent_args) = args.command {
+        run_agent(*agent_args)
+    } else {
+        cli::run(&args.global, &args.command)
     }
 }
 

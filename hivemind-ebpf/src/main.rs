@@ -2,6 +2,10 @@
 //! returns the verdict it computed; every error path ends in an explicit verdict and a counter.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// BPF-to-BPF calls cost stack and verifier budget; helpers are inlined on purpose.
+#![allow(clippy::inline_always)]
+// Program entry points take their context by value: the aya macros dictate the signature.
+#![allow(clippy::needless_pass_by_value)]
 
 #[cfg(target_arch = "bpf")]
 mod programs;

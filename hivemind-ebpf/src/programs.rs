@@ -1,13 +1,15 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    macros::{classifier, map, xdp},
-    maps::PerCpuArray,
+    btf_maps::PerCpuArray,
+    macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use hivemind_common::{Counter, reason};
 
-#[map(name = "HM_COUNTERS")]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
+// BTF-defined maps (the `.maps` section) so libbpf tools such as `bpftool prog loadall` accept
+// the object too, not only aya.
+#[btf_map(name = "HM_COUNTERS", pin_by_name)]
+static COUNTERS: PerCpuArray<Counter, { reason::COUNT as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 fn count(reason: u32, bytes: u32) {

@@ -37,8 +37,11 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent in `netns` and waits until it answers `hivemind health`.
-    pub fn start(netns: &Netns, containerd: &Containerd, options: AgentOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("hm-agent-").tempdir().expect("agent dir");
+    pub fn start(netns: &Netns, containerd: &Containerd, options: &AgentOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hm-agent-")
+            .tempdir()
+            .expect("agent dir");
         let node_name = options.node_name.clone().unwrap_or_else(|| unique("node"));
         let socket = dir.path().join("agent.sock");
         let containerd_socket = options
@@ -78,21 +81,27 @@ impl Agent {
     fn launch(&mut self, netns: &Netns) {
         let log = self.dir.path().join(format!("agent-{}.log", unique("")));
         let mut command = netns.command(&hivemind_bin().display().to_string());
-        command.args(&self.args).env("HIVEMIND_LOG", "info,hivemind_agent=debug");
+        command
+            .args(&self.args)
+            .env("HIVEMIND_LOG", "info,hivemind_agent=debug");
         self.process = Some(Process::spawn("hivemind agent", &mut command, &log));
         self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
-        wait_for("the agent to answer health", Duration::from_secs(30), || {
-            let process = self.process.as_mut().expect("agent started");
-            if let Some(status) = process.exited() {
-                panic!("hivemind agent exited ({status}):\n{}", process.log());
-            }
-            let out = self.cli(&["health"]);
-            // 0: healthy; 3: answered but degraded. Both mean the agent is serving.
-            matches!(out.status.code(), Some(0 | 3)).then_some(())
-        });
+        wait_for(
+            "the agent to answer health",
+            Duration::from_secs(30),
+            || {
+                let process = self.process.as_mut().expect("agent started");
+                if let Some(status) = process.exited() {
+                    panic!("hivemind agent exited ({status}):\n{}", process.log());
+                }
+                let out = self.cli(&["health"]);
+                // 0: healthy; 3: answered but degraded. Both mean the agent is serving.
+                matches!(out.status.code(), Some(0 | 3)).then_some(())
+            },
+        );
     }
 
     /// Stops the agent (SIGTERM) and starts it again with the same arguments and data.
@@ -103,7 +112,9 @@ impl Agent {
 
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        self.process.take().map(|mut p| p.stop(Duration::from_secs(20)))
+        self.process
+            .take()
+            .map(|mut p| p.stop(Duration::from_secs(20)))
     }
 
     /// SIGKILL, as a crash would.
@@ -149,7 +160,9 @@ impl Agent {
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
             .collect();
         logs.sort();
-        logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 
     /// `/sys/fs/bpf/hivemind/<node>`.
@@ -184,7 +197,8 @@ impl Agent {
         let mut all = vec!["-o", "json"];
         all.extend_from_slice(args);
         let out = self.cli_ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|err| panic!("hivemind {args:?}: not JSON ({err}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|err| panic!("hivemind {args:?}: not JSON ({err}):\n{out}"))
     }
 }
 

@@ -74,12 +74,20 @@ impl Containerd {
 
     /// `ctr --address SOCKET ARGS` (never panics on a non-zero exit).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        run(Command::new("ctr").arg("--address").arg(&self.socket).args(args))
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args))
     }
 
     /// `ctr ...` that must succeed; returns stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        check(Command::new("ctr").arg("--address").arg(&self.socket).args(args))
+        check(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(args),
+        )
     }
 
     /// Container ids in `namespace`.
@@ -119,9 +127,11 @@ impl Containerd {
             Command::new("containerd").arg("--config").arg(&config),
             &self.dir.path().join("containerd-restarted.log"),
         ));
-        wait_for("containerd socket after restart", Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&self.socket).ok()
-        });
+        wait_for(
+            "containerd socket after restart",
+            Duration::from_secs(20),
+            || std::os::unix::net::UnixStream::connect(&self.socket).ok(),
+        );
     }
 
     /// Kills every task and removes every container in every namespace, then stops the daemon,

@@ -26,7 +26,9 @@ pub fn push(reference: &str, netns: Option<&str>) {
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg("skopeo");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg("skopeo");
             c
         }
         None => Command::new("skopeo"),

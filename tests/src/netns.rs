@@ -34,7 +34,9 @@ impl Netns {
     /// would hide /sys/fs/bpf, where the agent pins its maps.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        cmd.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         cmd
     }
 
@@ -61,7 +63,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -70,7 +74,18 @@ impl Drop for Netns {
 pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String) {
     let (a_if, b_if) = (unique("va"), unique("vb"));
     check(Command::new("ip").args([
-        "link", "add", &a_if, "netns", a.name(), "type", "veth", "peer", "name", &b_if, "netns", b.name(),
+        "link",
+        "add",
+        &a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b_if,
+        "netns",
+        b.name(),
     ]));
     for (ns, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
         ns.ip(&["addr", "add", addr, "dev", ifname]);

@@ -4,7 +4,11 @@ use std::{net::TcpStream, process::Command, time::Duration};
 
 use tempfile::TempDir;
 
-use crate::{Netns, image, process::Process, util::{free_port, wait_for}};
+use crate::{
+    Netns, image,
+    process::Process,
+    util::{free_port, wait_for},
+};
 
 #[derive(Debug)]
 pub struct Registry {
@@ -26,7 +30,10 @@ impl Registry {
     }
 
     fn start_at(netns: Option<&Netns>, addr: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("hm-reg-").tempdir().expect("registry dir");
+        let dir = tempfile::Builder::new()
+            .prefix("hm-reg-")
+            .tempdir()
+            .expect("registry dir");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -41,7 +48,11 @@ impl Registry {
             None => Command::new("docker-registry"),
         };
         command.arg("serve").arg(&config);
-        let mut process = Process::spawn("docker-registry", &mut command, &dir.path().join("registry.log"));
+        let mut process = Process::spawn(
+            "docker-registry",
+            &mut command,
+            &dir.path().join("registry.log"),
+        );
         let probe_addr = addr.to_owned();
         let netns_name = netns.map(|ns| ns.name().to_owned());
         wait_for("the registry to listen", Duration::from_secs(20), || {

@@ -22,7 +22,8 @@ pub fn workspace() -> PathBuf {
 
 /// The `hivemind` binary under test: `$HIVEMIND_BIN` (set by `cargo xtask test`), else the debug build.
 pub fn hivemind_bin() -> PathBuf {
-    std::env::var_os("HIVEMIND_BIN").map_or_else(|| workspace().join("target/debug/hivemind"), PathBuf::from)
+    std::env::var_os("HIVEMIND_BIN")
+        .map_or_else(|| workspace().join("target/debug/hivemind"), PathBuf::from)
 }
 
 /// Runs a command to completion; panics only if it cannot start.
@@ -57,15 +58,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         if let Some(value) = probe() {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         sleep(Duration::from_millis(100));
     }
 }
 
 /// True while `/proc/<pid>` exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
 /// Mount points at or below `dir`, from /proc/self/mountinfo.

@@ -26,16 +26,26 @@ fn cargo_ebpf(subcommand: &str) -> cmd::Cmd {
         // The same flags aya-build passes, so this object is the one the agent embeds.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
         )
 }
 
 pub fn build() -> anyhow::Result<PathBuf> {
     setup::ensure()?;
     cargo_ebpf("build").run()?;
-    Ok(cmd::root().join("target/ebpf").join(TARGET).join("release/hivemind"))
+    Ok(cmd::root()
+        .join("target/ebpf")
+        .join(TARGET)
+        .join("release/hivemind"))
 }
 
 pub fn clippy() -> anyhow::Result<()> {
-    cargo_ebpf("clippy").args(["--", "-D", "warnings", "-C", "panic=abort"]).run()
+    cargo_ebpf("clippy")
+        .args(["--", "-D", "warnings", "-C", "panic=abort"])
+        .run()
 }

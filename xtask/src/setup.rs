@@ -63,7 +63,8 @@ fn missing_apt_packages() -> anyhow::Result<Vec<&'static str>> {
         .filter(|pkg| {
             !listing.lines().any(|line| {
                 let mut words = line.split_whitespace();
-                words.next() == Some(pkg) && words.next().is_some_and(|status| status.starts_with("ii"))
+                words.next() == Some(pkg)
+                    && words.next().is_some_and(|status| status.starts_with("ii"))
             })
         })
         .collect())
@@ -110,9 +111,11 @@ fn missing_toolchains() -> Vec<&'static str> {
             else {
                 return true;
             };
-            !components
-                .iter()
-                .all(|c| installed.lines().any(|line| line.starts_with(&format!("{c}-")) || line == *c))
+            !components.iter().all(|c| {
+                installed
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{c}-")) || line == *c)
+            })
         })
         .map(|(name, _)| name)
         .collect()
@@ -152,11 +155,18 @@ fn bpf_linker_ok() -> bool {
 /// and no Debian LLVM is needed (a plain `cargo install` would find Debian's LLVM 14 and fail).
 fn bpf_linker() -> anyhow::Result<()> {
     if bpf_linker_ok() {
-        println!("setup: bpf-linker {} present", toolchain::BPF_LINKER_VERSION);
+        println!(
+            "setup: bpf-linker {} present",
+            toolchain::BPF_LINKER_VERSION
+        );
         return Ok(());
     }
     let sysroot = Cmd::new("rustc")
-        .args([format!("+{}", toolchain::EBPF), "--print".into(), "sysroot".into()])
+        .args([
+            format!("+{}", toolchain::EBPF),
+            "--print".into(),
+            "sysroot".into(),
+        ])
         .read()?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let libllvm = fs::read_dir(&lib_dir)
@@ -170,7 +180,8 @@ fn bpf_linker() -> anyhow::Result<()> {
         })
         .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
     let prefix_lib = Path::new(toolchain::LLVM_PREFIX).join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     for link in [
         prefix_lib.join("libLLVM.so"),
         prefix_lib.join(libllvm.file_name().context("libLLVM has a name")?),

@@ -77,7 +77,8 @@ fn install_binary() -> anyhow::Result<()> {
     let built = cmd::root().join("target/release/hivemind");
     let staged = PathBuf::from(format!("{INSTALLED_BINARY}.new"));
     fs::copy(&built, &staged).with_context(|| format!("copying {}", built.display()))?;
-    fs::rename(&staged, INSTALLED_BINARY).with_context(|| format!("installing {INSTALLED_BINARY}"))?;
+    fs::rename(&staged, INSTALLED_BINARY)
+        .with_context(|| format!("installing {INSTALLED_BINARY}"))?;
     println!("up: installed {INSTALLED_BINARY}");
     Ok(())
 }
@@ -114,7 +115,10 @@ fn ensure_containerd() -> anyhow::Result<()> {
         UnixStream::connect(CONTAINERD_SOCKET).is_ok()
     })
     .with_context(|| format!("containerd did not start; see {}", log.display()))?;
-    println!("up: started containerd (pid {pid}), config {}", config.display());
+    println!(
+        "up: started containerd (pid {pid}), config {}",
+        config.display()
+    );
     Ok(())
 }
 
@@ -148,12 +152,16 @@ fn stop(pid_file: &Path, what: &str) -> anyhow::Result<()> {
         let _ = fs::remove_file(pid_file);
         return Ok(());
     };
-    cmd::Cmd::new("kill").args(["-TERM", &pid.to_string()]).run()?;
+    cmd::Cmd::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .run()?;
     let gone = wait_until(what, Duration::from_secs(20), || {
         !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)
     });
     if gone.is_err() {
-        cmd::Cmd::new("kill").args(["-KILL", &pid.to_string()]).run()?;
+        cmd::Cmd::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .run()?;
     }
     let _ = fs::remove_file(pid_file);
     println!("down: stopped {what} (pid {pid})");
@@ -161,11 +169,17 @@ fn stop(pid_file: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {

@@ -19,8 +19,14 @@ pub fn run(filter: &[String]) -> anyhow::Result<()> {
     cmd::cargo_host(&["build", "--package", "hivemind-agent", "--bin", "hivemind"]).run()?;
     let binary = cmd::root().join("target/debug/hivemind");
 
-    let mut test = cmd::cargo_host(&["test", "--workspace", "--exclude", "hivemind-ebpf", "--no-fail-fast"])
-        .env("HIVEMIND_BIN", &binary);
+    let mut test = cmd::cargo_host(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "hivemind-ebpf",
+        "--no-fail-fast",
+    ])
+    .env("HIVEMIND_BIN", &binary);
     if !filter.is_empty() {
         test = test.args(["--"]).args(filter);
     }

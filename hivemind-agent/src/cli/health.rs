@@ -1,6 +1,6 @@
 //! `hivemind health`.
 
-use std::process::ExitCode;
+use std::{fmt::Write as _, process::ExitCode};
 
 use super::{EXIT_DEGRADED, GlobalArgs, Output, client, output};
 use crate::proto;
@@ -32,8 +32,9 @@ fn render(reply: &proto::HealthReply) -> String {
         } else {
             format!("DOWN: {}", store.error)
         };
-        out += &format!(
-            "Store      {} {} ({state})\n",
+        let _ = writeln!(
+            out,
+            "Store      {} {} ({state})",
             store.backend, store.location
         );
     }
@@ -43,13 +44,15 @@ fn render(reply: &proto::HealthReply) -> String {
         } else {
             format!("containerd DOWN: {}", rt.error)
         };
-        out += &format!(
-            "Runtime    {state}, socket {}, namespace {}\n",
+        let _ = writeln!(
+            out,
+            "Runtime    {state}, socket {}, namespace {}",
             rt.socket, rt.namespace
         );
     }
     if let Some(dp) = &reply.dataplane {
-        out += &format!(
+        let _ = write!(
+            out,
             "Dataplane  {} programs, pinned at {}\n\n",
             dp.programs.len(),
             dp.pin_path

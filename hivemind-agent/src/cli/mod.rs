@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{config::AgentArgs, paths};
 
-/// Usage and configuration errors (sysexits EX_USAGE).
+/// Usage and configuration errors (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 /// The agent answered but reports a subsystem down.
 pub const EXIT_DEGRADED: u8 = 3;
@@ -53,13 +53,13 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent (the daemon).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show the agent's health: store, container runtime, eBPF programs.
     Health,
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
-pub fn run(global: &GlobalArgs, command: Command) -> ExitCode {
+pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -126,7 +126,7 @@ impl Dataplane {
                     _ => "other",
                 }
                 .into(),
-                id: program.info().map(|info| info.id()).unwrap_or(0),
+                id: program.info().map_or(0, |info| info.id()),
                 attached: Vec::new(),
             })
             .collect();
