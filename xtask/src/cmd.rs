@@ -74,6 +74,14 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs silently (for probes); stdout if it exits zero, `None` otherwise.
+    pub fn probe(mut self) -> Option<String> {
+        let out = self.inner.stderr(Stdio::null()).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn command(&mut self) -> &mut Command {
         &mut self.inner
     }

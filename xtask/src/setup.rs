@@ -105,9 +105,9 @@ fn missing_toolchains() -> Vec<&'static str> {
     toolchains()
         .into_iter()
         .filter(|(name, components)| {
-            let Ok(installed) = Cmd::new("rustup")
+            let Some(installed) = Cmd::new("rustup")
                 .args(["component", "list", "--installed", "--toolchain", name])
-                .read()
+                .probe()
             else {
                 return true;
             };
@@ -147,8 +147,8 @@ fn bpf_linker_ok() -> bool {
     Cmd::new("bpf-linker")
         .args(["--version"])
         .env("PATH", crate::cmd::path_with_cargo_bin())
-        .read()
-        .is_ok_and(|out| out.contains(toolchain::BPF_LINKER_VERSION))
+        .probe()
+        .is_some_and(|out| out.contains(toolchain::BPF_LINKER_VERSION))
 }
 
 /// bpf-linker linked against the pinned nightly's own libLLVM, so the versions match exactly
