@@ -3,12 +3,21 @@
 //! Everything here is `#[repr(C)]`, `Copy`, made of integers and byte arrays only, with explicit
 //! padding and a size assertion: padding inside a hash or LPM key silently breaks lookups, and
 //! the two sides are compiled by different compilers for different targets.
+//!
+//! Byte order: IPv4 addresses are stored as the four bytes on the wire, read into a `u32` with
+//! `u32::from_ne_bytes` (so the kernel side compares them without swapping); ports and other
+//! integers are host order unless a field's name ends in `_be`.
 #![no_std]
 
+pub mod config;
+pub mod ct;
+pub mod endpoint;
+pub mod event;
 pub mod names;
+pub mod policy;
 pub mod reason;
 
-/// A per-CPU counter slot: packets and bytes seen for one reason.
+/// A per-CPU counter slot: packets and bytes seen for one reason (or one policy).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
@@ -17,9 +26,37 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
+/// Well-known security identities. App identities are allocated by the agent from
+/// [`identity::FIRST_APP`] upwards; CIDR identities from [`identity::FIRST_CIDR`].
+pub mod identity {
+    /// Nothing known about the peer (not a container, not in any policy CIDR).
+    pub const WORLD: u32 = 1;
+    /// The node itself (its addresses, including the gateway address of the container subnet).
+    pub const HOST: u32 = 2;
+    /// First identity handed to an app.
+    pub const FIRST_APP: u32 = 256;
+    /// First identity handed to a CIDR named in a policy. Bit 24 marks CIDR identities.
+    pub const FIRST_CIDR: u32 = 1 << 24;
+    /// Matches any peer in a policy key.
+    pub const ANY: u32 = 0;
+}
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `Counter` is `#[repr(C)]`, made of two `u64`s with no padding, valid for any bit
-    // pattern.
+    use crate::{config, ct, endpoint, event, policy};
+
+    // SAFETY (every impl below): the type is `#[repr(C)]`, made only of integers and byte
+    // arrays with explicit padding fields, so every bit pattern is a valid value and there are
+    // no implicit padding bytes.
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for endpoint::Endpoint {}
+    unsafe impl aya::Pod for policy::PolicyKey {}
+    unsafe impl aya::Pod for policy::PolicyValue {}
+    unsafe impl aya::Pod for ct::CtKey {}
+    unsafe impl aya::Pod for ct::CtValue {}
+    unsafe impl aya::Pod for ct::PortKey {}
+    unsafe impl aya::Pod for ct::PortTarget {}
+    unsafe impl aya::Pod for ct::NatValue {}
+    unsafe impl aya::Pod for event::VerdictEvent {}
+    unsafe impl aya::Pod for config::Config {}
 }

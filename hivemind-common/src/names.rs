@@ -3,14 +3,41 @@
 
 /// TC program on the host side of a container's veth, ingress hook: packets leaving the container.
 pub const PROG_FROM_CONTAINER: &str = "hm_from_container";
-/// TC program on the host side of a container's veth, egress hook: packets entering the container.
+/// TC program on the host side of a container's veth, egress hook: packets entering the container
+/// from the host stack.
 pub const PROG_TO_CONTAINER: &str = "hm_to_container";
+/// TC program on the node's uplink, ingress hook: published ports (DNAT) and, in a cluster,
+/// overlay decapsulation.
+pub const PROG_NODE_INGRESS: &str = "hm_node_ingress";
 /// XDP program on the underlay interface: drops VXLAN from non-members before the stack sees it.
 pub const PROG_UNDERLAY_XDP: &str = "hm_underlay";
 
 /// Every program the object must contain; the agent loads each at start so a verifier
 /// rejection fails the start instead of the first packet.
-pub const ALL_PROGRAMS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UNDERLAY_XDP];
+pub const ALL_PROGRAMS: [&str; 4] = [
+    PROG_FROM_CONTAINER,
+    PROG_TO_CONTAINER,
+    PROG_NODE_INGRESS,
+    PROG_UNDERLAY_XDP,
+];
 
 /// Per-CPU packet/byte counters indexed by [`crate::reason`].
 pub const MAP_COUNTERS: &str = "HM_COUNTERS";
+/// Per-CPU drop counters indexed by policy id.
+pub const MAP_POLICY_COUNTERS: &str = "HM_POLICY_COUNTERS";
+/// IPv4 → [`crate::endpoint::Endpoint`].
+pub const MAP_ENDPOINTS: &str = "HM_ENDPOINTS";
+/// Array-of-maps, slot 0 = the active policy hash map.
+pub const MAP_POLICY: &str = "HM_POLICY";
+/// LPM trie: CIDR → identity.
+pub const MAP_CIDR_IDENTITY: &str = "HM_CIDR_IDENTITY";
+/// LRU hash: allowed flows.
+pub const MAP_CT: &str = "HM_CT";
+/// Published ports.
+pub const MAP_PORTS: &str = "HM_PORTS";
+/// Reverse NAT for published-port flows.
+pub const MAP_NAT: &str = "HM_NAT";
+/// Ring buffer of [`crate::event::VerdictEvent`].
+pub const MAP_EVENTS: &str = "HM_EVENTS";
+/// One-slot array of [`crate::config::Config`].
+pub const MAP_CONFIG: &str = "HM_CONFIG";

@@ -1,7 +1,7 @@
-//! Why a program did what it did. Index into the counters map and the `reason` field of
-//! verdict events. Values are part of the ABI: append, never renumber.
+//! Why a program did what it did. Index into the counters map `HM_COUNTERS` and the `reason`
+//! field of verdict events. Values are part of the ABI: append, never renumber.
 
-/// Handed to the host network stack unchanged.
+/// Handed to the host network stack (to the node, or routed onwards and masqueraded).
 pub const PASS_TO_HOST: u32 = 0;
 /// Delivered to a local container by redirect.
 pub const FORWARDED_LOCAL: u32 = 1;
@@ -13,9 +13,23 @@ pub const DROPPED_MALFORMED: u32 = 3;
 pub const DROPPED_NO_ROUTE: u32 = 4;
 /// XDP on the underlay: VXLAN from a source that is not a cluster member.
 pub const DROPPED_NOT_MEMBER: u32 = 5;
+/// Dropped: a container sent from an address that is not its own.
+pub const DROPPED_SPOOFED: u32 = 6;
+/// Dropped: IP fragments (the datapath cannot see ports past the first fragment).
+pub const DROPPED_FRAGMENT: u32 = 7;
+/// Passed unchanged: not IPv4 (ARP and the like go to the host stack).
+pub const PASS_NOT_IPV4: u32 = 8;
+/// A published port was translated to its container (DNAT).
+pub const FORWARDED_PORT_MAP: u32 = 9;
+/// Sent to another node through the overlay.
+pub const FORWARDED_OVERLAY: u32 = 10;
+/// Received from the overlay and delivered.
+pub const RECEIVED_OVERLAY: u32 = 11;
+/// Dropped: a helper call failed (redirect, header rewrite).
+pub const DROPPED_INTERNAL: u32 = 12;
 
 /// Number of reason codes; the counters map has this many slots.
-pub const COUNT: u32 = 6;
+pub const COUNT: u32 = 13;
 
 /// Human and Prometheus label for a reason code.
 pub const fn label(reason: u32) -> &'static str {
@@ -26,6 +40,27 @@ pub const fn label(reason: u32) -> &'static str {
         DROPPED_MALFORMED => "dropped_malformed",
         DROPPED_NO_ROUTE => "dropped_no_route",
         DROPPED_NOT_MEMBER => "dropped_not_member",
+        DROPPED_SPOOFED => "dropped_spoofed",
+        DROPPED_FRAGMENT => "dropped_fragment",
+        PASS_NOT_IPV4 => "pass_not_ipv4",
+        FORWARDED_PORT_MAP => "forwarded_port_map",
+        FORWARDED_OVERLAY => "forwarded_overlay",
+        RECEIVED_OVERLAY => "received_overlay",
+        DROPPED_INTERNAL => "dropped_internal",
         _ => "unknown",
     }
+}
+
+/// True for reasons that mean the packet was dropped.
+pub const fn is_drop(reason: u32) -> bool {
+    matches!(
+        reason,
+        DROPPED_POLICY
+            | DROPPED_MALFORMED
+            | DROPPED_NO_ROUTE
+            | DROPPED_NOT_MEMBER
+            | DROPPED_SPOOFED
+            | DROPPED_FRAGMENT
+            | DROPPED_INTERNAL
+    )
 }

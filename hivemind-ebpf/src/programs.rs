@@ -34,6 +34,12 @@ pub fn hm_to_container(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+#[classifier]
+pub fn hm_node_ingress(ctx: TcContext) -> i32 {
+    count(reason::PASS_TO_HOST, ctx.len());
+    TC_ACT_OK
+}
+
 #[xdp]
 pub fn hm_underlay(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
