@@ -9,12 +9,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod model;
 pub mod net;
 pub mod paths;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod unix_channel;
+pub mod validate;
 
 /// The agent's gRPC API, generated from `proto/hivemind.proto`.
 #[allow(clippy::pedantic, missing_debug_implementations)]

@@ -3,6 +3,12 @@
 //! The channel connects lazily and reconnects by itself, so the agent starts while containerd
 //! is down, reports it as unreachable, and picks it up again when it returns.
 
+pub mod containers;
+pub mod metrics;
+pub mod netns;
+mod seccomp;
+pub mod spec;
+
 use std::{path::PathBuf, time::Duration};
 
 use containerd_client::services::v1::version_client::VersionClient;
@@ -19,6 +25,23 @@ pub enum RuntimeError {
     Unreachable { socket: PathBuf, message: String },
     #[error("containerd at {socket} did not answer within {timeout:?}")]
     Timeout { socket: PathBuf, timeout: Duration },
+    #[error("containerd: cannot {op} {id}: {message}")]
+    Call {
+        op: &'static str,
+        id: String,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// True when containerd itself could not be reached (as opposed to refusing a request).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Timeout { .. } => true,
+            Self::Call { code, .. } => *code == tonic::Code::Unavailable,
+        }
+    }
 }
 
 /// containerd's answer to a version probe.
@@ -34,6 +57,9 @@ pub struct Runtime {
     socket: PathBuf,
     namespace: String,
 }
+
+/// containerd selects the namespace of every call from this gRPC header.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
 
 impl Runtime {
     pub fn new(socket: PathBuf, namespace: String) -> Self {
@@ -61,6 +87,34 @@ impl Runtime {
             version: reply.version,
             revision: reply.revision,
         })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A request in Hivemind's containerd namespace.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = self.namespace.parse() {
+            request.metadata_mut().insert(NAMESPACE_HEADER, value);
+        }
+        request
+    }
+
+    fn call_error(&self, op: &'static str, id: &str, status: &tonic::Status) -> RuntimeError {
+        if status.code() == tonic::Code::Unavailable {
+            return RuntimeError::Unreachable {
+                socket: self.socket.clone(),
+                message: status_message(status),
+            };
+        }
+        RuntimeError::Call {
+            op,
+            id: id.to_owned(),
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
     }
 
     pub async fn status(&self) -> proto::RuntimeStatus {

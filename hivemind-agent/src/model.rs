@@ -1,0 +1,252 @@
+//! Desired and observed state as stored: apps (what the user asked for), containers (what runs
+//! where, with its history) and volumes. Values are JSON under the keys of [`keys`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Key layout in the store. One prefix per kind, so a range over it lists them.
+pub mod keys {
+    pub const APPS: &str = "/hivemind/apps/";
+    pub const CONTAINERS: &str = "/hivemind/containers/";
+    pub const VOLUMES: &str = "/hivemind/volumes/";
+
+    pub fn app(name: &str) -> String {
+        format!("{APPS}{name}")
+    }
+    pub fn container(id: &str) -> String {
+        format!("{CONTAINERS}{id}")
+    }
+    pub fn volume(name: &str) -> String {
+        format!("{VOLUMES}{name}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// `--port HOST:CONTAINER[/proto]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host,
+            self.container,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// `--volume NAME:/path[:ro]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+impl std::fmt::Display for VolumeMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}{}",
+            self.volume,
+            self.path,
+            if self.read_only { ":ro" } else { "" }
+        )
+    }
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    pub name: String,
+    /// The image reference as normalised by the pull (`registry/repo:tag`).
+    pub image: String,
+    /// Service domain (`--service`), registered by service discovery.
+    pub service: Option<String>,
+    pub replicas: u32,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    pub volumes: Vec<VolumeMount>,
+    /// User labels; `app=<name>` is implied and not stored here.
+    pub labels: BTreeMap<String, String>,
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when a container stops.
+    pub stop_timeout_secs: u32,
+    /// Bumped by every change that needs new containers (image, env, restart...).
+    pub generation: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl AppSpec {
+    /// The labels policies select on: the user's plus `app=<name>`.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert("app".into(), self.name.clone());
+        labels
+    }
+}
+
+/// A container's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Record written, containerd objects being made.
+    Creating,
+    Running,
+    /// The process exited; the reconciler restarts it after a backoff.
+    Exited,
+    /// Being stopped and removed.
+    Stopping,
+    /// Could not be created or started; replaced by the reconciler.
+    Failed,
+}
+
+impl ContainerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Stopping => "stopping",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One entry of a container's status history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub at_ms: u64,
+    pub state: ContainerState,
+    pub exit_code: Option<i32>,
+    pub message: String,
+}
+
+/// Histories keep the most recent changes only.
+pub const HISTORY_LIMIT: usize = 50;
+
+/// What runs, where, and what happened to it. Written by the node that runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub app: String,
+    /// Replica slot, 0-based; a slot has one current container.
+    pub slot: u32,
+    pub node: String,
+    /// The app generation this container was made for.
+    pub generation: u64,
+    pub image: String,
+    pub image_digest: String,
+    pub state: ContainerState,
+    pub exit_code: Option<i32>,
+    pub restart_count: u32,
+    pub pid: u32,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub history: Vec<StatusChange>,
+}
+
+impl ContainerRecord {
+    /// Moves to `state` and records the change.
+    pub fn transition(
+        &mut self,
+        state: ContainerState,
+        exit_code: Option<i32>,
+        message: impl Into<String>,
+    ) {
+        let now = now_ms();
+        self.state = state;
+        self.exit_code = exit_code;
+        if state == ContainerState::Running {
+            self.started_at_ms = Some(now);
+        }
+        self.history.push(StatusChange {
+            at_ms: now,
+            state,
+            exit_code,
+            message: message.into(),
+        });
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+/// A named volume: a directory under the data dir on `node`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub node: String,
+    pub created_at_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_and_ordered() {
+        let mut record = ContainerRecord {
+            id: "web-1".into(),
+            app: "web".into(),
+            slot: 0,
+            node: "n".into(),
+            generation: 1,
+            image: "i".into(),
+            image_digest: "d".into(),
+            state: ContainerState::Creating,
+            exit_code: None,
+            restart_count: 0,
+            pid: 0,
+            ip: None,
+            created_at_ms: 0,
+            started_at_ms: None,
+            history: Vec::new(),
+        };
+        for i in 0..(HISTORY_LIMIT + 5) {
+            record.transition(
+                ContainerState::Exited,
+                Some(i32::try_from(i).expect("small")),
+                "exit",
+            );
+        }
+        assert_eq!(record.history.len(), HISTORY_LIMIT);
+        assert_eq!(record.history.last().and_then(|c| c.exit_code), Some(54));
+        record.transition(ContainerState::Running, None, "started");
+        assert!(record.started_at_ms.is_some());
+    }
+}

@@ -1,0 +1,334 @@
+//! Parsing and validation of user input (CLI flags, REST bodies), shared by both front doors.
+//! Every error names the offending value and says what is expected.
+
+use std::collections::BTreeMap;
+
+use crate::model::{PortMapping, Protocol, VolumeMount};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value:?}: {reason}")]
+pub struct InvalidInput {
+    pub field: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> InvalidInput {
+    InvalidInput {
+        field,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Most replicas one app may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// App, volume and node names: RFC 1123 labels.
+pub fn name(field: &'static str, value: &str) -> Result<(), InvalidInput> {
+    if crate::config::is_dns_label(value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            value,
+            "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+        ))
+    }
+}
+
+pub fn replicas(value: i64) -> Result<u32, InvalidInput> {
+    u32::try_from(value)
+        .ok()
+        .filter(|r| *r <= MAX_REPLICAS)
+        .ok_or_else(|| {
+            invalid(
+                "replicas",
+                &value.to_string(),
+                format!("expected 0 to {MAX_REPLICAS}"),
+            )
+        })
+}
+
+/// `KEY=VALUE` pairs; later keys override earlier ones.
+pub fn env(pairs: &[String]) -> Result<BTreeMap<String, String>, InvalidInput> {
+    let mut env = BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| invalid("env", pair, "expected KEY=VALUE"))?;
+        let valid_key = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            return Err(invalid(
+                "env",
+                pair,
+                "the name must be letters, digits and '_', not starting with a digit",
+            ));
+        }
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(env)
+}
+
+/// `KEY=VALUE` labels; keys like Kubernetes' (`[prefix/]name`), `app` reserved.
+pub fn labels(pairs: &[String]) -> Result<BTreeMap<String, String>, InvalidInput> {
+    let mut labels = BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| invalid("label", pair, "expected KEY=VALUE"))?;
+        let label_chars = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        };
+        if key.is_empty() || key.len() > 253 || !label_chars(key) {
+            return Err(invalid(
+                "label",
+                pair,
+                "the key must be letters, digits, '-', '_', '.', '/'",
+            ));
+        }
+        if value.len() > 63
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "label",
+                pair,
+                "the value must be at most 63 letters, digits, '-', '_', '.'",
+            ));
+        }
+        if key == "app" {
+            return Err(invalid(
+                "label",
+                pair,
+                "`app` is set to the app's name automatically",
+            ));
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(labels)
+}
+
+/// `HOST:CONTAINER[/tcp|udp]`.
+pub fn port(value: &str) -> Result<PortMapping, InvalidInput> {
+    let (ports, protocol) = match value.rsplit_once('/') {
+        Some((ports, "tcp")) => (ports, Protocol::Tcp),
+        Some((ports, "udp")) => (ports, Protocol::Udp),
+        Some(_) => return Err(invalid("port", value, "the protocol must be tcp or udp")),
+        None => (value, Protocol::Tcp),
+    };
+    let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+    let (host, container) = ports
+        .split_once(':')
+        .and_then(|(h, c)| Some((parse(h)?, parse(c)?)))
+        .ok_or_else(|| {
+            invalid(
+                "port",
+                value,
+                "expected HOST:CONTAINER[/tcp|udp] with ports 1-65535",
+            )
+        })?;
+    Ok(PortMapping {
+        host,
+        container,
+        protocol,
+    })
+}
+
+/// Ports must not publish the same host port twice.
+pub fn ports(values: &[String]) -> Result<Vec<PortMapping>, InvalidInput> {
+    let mut ports: Vec<PortMapping> = Vec::new();
+    for value in values {
+        let mapping = port(value)?;
+        if ports
+            .iter()
+            .any(|p| p.host == mapping.host && p.protocol == mapping.protocol)
+        {
+            return Err(invalid("port", value, "this host port is published twice"));
+        }
+        ports.push(mapping);
+    }
+    Ok(ports)
+}
+
+/// `NAME:/absolute/path[:ro|:rw]`.
+pub fn volume(value: &str) -> Result<VolumeMount, InvalidInput> {
+    let mut parts = value.split(':');
+    let (Some(volume), Some(path)) = (parts.next(), parts.next()) else {
+        return Err(invalid("volume", value, "expected NAME:/path[:ro]"));
+    };
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return Err(invalid("volume", value, "the mode must be ro or rw")),
+    };
+    if parts.next().is_some() {
+        return Err(invalid("volume", value, "expected NAME:/path[:ro]"));
+    }
+    name("volume", volume)?;
+    if !path.starts_with('/') || path == "/" || path.split('/').any(|c| c == "..") {
+        return Err(invalid(
+            "volume",
+            value,
+            "the path must be absolute, not /, without '..'",
+        ));
+    }
+    Ok(VolumeMount {
+        volume: volume.to_owned(),
+        path: path.to_owned(),
+        read_only,
+    })
+}
+
+/// Volumes must not mount twice at the same path.
+pub fn volumes(values: &[String]) -> Result<Vec<VolumeMount>, InvalidInput> {
+    let mut mounts: Vec<VolumeMount> = Vec::new();
+    for value in values {
+        let mount = volume(value)?;
+        if mounts.iter().any(|m| m.path == mount.path) {
+            return Err(invalid(
+                "volume",
+                value,
+                "two volumes are mounted at this path",
+            ));
+        }
+        mounts.push(mount);
+    }
+    Ok(mounts)
+}
+
+/// `512m`, `1g`, `1.5g`, `65536k`, `1048576` (bytes); Docker's suffixes, binary multiples.
+pub fn memory(value: &str) -> Result<u64, InvalidInput> {
+    let lower = value.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (number, multiplier) = match lower.char_indices().last() {
+        Some((i, 'k')) => (&lower[..i], 1u64 << 10),
+        Some((i, 'm')) => (&lower[..i], 1 << 20),
+        Some((i, 'g')) => (&lower[..i], 1 << 30),
+        _ => (lower, 1),
+    };
+    let bytes = number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| n * multiplier as f64)
+        .ok_or_else(|| invalid("memory", value, "expected a size such as 256m or 1g"))?;
+    // 6 MiB is runc's minimum for a memory limit.
+    if bytes < f64::from(6u32 << 20) {
+        return Err(invalid("memory", value, "the minimum is 6m"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    // positive and finite, checked above
+    Ok(bytes as u64)
+}
+
+/// `0.5`, `2`: CPUs, in thousandths.
+pub fn cpus(value: &str) -> Result<u64, InvalidInput> {
+    let cpus = value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0)
+        .ok_or_else(|| {
+            invalid(
+                "cpus",
+                value,
+                "expected a number of CPUs from 0.01, such as 0.5 or 2",
+            )
+        })?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // bounded above
+    Ok((cpus * 1000.0).round() as u64)
+}
+
+/// A service domain: lowercase DNS name with at least one dot-free label, each a DNS label.
+pub fn domain(value: &str) -> Result<(), InvalidInput> {
+    let value_trimmed = value.strip_suffix('.').unwrap_or(value);
+    let ok = !value_trimmed.is_empty()
+        && value_trimmed.len() <= 253
+        && value_trimmed.split('.').all(crate::config::is_dns_label);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "service",
+            value,
+            "expected a DNS name such as app.example.com (lowercase)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(port("8080:80").expect("valid").to_string(), "8080:80/tcp");
+        assert_eq!(port("53:53/udp").expect("valid").protocol, Protocol::Udp);
+        for bad in ["80", "0:80", "80:70000", "a:b", "80:80/sctp", ""] {
+            assert!(port(bad).is_err(), "{bad}");
+        }
+        assert!(ports(&["80:80".into(), "80:81".into()]).is_err());
+        assert!(ports(&["80:80".into(), "80:80/udp".into()]).is_ok());
+    }
+
+    #[test]
+    fn volumes_parse() {
+        let mount = volume("data:/var/data:ro").expect("valid");
+        assert_eq!(
+            (mount.volume.as_str(), mount.path.as_str(), mount.read_only),
+            ("data", "/var/data", true)
+        );
+        for bad in [
+            "data",
+            "data:relative",
+            "Data:/x",
+            "data:/",
+            "data:/x:rx",
+            "data:/a/../b",
+            "a:/b:ro:x",
+        ] {
+            assert!(volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(memory("256m").expect("valid"), 256 << 20);
+        assert_eq!(memory("1G").expect("valid"), 1 << 30);
+        assert_eq!(memory("1.5g").expect("valid"), 3 << 29);
+        assert!(memory("1k").is_err(), "below minimum");
+        assert!(memory("lots").is_err());
+        assert_eq!(cpus("0.5").expect("valid"), 500);
+        assert!(cpus("0").is_err());
+        assert!(cpus("-1").is_err());
+    }
+
+    #[test]
+    fn env_and_labels() {
+        let env = env(&["A=1".into(), "B=x=y".into(), "A=2".into()]).expect("valid");
+        assert_eq!(env["A"], "2");
+        assert_eq!(env["B"], "x=y");
+        assert!(super::env(&["1A=x".into()]).is_err());
+        assert!(super::env(&["NOEQUALS".into()]).is_err());
+        assert!(labels(&["tier=web".into()]).is_ok());
+        assert!(labels(&["app=x".into()]).is_err());
+        assert!(labels(&["k=has space".into()]).is_err());
+    }
+
+    #[test]
+    fn names_replicas_domains() {
+        assert!(name("name", "web-1").is_ok());
+        assert!(name("name", "Web").is_err());
+        assert_eq!(replicas(3).expect("valid"), 3);
+        assert!(replicas(-1).is_err());
+        assert!(replicas(1001).is_err());
+        assert!(domain("app.example.com").is_ok());
+        assert!(domain("App.example.com").is_err());
+        assert!(domain("bad..com").is_err());
+    }
+}
