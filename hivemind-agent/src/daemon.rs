@@ -1,27 +1,37 @@
 //! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
-    api::{grpc, rest, service::AgentService},
+    api::{
+        grpc, rest,
+        service::{AgentService, Parts},
+    },
     config::AgentConfig,
     net::dataplane,
     paths,
-    runtime::Runtime,
+    reconcile::{Lifecycle, Reconciler},
+    runtime::{Runtime, netns::NetnsDir},
+    state::State,
     store::Store,
+    volumes::VolumeDirs,
 };
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
 
-    let store = Arc::new(Store::open(&config.data_dir.store_db())?);
+    let store = if config.etcd_endpoints.is_empty() {
+        Store::open_redb(&config.data_dir.store_db())?
+    } else {
+        Store::connect_etcd(&config.etcd_endpoints).await?
+    };
+    let state = State::new(store);
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
     let runtime = Runtime::new(
         config.containerd_socket.clone(),
         config.containerd_namespace.clone(),
+        config.insecure_registries.clone(),
     );
     match runtime.version().await {
         Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),
@@ -29,7 +39,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Err(err) => tracing::warn!("{err}"),
     }
 
-    let service = AgentService::new(config.node_name.clone(), store, runtime, dataplane);
+    let volumes = VolumeDirs::new(config.data_dir.volumes());
+    let lifecycle = Lifecycle::new(
+        runtime.clone(),
+        state.clone(),
+        config.node_name.clone(),
+        config.data_dir.containers(),
+        volumes.clone(),
+        NetnsDir::new(paths::netns_dir(&config.node_name)),
+    );
+    let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
+
+    let service = AgentService::new(Parts {
+        node_name: config.node_name.clone(),
+        state,
+        runtime,
+        dataplane,
+        reconciler,
+        volumes,
+        containers_dir: config.data_dir.containers(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -59,22 +88,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    grpc_task
-        .await
-        .context("gRPC server task")?
-        .context("gRPC server")?;
-    rest_task
-        .await
-        .context("REST server task")?
-        .context("REST server")?;
+    grpc_task.await.context("gRPC server task")?.context("gRPC server")?;
+    rest_task.await.context("REST server task")?.context("REST server")?;
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}

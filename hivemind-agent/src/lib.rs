@@ -12,11 +12,14 @@ pub mod daemon;
 pub mod model;
 pub mod net;
 pub mod paths;
+pub mod reconcile;
 pub mod runtime;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod unix_channel;
 pub mod validate;
+pub mod volumes;
 
 /// The agent's gRPC API, generated from `proto/hivemind.proto`.
 #[allow(clippy::pedantic, missing_debug_implementations)]

@@ -27,6 +27,21 @@ impl DataDir {
     pub fn store_db(&self) -> PathBuf {
         self.root.join("state.redb")
     }
+
+    /// Per-container files: `<id>/container.log`, `hosts`, `hostname`, `resolv.conf`.
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    /// Named volumes: `<name>/_data`.
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+}
+
+/// Where the agent mounts its containers' network namespaces.
+pub fn netns_dir(node: &str) -> PathBuf {
+    Path::new("/run/hivemind/netns").join(node)
 }
 
 /// Where the dataplane pins its maps, programs and links for `node`.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test image as an OCI layout in $1: busybox-static with every applet (sh, httpd,
-# nc, wget, ping, ...), a web root, and a config whose default command serves /www on port 80.
+# nc, wget, ping, ...), a web root, and /bin/entrypoint (the default command), which serves
+# /www on port 80.
 # Deterministic: the same busybox gives the same digests.
 set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR}
@@ -19,6 +20,28 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
 echo 'root:x:0:' > "$rootfs/etc/group"
 echo 'hivemind test image' > "$rootfs/www/index.html"
 chmod 1777 "$rootfs/tmp"
+# The default command. Environment knobs for tests:
+#   MESSAGE       printed at start (default "hello")
+#   APPEND=TEXT   appended as a line to $APPEND_TO (default /data/lines) at start
+#   EXIT_AFTER=N  exit after N seconds with EXIT_CODE (default 1) instead of serving
+#   PORT          httpd port (default 80)
+# It traps SIGTERM and exits 0, as a well-behaved service does.
+cat > "$rootfs/bin/entrypoint" <<'SH'
+#!/bin/sh
+echo "hivemind test image on $(hostname): ${MESSAGE:-hello}"
+if [ -n "$APPEND" ]; then echo "$APPEND" >> "${APPEND_TO:-/data/lines}"; fi
+if [ -n "$EXIT_AFTER" ]; then
+  sleep "$EXIT_AFTER"
+  echo "exiting with code ${EXIT_CODE:-1}"
+  exit "${EXIT_CODE:-1}"
+fi
+trap 'echo "stopping on SIGTERM"; kill $pid 2>/dev/null; exit 0' TERM
+httpd -f -v -p "${PORT:-80}" -h /www &
+pid=$!
+wait $pid
+SH
+chmod 755 "$rootfs/bin/entrypoint"
+touch -d @0 "$rootfs/bin/entrypoint"
 
 blobs=$out/blobs/sha256
 rm -rf "$out"; mkdir -p "$blobs"
@@ -33,7 +56,7 @@ layer_size=$(stat -c %s "$work/layer.tar.gz")
 layer=$(put_blob "$work/layer.tar.gz")
 
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-v","-p","80","-h","/www"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"tests/image/build.sh"}]}
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/entrypoint"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"tests/image/build.sh"}]}
 JSON
 config_size=$(stat -c %s "$work/config.json")
 config=$(put_blob "$work/config.json")

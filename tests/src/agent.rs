@@ -74,13 +74,17 @@ impl Agent {
             dir,
             args,
         };
-        agent.launch(netns);
+        agent.launch();
         agent
     }
 
-    fn launch(&mut self, netns: &Netns) {
+    fn launch(&mut self) {
         let log = self.dir.path().join(format!("agent-{}.log", unique("")));
-        let mut command = netns.command(&hivemind_bin().display().to_string());
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(hivemind_bin());
         command
             .args(&self.args)
             .env("HIVEMIND_LOG", "info,hivemind_agent=debug");
@@ -105,9 +109,9 @@ impl Agent {
     }
 
     /// Stops the agent (SIGTERM) and starts it again with the same arguments and data.
-    pub fn restart(&mut self, netns: &Netns) {
+    pub fn restart(&mut self) {
         self.stop();
-        self.launch(netns);
+        self.launch();
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -125,9 +129,9 @@ impl Agent {
     }
 
     /// Starts the agent again after [`Agent::stop`] or [`Agent::kill`].
-    pub fn start_again(&mut self, netns: &Netns) {
+    pub fn start_again(&mut self) {
         assert!(self.process.is_none(), "agent still running");
-        self.launch(netns);
+        self.launch();
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -7,6 +7,11 @@ use super::GlobalArgs;
 use crate::{proto::agent_client::AgentClient, unix_channel};
 
 pub async fn connect(global: &GlobalArgs) -> anyhow::Result<AgentClient<Channel>> {
+    Ok(AgentClient::new(channel(global).await?))
+}
+
+/// A connected channel to the agent named by `--addr`.
+pub async fn channel(global: &GlobalArgs) -> anyhow::Result<Channel> {
     let addr = global.addr.as_str();
     let channel = if let Some(path) = addr
         .strip_prefix("unix://")
@@ -28,7 +33,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<AgentClient<Channel>
     } else {
         bail!("invalid --addr {addr:?}: expected unix:PATH or https://HOST:PORT");
     };
-    Ok(AgentClient::new(channel))
+    Ok(channel)
 }
 
 fn unreachable_error(addr: &str, err: &dyn std::error::Error) -> anyhow::Error {

@@ -1,9 +1,11 @@
 //! The `hivemind` command line. `agent` runs the daemon; every other command is a gRPC client
 //! of a running agent.
 
+mod app;
 mod client;
 mod health;
 mod output;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,12 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Show the agent's health: store, container runtime, eBPF programs.
     Health,
+    /// Deploy and manage apps and their containers.
+    #[command(subcommand)]
+    App(app::AppCommand),
+    /// Create, list and remove named volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
@@ -73,13 +81,19 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Health => health::run(global).await,
+            Command::App(command) => app::run(global, command).await,
+            Command::Volume(command) => volume::run(global, command).await,
             Command::Agent(_) => unreachable!("main runs the agent itself"),
         }
     });
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("hivemind: {err:#}");
+            // The agent's errors are already sentences; print the message, not the gRPC code.
+            match err.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("hivemind: {}", status.message()),
+                None => eprintln!("hivemind: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }

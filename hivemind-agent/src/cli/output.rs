@@ -89,3 +89,62 @@ mod tests {
         assert_eq!(duration(90_000), "1d 1h");
     }
 }
+
+/// `2026-11-27 14:03:09` (UTC) from milliseconds since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+}
+
+/// "3m ago" relative to now.
+pub fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let now = crate::model::now_ms();
+    format!("{} ago", duration(now.saturating_sub(ms) / 1000))
+}
+
+/// 1536 → "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)] // display only
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps_and_sizes() {
+        assert_eq!(timestamp(0), "-");
+        assert_eq!(timestamp(1_000), "1970-01-01 00:00:01");
+        assert_eq!(timestamp(1_795_788_189_000), "2026-11-27 14:03:09");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(64 << 20), "64.0 MiB");
+    }
+}

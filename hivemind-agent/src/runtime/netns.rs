@@ -1,6 +1,7 @@
-//! Network namespaces the agent makes for containers: `/run/hivemind/netns/<id>`, each a bind
-//! mount of a fresh namespace, like `ip netns add` does. runc joins it by path; the datapath
-//! plugs the container's interface into it.
+//! Network namespaces the agent makes for containers: `/run/hivemind/netns/<node>/<id>`, each
+//! a bind mount of a fresh namespace, like `ip netns add` does. runc joins it by path; the
+//! datapath plugs the container's interface into it. One directory per node name, so agents
+//! sharing a machine (tests) never touch each other's namespaces.
 
 use std::{
     ffi::CString,
@@ -18,11 +19,10 @@ pub struct NetnsError {
     pub source: io::Error,
 }
 
-/// Where the namespaces live.
-pub const NETNS_DIR: &str = "/run/hivemind/netns";
-
-pub fn path(id: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(id)
+/// The directory holding one node's container namespaces.
+#[derive(Clone, Debug)]
+pub struct NetnsDir {
+    dir: PathBuf,
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -40,8 +40,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 /// Makes the namespace directory a shared mount point (as iproute2 does for /run/netns), so
 /// the namespaces mounted below it are visible in other mount namespaces too.
-fn prepare_dir() -> io::Result<()> {
-    let dir = Path::new(NETNS_DIR);
+fn prepare_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let c_dir = c_path(dir)?;
     // SAFETY: valid NUL-terminated paths; a null data pointer is allowed for these flags.
@@ -80,9 +79,18 @@ fn prepare_dir() -> io::Result<()> {
     })
 }
 
+impl NetnsDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
 /// Creates the namespace for container `id` (idempotent: an existing one is kept).
-pub fn create(id: &str) -> Result<PathBuf, NetnsError> {
-    let target = path(id);
+pub fn create(&self, id: &str) -> Result<PathBuf, NetnsError> {
+    let target = self.path(id);
     let fail = |op, source| NetnsError {
         path: target.clone(),
         op,
@@ -91,7 +99,7 @@ pub fn create(id: &str) -> Result<PathBuf, NetnsError> {
     if is_mounted(&target) {
         return Ok(target);
     }
-    prepare_dir().map_err(|e| fail("prepare the namespace directory", e))?;
+    prepare_dir(&self.dir).map_err(|e| fail("prepare the namespace directory", e))?;
     fs::File::create(&target).map_err(|e| fail("create the mount point", e))?;
     let c_target = c_path(&target).map_err(|e| fail("encode the path", e))?;
     // unshare(CLONE_NEWNET) moves only the calling thread; a throwaway thread keeps the
@@ -120,8 +128,8 @@ pub fn create(id: &str) -> Result<PathBuf, NetnsError> {
 }
 
 /// Unmounts and removes the namespace of container `id`. Idempotent.
-pub fn remove(id: &str) -> Result<(), NetnsError> {
-    let target = path(id);
+pub fn remove(&self, id: &str) -> Result<(), NetnsError> {
+    let target = self.path(id);
     if !target.exists() {
         return Ok(());
     }
@@ -142,13 +150,14 @@ pub fn remove(id: &str) -> Result<(), NetnsError> {
 }
 
 /// Ids of every namespace present (for cleaning up after a crash).
-pub fn list() -> Vec<String> {
-    fs::read_dir(NETNS_DIR)
+pub fn list(&self) -> Vec<String> {
+    fs::read_dir(&self.dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect()
+}
 }
 
 fn is_mounted(path: &Path) -> bool {

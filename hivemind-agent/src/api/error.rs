@@ -1,0 +1,123 @@
+//! The API's error: a category (which maps to one gRPC code and one HTTP status, in exactly
+//! one place each) and a message for people.
+
+use crate::{
+    reconcile::{LifecycleError, ReconcileError},
+    runtime::{RuntimeError, image::ImageError},
+    store::StoreError,
+    validate::InvalidInput,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input: 400 / `InvalidArgument`.
+    Invalid,
+    /// No such app, container or volume: 404 / `NotFound`.
+    NotFound,
+    /// Name taken, resource in use, concurrent change: 409 / `AlreadyExists`.
+    Conflict,
+    /// A dependency (containerd, a registry, etcd) cannot be reached: 503 / `Unavailable`.
+    Unavailable,
+    /// A real fault: 500 / `Internal`.
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(err: InvalidInput) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::new(ErrorKind::Internal, format!("store: {err}"))
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(err: RuntimeError) -> Self {
+        let kind = if err.is_unreachable() {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Internal
+        };
+        Self::new(kind, err.to_string())
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(err: ImageError) -> Self {
+        let kind = if err.is_unreachable() {
+            ErrorKind::Unavailable
+        } else if err.is_internal() {
+            ErrorKind::Internal
+        } else {
+            ErrorKind::Invalid
+        };
+        Self::new(kind, err.to_string())
+    }
+}
+
+impl From<ReconcileError> for ApiError {
+    fn from(err: ReconcileError) -> Self {
+        match err {
+            ReconcileError::Store(e) => e.into(),
+            ReconcileError::Runtime(e) => e.into(),
+            ReconcileError::Stopped => Self::new(ErrorKind::Internal, err.to_string()),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(err: LifecycleError) -> Self {
+        match err {
+            LifecycleError::Image(e) => e.into(),
+            LifecycleError::Runtime(e) if e.is_unreachable() => e.into(),
+            LifecycleError::Store(e) => e.into(),
+            LifecycleError::Netns(_) | LifecycleError::Files { .. } => Self::new(ErrorKind::Internal, err.to_string()),
+            // The container could not be made or started from this image and these settings
+            // (e.g. its command does not exist): the request's fault, said in the message.
+            LifecycleError::Runtime(_) | LifecycleError::User { .. } | LifecycleError::NoCommand { .. } => {
+                Self::invalid(format!("the container could not start: {err}"))
+            }
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        let code = match err.kind {
+            ErrorKind::Invalid => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::Conflict => tonic::Code::AlreadyExists,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, err.message)
+    }
+}

@@ -1,0 +1,187 @@
+//! Containers: list, inspect, logs.
+
+use std::{
+    io::SeekFrom,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncSeekExt as _},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{AgentService, convert};
+use crate::{api::error::ApiError, model::ContainerRecord, proto};
+
+/// How often a followed log is checked for new bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// `tail` reads at most this much from the end of the log.
+const TAIL_WINDOW: u64 = 4 << 20;
+const CHUNK: usize = 64 << 10;
+
+impl AgentService {
+    pub async fn containers(&self, app: &str) -> Result<proto::ListContainersReply, ApiError> {
+        let parts = self.parts();
+        if !app.is_empty() {
+            self.existing_app(app).await?;
+        }
+        let apps = parts.state.apps().await?;
+        let mut records: Vec<ContainerRecord> = parts
+            .state
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|r| app.is_empty() || r.app == app)
+            .collect();
+        records.sort_by(|a, b| (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms)));
+        Ok(proto::ListContainersReply {
+            containers: records
+                .iter()
+                .map(|r| convert::container(r, apps.iter().find(|a| a.name == r.app)))
+                .collect(),
+        })
+    }
+
+    pub async fn container(&self, id: &str) -> Result<proto::ContainerInfo, ApiError> {
+        let parts = self.parts();
+        let record = self.existing_container(id).await?;
+        let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
+        let mut info = convert::container(&record, app.as_ref());
+        info.log_path = self.log_path(id).display().to_string();
+        // Usage is best effort: a stopped container or an unreachable containerd has none.
+        if let Ok(Some(usage)) = parts.runtime.usage(id).await {
+            info.usage = Some(proto::ResourceUsage {
+                cpu_ns: usage.cpu_ns,
+                memory_bytes: usage.memory_bytes,
+                memory_limit_bytes: usage.memory_limit_bytes,
+            });
+        }
+        Ok(info)
+    }
+
+    /// The container's output: the last `tail` lines (all if 0), then, with `follow`, new
+    /// output as it is written, until the container is removed or the receiver goes away.
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: u32,
+    ) -> Result<ReceiverStream<Result<Vec<u8>, ApiError>>, ApiError> {
+        self.existing_container(id).await?;
+        let path = self.log_path(id);
+        let (tx, rx) = mpsc::channel(16);
+        let service = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = stream_log(&service, &id, &path, follow, tail, &tx).await {
+                let _ = tx.send(Err(err)).await;
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    pub(super) async fn existing_container(&self, id: &str) -> Result<ContainerRecord, ApiError> {
+        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ApiError::invalid(format!("invalid container id {id:?}")));
+        }
+        self.parts()
+            .state
+            .container(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no container {id}")))
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.parts().containers_dir.join(id).join("container.log")
+    }
+}
+
+async fn stream_log(
+    service: &AgentService,
+    id: &str,
+    path: &Path,
+    follow: bool,
+    tail: u32,
+    tx: &mpsc::Sender<Result<Vec<u8>, ApiError>>,
+) -> Result<(), ApiError> {
+    let io_error = |err: std::io::Error| ApiError::new(super::super::error::ErrorKind::Internal, format!("reading {}: {err}", path.display()));
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        // Not written yet (the container is starting): nothing to show so far.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            tokio::fs::File::open(path).await.map_err(io_error)?
+        }
+        Err(err) => return Err(io_error(err)),
+    };
+    let mut position = if tail > 0 {
+        let len = file.metadata().await.map_err(io_error)?.len();
+        let start = len.saturating_sub(TAIL_WINDOW);
+        file.seek(SeekFrom::Start(start)).await.map_err(io_error)?;
+        let mut window = Vec::new();
+        file.read_to_end(&mut window).await.map_err(io_error)?;
+        let from = tail_start(&window, tail as usize);
+        if tx.send(Ok(window[from..].to_vec())).await.is_err() {
+            return Ok(());
+        }
+        start + window.len() as u64
+    } else {
+        0
+    };
+    file.seek(SeekFrom::Start(position)).await.map_err(io_error)?;
+    let mut buffer = vec![0; CHUNK];
+    let mut idle_polls = 0u32;
+    loop {
+        let read = file.read(&mut buffer).await.map_err(io_error)?;
+        if read > 0 {
+            position += read as u64;
+            idle_polls = 0;
+            if tx.send(Ok(buffer[..read].to_vec())).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !follow || tx.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+        idle_polls += 1;
+        // Once a second while idle: stop when the container is gone.
+        if idle_polls % 5 == 0 && matches!(service.parts().state.container(id).await, Ok(None)) {
+            return Ok(());
+        }
+        let _ = position;
+    }
+}
+
+/// Byte offset where the last `lines` lines of `text` start.
+fn tail_start(text: &[u8], lines: usize) -> usize {
+    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
+    let mut seen = 0;
+    for (i, byte) in text[..end].iter().enumerate().rev() {
+        if *byte == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_start;
+
+    #[test]
+    fn tails_lines() {
+        let text = b"a\nb\nc\n";
+        assert_eq!(&text[tail_start(text, 1)..], b"c\n");
+        assert_eq!(&text[tail_start(text, 2)..], b"b\nc\n");
+        assert_eq!(&text[tail_start(text, 9)..], b"a\nb\nc\n");
+        assert_eq!(&b"x\ny"[tail_start(b"x\ny", 1)..], b"y");
+    }
+}

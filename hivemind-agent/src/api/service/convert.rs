@@ -1,0 +1,112 @@
+//! Records → API messages.
+
+use crate::{
+    model::{AppSpec, ContainerRecord, ContainerState},
+    proto,
+};
+
+/// Env values of keys that look secret are shown as this.
+const MASK: &str = "******";
+
+/// Keys whose values are masked in every output.
+fn looks_secret(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    ["PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE", "AUTH"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+pub fn masked_env(app: &AppSpec) -> Vec<String> {
+    app.env
+        .iter()
+        .map(|(k, v)| if looks_secret(k) { format!("{k}={MASK}") } else { format!("{k}={v}") })
+        .collect()
+}
+
+pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::ContainerInfo {
+    proto::ContainerInfo {
+        id: record.id.clone(),
+        app: record.app.clone(),
+        slot: record.slot,
+        node: record.node.clone(),
+        image: record.image.clone(),
+        image_digest: record.image_digest.clone(),
+        state: record.state.as_str().into(),
+        exit_code: record.exit_code,
+        restart_count: record.restart_count,
+        pid: record.pid,
+        ip: record.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        created_at_ms: record.created_at_ms,
+        started_at_ms: record.started_at_ms.unwrap_or(0),
+        history: record
+            .history
+            .iter()
+            .map(|change| proto::StatusChange {
+                at_ms: change.at_ms,
+                state: change.state.as_str().into(),
+                exit_code: change.exit_code,
+                message: change.message.clone(),
+            })
+            .collect(),
+        usage: None,
+        volumes: app.map(|a| a.volumes.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        env: app.map(masked_env).unwrap_or_default(),
+        ports: app.map(|a| a.ports.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        log_path: String::new(),
+    }
+}
+
+pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
+    let current: Vec<&&ContainerRecord> = records.iter().filter(|r| r.generation == spec.generation).collect();
+    let running = u32::try_from(
+        records
+            .iter()
+            .filter(|r| r.state == ContainerState::Running)
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
+    let current_running = current.iter().filter(|r| r.state == ContainerState::Running).count();
+    let status = if spec.replicas == 0 {
+        "stopped"
+    } else if current_running >= spec.replicas as usize {
+        "running"
+    } else if records.iter().any(|r| matches!(r.state, ContainerState::Exited | ContainerState::Failed)) {
+        "degraded"
+    } else {
+        "starting"
+    };
+    proto::AppInfo {
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        service: spec.service.clone().unwrap_or_default(),
+        replicas: spec.replicas,
+        running,
+        status: status.into(),
+        env: masked_env(spec),
+        ports: spec.ports.iter().map(ToString::to_string).collect(),
+        volumes: spec.volumes.iter().map(ToString::to_string).collect(),
+        labels: spec.labels.clone().into_iter().collect(),
+        memory_bytes: spec.memory_bytes.unwrap_or(0),
+        cpu_millis: spec.cpu_millis.unwrap_or(0),
+        generation: spec.generation,
+        created_at_ms: spec.created_at_ms,
+        updated_at_ms: spec.updated_at_ms,
+        containers: records.iter().map(|r| container(r, Some(spec))).collect(),
+        stop_timeout_secs: spec.stop_timeout_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked() {
+        for key in ["DB_PASSWORD", "api_key", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AUTH_HEADER"] {
+            assert!(looks_secret(key), "{key}");
+        }
+        for key in ["PATH", "PORT", "LOG_LEVEL"] {
+            assert!(!looks_secret(key), "{key}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Transport-independent operations behind both the gRPC and the REST API. Each returns the
+//! API's messages (`crate::proto`) or an [`ApiError`](super::error::ApiError).
+
+mod apps;
+mod containers;
+mod convert;
+mod volumes;
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use crate::{
+    net::dataplane::DataplaneHandle, proto, reconcile::ReconcilerHandle, runtime::Runtime, state::State,
+    volumes::VolumeDirs,
+};
+
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+/// Everything the operations need; built once by the daemon.
+#[derive(Debug)]
+pub struct Parts {
+    pub node_name: String,
+    pub state: State,
+    pub runtime: Runtime,
+    pub dataplane: DataplaneHandle,
+    pub reconciler: ReconcilerHandle,
+    pub volumes: VolumeDirs,
+    /// `<data dir>/containers`: per-container logs and files.
+    pub containers_dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct Inner {
+    parts: Parts,
+    started: Instant,
+    /// Deploys, scales, restarts and removals run one at a time: each is a read-check-write
+    /// of the desired state followed by a convergence, and interleaving two would make their
+    /// results (and error messages) depend on timing.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl AgentService {
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                started: Instant::now(),
+                changes: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn parts(&self) -> &Parts {
+        &self.inner.parts
+    }
+
+    pub async fn health(&self) -> proto::HealthReply {
+        let parts = self.parts();
+        let dataplane = parts.dataplane.status().await.unwrap_or_default();
+        proto::HealthReply {
+            version: crate::VERSION.into(),
+            node_name: parts.node_name.clone(),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            store: Some(parts.state.store().status().await),
+            runtime: Some(parts.runtime.status().await),
+            dataplane: Some(dataplane),
+        }
+    }
+}
+
+impl proto::HealthReply {
+    /// Healthy when every subsystem answers; the CLI's exit code and the REST status follow it.
+    pub fn is_healthy(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.ok) && self.runtime.as_ref().is_some_and(|r| r.reachable)
+    }
+}

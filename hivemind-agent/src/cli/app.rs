@@ -1,0 +1,363 @@
+//! `hivemind app ...`.
+
+use std::{io::IsTerminal as _, io::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tokio_stream::StreamExt as _;
+
+use super::{GlobalArgs, Output, client, output};
+use crate::proto;
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Deploy an image as an app (pulls it, starts its replicas).
+    Deploy(DeployArgs),
+    /// List apps.
+    #[command(alias = "list")]
+    Ls,
+    /// List containers (all apps, or one).
+    Containers {
+        /// Only this app's containers.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Show one container: image, state and history, restarts, IP, CPU and memory, volumes, env.
+    ContainerInfo {
+        #[arg(long)]
+        container_id: String,
+    },
+    /// Replace every replica with a fresh container, one at a time.
+    Restart {
+        #[arg(long)]
+        name: String,
+    },
+    /// Set the number of replicas.
+    Scale {
+        #[arg(long)]
+        name: String,
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: i64,
+    },
+    /// Stop and remove an app's containers and forget the app (volumes are kept).
+    Rm {
+        #[arg(long)]
+        name: String,
+    },
+    /// Print a container's output (stdout and stderr).
+    Logs {
+        #[arg(long)]
+        container_id: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Image reference: [registry/]repository[:tag][@digest].
+    #[arg(long)]
+    image: String,
+    /// App name: lowercase letters, digits and '-'.
+    #[arg(long)]
+    name: String,
+    /// Service domain for routing and discovery.
+    #[arg(long)]
+    service: Option<String>,
+    /// Number of containers [default: 1; unchanged on --update].
+    #[arg(long, allow_negative_numbers = true)]
+    replicas: Option<i64>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Publish a port HOST:CONTAINER[/tcp|udp] (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "HOST:CONTAINER[/PROTO]")]
+    ports: Vec<String>,
+    /// Mount a named volume VOLUME:/path[:ro] (repeatable).
+    #[arg(long = "volume", short = 'v', value_name = "VOLUME:/PATH[:ro]")]
+    volumes: Vec<String>,
+    /// Label KEY=VALUE, used by network policies (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Memory limit, e.g. 256m or 1g.
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a container [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    stop_timeout: Option<u32>,
+    /// Update an existing app to this image and these settings (its replicas are replaced).
+    #[arg(long)]
+    update: bool,
+    /// Pull the image even if it is already present.
+    #[arg(long)]
+    pull: bool,
+}
+
+pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<ExitCode> {
+    let channel = client::channel(global).await?;
+    let mut apps = proto::apps_client::AppsClient::new(channel.clone());
+    let mut containers = proto::containers_client::ContainersClient::new(channel);
+    match command {
+        AppCommand::Deploy(args) => deploy(global, &mut apps, args).await?,
+        AppCommand::Ls => {
+            let reply = apps.list(proto::ListAppsRequest {}).await?.into_inner();
+            match global.output {
+                Output::Json => output::json(&reply.apps)?,
+                Output::Table => print!("{}", apps_table(&reply.apps)),
+            }
+        }
+        AppCommand::Containers { app } => {
+            let request = proto::ListContainersRequest {
+                app: app.clone().unwrap_or_default(),
+            };
+            let reply = containers.list(request).await?.into_inner();
+            match global.output {
+                Output::Json => output::json(&reply.containers)?,
+                Output::Table => print!("{}", containers_table(&reply.containers)),
+            }
+        }
+        AppCommand::ContainerInfo { container_id } => {
+            let request = proto::ContainerRequest {
+                container_id: container_id.clone(),
+            };
+            let info = containers.info(request).await?.into_inner();
+            match global.output {
+                Output::Json => output::json(&info)?,
+                Output::Table => print!("{}", container_details(&info)),
+            }
+        }
+        AppCommand::Restart { name } => {
+            let reply = apps.restart(proto::AppRequest { name: name.clone() }).await?.into_inner();
+            action(global, &reply)?;
+        }
+        AppCommand::Scale { name, replicas } => {
+            let request = proto::ScaleRequest {
+                name: name.clone(),
+                replicas: *replicas,
+            };
+            let reply = apps.scale(request).await?.into_inner();
+            action(global, &reply)?;
+        }
+        AppCommand::Rm { name } => {
+            let reply = apps.remove(proto::AppRequest { name: name.clone() }).await?.into_inner();
+            action(global, &reply)?;
+        }
+        AppCommand::Logs {
+            container_id,
+            follow,
+            tail,
+        } => {
+            let request = proto::LogsRequest {
+                container_id: container_id.clone(),
+                follow: *follow,
+                tail: *tail,
+            };
+            let mut stream = containers.logs(request).await?.into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                stdout.write_all(&chunk?.data).context("writing to stdout")?;
+                stdout.flush().context("writing to stdout")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn action(global: &GlobalArgs, reply: &proto::ActionReply) -> anyhow::Result<()> {
+    match global.output {
+        Output::Json => output::json(reply),
+        Output::Table => {
+            println!("{}", reply.message);
+            Ok(())
+        }
+    }
+}
+
+async fn deploy(
+    global: &GlobalArgs,
+    apps: &mut proto::apps_client::AppsClient<tonic::transport::Channel>,
+    args: &DeployArgs,
+) -> anyhow::Result<()> {
+    let request = proto::DeployRequest {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        service: args.service.clone().unwrap_or_default(),
+        replicas: args.replicas,
+        env: args.env.clone(),
+        ports: args.ports.clone(),
+        volumes: args.volumes.clone(),
+        labels: args.labels.clone(),
+        memory: args.memory.clone().unwrap_or_default(),
+        cpus: args.cpus.clone().unwrap_or_default(),
+        update: args.update,
+        force_pull: args.pull,
+        stop_timeout_secs: args.stop_timeout,
+    };
+    let mut events = apps.deploy(request).await?.into_inner();
+    let mut bar = ProgressLine::new(global.output == Output::Table && std::io::stderr().is_terminal());
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(status) => {
+                bar.clear();
+                return Err(status.into());
+            }
+        };
+        if let Some(progress) = event.progress {
+            bar.show(&progress);
+        }
+        if let Some(result) = event.result {
+            bar.clear();
+            match global.output {
+                Output::Json => output::json(&result)?,
+                Output::Table => println!("{}", result.message),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A single self-overwriting line on stderr while an image is pulled (only on a terminal).
+struct ProgressLine {
+    enabled: bool,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(enabled: bool) -> Self {
+        Self { enabled, shown: false }
+    }
+
+    fn show(&mut self, progress: &proto::PullProgress) {
+        if !self.enabled {
+            return;
+        }
+        let line = if progress.total > 0 {
+            let width = 30u64;
+            let filled = (progress.done.min(progress.total) * width / progress.total) as usize;
+            format!(
+                "{:<8} [{}{}] {} / {}  {}",
+                progress.phase,
+                "#".repeat(filled),
+                "-".repeat(width as usize - filled),
+                output::bytes(progress.done),
+                output::bytes(progress.total),
+                progress.detail
+            )
+        } else {
+            format!("{:<8} {}", progress.phase, progress.detail)
+        };
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, "\r\x1b[2K{line}");
+        let _ = stderr.flush();
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\r\x1b[2K");
+            let _ = stderr.flush();
+            self.shown = false;
+        }
+    }
+}
+
+fn apps_table(apps: &[proto::AppInfo]) -> String {
+    let mut table = output::Table::new(&["name", "image", "replicas", "status", "service", "ports", "updated"]);
+    for app in apps {
+        table.row(vec![
+            app.name.clone(),
+            app.image.clone(),
+            format!("{}/{}", app.running, app.replicas),
+            app.status.clone(),
+            dash(&app.service),
+            dash(&app.ports.join(",")),
+            output::ago(app.updated_at_ms),
+        ]);
+    }
+    table.render()
+}
+
+fn containers_table(containers: &[proto::ContainerInfo]) -> String {
+    let mut table = output::Table::new(&["container", "app", "node", "status", "ip", "restarts", "image", "created"]);
+    for c in containers {
+        let status = match (c.state.as_str(), c.exit_code) {
+            ("running", _) => format!("running ({})", output::ago(c.started_at_ms).trim_end_matches(" ago")),
+            (state, Some(code)) => format!("{state} ({code})"),
+            (state, None) => state.to_owned(),
+        };
+        table.row(vec![
+            c.id.clone(),
+            c.app.clone(),
+            c.node.clone(),
+            status,
+            dash(&c.ip),
+            c.restart_count.to_string(),
+            c.image.clone(),
+            output::ago(c.created_at_ms),
+        ]);
+    }
+    table.render()
+}
+
+fn container_details(c: &proto::ContainerInfo) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Container", c.id.clone()),
+        ("App", format!("{} (replica slot {})", c.app, c.slot)),
+        ("Node", c.node.clone()),
+        ("Image", c.image.clone()),
+        ("Digest", dash(&c.image_digest)),
+        ("State", state_line(c)),
+        ("Restarts", c.restart_count.to_string()),
+        ("IP", dash(&c.ip)),
+    ];
+    if let Some(usage) = &c.usage {
+        #[allow(clippy::cast_precision_loss)] // display only
+        let cpu = format!("{:.2} s", usage.cpu_ns as f64 / 1e9);
+        rows.push(("CPU", cpu));
+        let limit = if usage.memory_limit_bytes == 0 {
+            "no limit".to_owned()
+        } else {
+            output::bytes(usage.memory_limit_bytes)
+        };
+        rows.push(("Memory", format!("{} / {limit}", output::bytes(usage.memory_bytes))));
+    }
+    rows.push(("Ports", dash(&c.ports.join(", "))));
+    rows.push(("Volumes", dash(&c.volumes.join(", "))));
+    rows.push(("Env", dash(&c.env.join(" "))));
+    rows.push(("Log", dash(&c.log_path)));
+    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect();
+    out.push_str("\nHistory\n");
+    let mut history = output::Table::new(&["time", "state", "exit", "message"]);
+    for change in &c.history {
+        history.row(vec![
+            output::timestamp(change.at_ms),
+            change.state.clone(),
+            change.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            change.message.clone(),
+        ]);
+    }
+    out + &history.render()
+}
+
+fn state_line(c: &proto::ContainerInfo) -> String {
+    match c.state.as_str() {
+        "running" => format!("running since {} (pid {})", output::timestamp(c.started_at_ms), c.pid),
+        state => match c.exit_code {
+            Some(code) => format!("{state}, exit code {code}"),
+            None => state.to_owned(),
+        },
+    }
+}
+
+fn dash(value: &str) -> String {
+    if value.is_empty() { "-".to_owned() } else { value.to_owned() }
+}

@@ -1,0 +1,365 @@
+//! Making, restarting and removing one container: the containerd objects, its network
+//! namespace, its files, and its record, kept consistent. A create that fails part-way undoes
+//! what it did.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::{
+    model::{AppSpec, ContainerRecord, ContainerState, now_ms},
+    runtime::{
+        Runtime, RuntimeError,
+        containers::{NewContainer, labels},
+        image::{ImageError, PulledImage},
+        netns::{NetnsDir, NetnsError},
+        spec::{self, BindMount, SpecInput},
+    },
+    state::State,
+    store::StoreError,
+    volumes::VolumeDirs,
+};
+
+/// Grace period for containers nobody wants any more.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+/// PATH for images that set none (Docker's default).
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("container {id}: cannot write {path}")]
+    Files {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {image}: user {user:?} is not numeric (uid[:gid]); named users are not supported")]
+    User { image: String, user: String },
+    #[error("image {image} has neither an entrypoint nor a command to run")]
+    NoCommand { image: String },
+}
+
+/// Owns the per-container directories under `<data dir>/containers/<id>`.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    runtime: Runtime,
+    state: State,
+    node: String,
+    containers_dir: PathBuf,
+    volumes: VolumeDirs,
+    netns: NetnsDir,
+}
+
+impl Lifecycle {
+    pub fn new(
+        runtime: Runtime,
+        state: State,
+        node: String,
+        containers_dir: PathBuf,
+        volumes: VolumeDirs,
+        netns: NetnsDir,
+    ) -> Self {
+        Self {
+            runtime,
+            state,
+            node,
+            containers_dir,
+            volumes,
+            netns,
+        }
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.containers_dir.join(id)
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("container.log")
+    }
+
+    /// Makes and starts a new container for `app`'s `slot`. The record is written first (so a
+    /// crash leaves a record the reconciler cleans up, never an unknown container); on failure
+    /// everything is undone and the record is marked failed with the reason.
+    pub async fn create(&self, app: &AppSpec, slot: u32) -> Result<ContainerRecord, (ContainerRecord, LifecycleError)> {
+        let id = format!("{}-{}", app.name, random_suffix());
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            app: app.name.clone(),
+            slot,
+            node: self.node.clone(),
+            generation: app.generation,
+            image: app.image.clone(),
+            image_digest: String::new(),
+            state: ContainerState::Creating,
+            exit_code: None,
+            restart_count: 0,
+            pid: 0,
+            ip: None,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            history: Vec::new(),
+        };
+        record.transition(ContainerState::Creating, None, format!("created for slot {slot}"));
+        if let Err(err) = self.state.put_container(&record).await {
+            return Err((record, err.into()));
+        }
+        match self.make(app, &mut record).await {
+            Ok(()) => {
+                record.transition(ContainerState::Running, None, "started");
+                if let Err(err) = self.state.put_container(&record).await {
+                    return Err((record, err.into()));
+                }
+                Ok(record)
+            }
+            Err(err) => {
+                self.undo(&id).await;
+                record.transition(ContainerState::Failed, None, err.to_string());
+                let _ = self.state.put_container(&record).await;
+                Err((record, err))
+            }
+        }
+    }
+
+    async fn make(&self, app: &AppSpec, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
+        let id = record.id.clone();
+        let image = self.runtime.ensure_image(&app.image, false, None).await?;
+        record.image_digest = image.digest.clone();
+        let netns_path = self.netns.create(&id)?;
+        let mut mounts = self.write_etc_files(&id)?;
+        for volume in &app.volumes {
+            mounts.push(BindMount {
+                source: self.volumes.data_path(&volume.volume),
+                destination: volume.path.clone(),
+                read_only: volume.read_only,
+            });
+        }
+        let (uid, gid) = parse_user(&image)?;
+        let args: Vec<String> = image
+            .config
+            .entrypoint
+            .iter()
+            .chain(image.config.cmd.iter())
+            .cloned()
+            .collect();
+        if args.is_empty() {
+            return Err(LifecycleError::NoCommand { image: image.name.clone() });
+        }
+        let spec = spec::build(&SpecInput {
+            id: id.clone(),
+            args,
+            env: merge_env(&image.config.env, &app.env, &id),
+            cwd: if image.config.working_dir.is_empty() { "/".into() } else { image.config.working_dir.clone() },
+            uid,
+            gid,
+            netns_path,
+            mounts,
+            memory_bytes: app.memory_bytes,
+            cpu_millis: app.cpu_millis,
+            cgroup_path: format!("/hivemind/{id}"),
+        });
+        let container_labels = HashMap::from([
+            (labels::APP.to_owned(), app.name.clone()),
+            (labels::SLOT.to_owned(), record.slot.to_string()),
+            (labels::GENERATION.to_owned(), app.generation.to_string()),
+            (labels::NODE.to_owned(), self.node.clone()),
+        ]);
+        self.runtime
+            .create_container(&NewContainer {
+                id: &id,
+                image: &image.name,
+                parent_snapshot: &image.chain_id,
+                spec: &spec,
+                labels: container_labels,
+            })
+            .await?;
+        record.pid = self.runtime.start_task(&id, &self.log_path(&id)).await?;
+        Ok(())
+    }
+
+    /// Starts an exited container again (a new task in the same container).
+    pub async fn restart(&self, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
+        record.pid = self.runtime.start_task(&record.id, &self.log_path(&record.id)).await?;
+        record.restart_count += 1;
+        let message = format!("restarted (restart #{})", record.restart_count);
+        record.transition(ContainerState::Running, None, message);
+        self.state.put_container(record).await?;
+        Ok(())
+    }
+
+    /// Stops (SIGTERM, grace, SIGKILL) and removes the container, its namespace, its files and
+    /// finally its record.
+    pub async fn remove(&self, record: &mut ContainerRecord, grace: Duration, reason: &str) -> Result<(), LifecycleError> {
+        if record.state != ContainerState::Stopping {
+            record.transition(ContainerState::Stopping, record.exit_code, reason);
+            self.state.put_container(record).await?;
+        }
+        self.runtime.stop_task(&record.id, grace).await?;
+        self.runtime.delete_container(&record.id).await?;
+        self.netns.remove(&record.id)?;
+        let _ = std::fs::remove_dir_all(self.dir(&record.id));
+        self.state.delete_container(&record.id).await?;
+        Ok(())
+    }
+
+    /// Drops the record and local leftovers of a container containerd no longer has.
+    pub async fn forget(&self, id: &str) -> Result<(), LifecycleError> {
+        self.netns.remove(id)?;
+        let _ = std::fs::remove_dir_all(self.dir(id));
+        self.state.delete_container(id).await?;
+        Ok(())
+    }
+
+    /// Removes a Hivemind container that has no record (left by a crash between creating it
+    /// in containerd and recording it, or by a removed app).
+    pub async fn remove_unrecorded(&self, id: &str) -> Result<(), LifecycleError> {
+        self.runtime.stop_task(id, ORPHAN_GRACE).await?;
+        self.runtime.delete_container(id).await?;
+        self.netns.remove(id)?;
+        let _ = std::fs::remove_dir_all(self.dir(id));
+        Ok(())
+    }
+
+    /// Removes network namespaces that belong to no known container.
+    pub fn sweep_namespaces(&self, known: &[ContainerRecord]) {
+        for id in self.netns.list() {
+            if !known.iter().any(|r| r.id == id) {
+                if let Err(err) = self.netns.remove(&id) {
+                    tracing::warn!("{err}");
+                }
+            }
+        }
+    }
+
+    /// Best-effort removal of whatever a failed create made.
+    async fn undo(&self, id: &str) {
+        if let Err(err) = self.runtime.delete_container(id).await {
+            tracing::warn!(container = id, "cleanup after failed create: {err}");
+        }
+        if let Err(err) = self.netns.remove(id) {
+            tracing::warn!(container = id, "cleanup after failed create: {err}");
+        }
+        let _ = std::fs::remove_dir_all(self.dir(id));
+    }
+
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the container.
+    fn write_etc_files(&self, id: &str) -> Result<Vec<BindMount>, LifecycleError> {
+        let dir = self.dir(id);
+        let write = |name: &str, contents: String| -> Result<BindMount, LifecycleError> {
+            let path = dir.join(name);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&path, contents))
+                .map_err(|source| LifecycleError::Files {
+                    id: id.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+            Ok(BindMount {
+                source: path,
+                destination: format!("/etc/{name}"),
+                read_only: false,
+            })
+        };
+        Ok(vec![
+            write("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"))?,
+            write("hostname", format!("{id}\n"))?,
+            write("resolv.conf", host_resolv_conf())?,
+        ])
+    }
+}
+
+fn host_resolv_conf() -> String {
+    without_loopback_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
+/// The node's resolvers minus loopback ones (they would point into the container itself).
+fn without_loopback_resolvers(resolv_conf: &str) -> String {
+    resolv_conf
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            !(words.next() == Some("nameserver")
+                && words.next().is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// Image env, then the app's env overriding it; PATH defaulted; HOSTNAME set.
+fn merge_env(image_env: &[String], app_env: &std::collections::BTreeMap<String, String>, id: &str) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| {
+        if let Some(slot) = merged.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = value.to_owned();
+        } else {
+            merged.push((key.to_owned(), value.to_owned()));
+        }
+    };
+    let (path_key, path_value) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", ""));
+    set(path_key, path_value);
+    set("HOSTNAME", id);
+    for pair in image_env {
+        if let Some((k, v)) = pair.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in app_env {
+        set(k, v);
+    }
+    merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn parse_user(image: &PulledImage) -> Result<(u32, u32), LifecycleError> {
+    let user = image.config.user.trim();
+    if user.is_empty() || user == "root" {
+        return Ok((0, 0));
+    }
+    let bad = || LifecycleError::User {
+        image: image.name.clone(),
+        user: user.to_owned(),
+    };
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    let uid: u32 = uid.parse().map_err(|_| bad())?;
+    let gid: u32 = if gid.is_empty() { uid } else { gid.parse().map_err(|_| bad())? };
+    Ok((uid, gid))
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..5)
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_merges_in_order() {
+        let app_env = std::collections::BTreeMap::from([("B".to_owned(), "app".to_owned())]);
+        let env = merge_env(&["PATH=/bin".into(), "B=image".into(), "C=1".into()], &app_env, "web-1");
+        assert_eq!(env, ["PATH=/bin", "HOSTNAME=web-1", "B=app", "C=1"]);
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback() {
+        let filtered = without_loopback_resolvers("nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch lan\n");
+        assert_eq!(filtered, "nameserver 9.9.9.9\nsearch lan\n");
+    }
+}

@@ -1,0 +1,360 @@
+//! Converges this node's containers to the desired state in the store.
+//!
+//! One task owns every containerd action of the node (no two passes ever race on the same
+//! container). It runs a pass when asked (after a deploy, scale, restart or removal), when a
+//! container exits (containerd's event stream), and every few seconds regardless, which also
+//! heals whatever the event stream missed while containerd or the agent was down.
+
+mod lifecycle;
+pub mod plan;
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::{StreamExt as _, stream};
+use tokio::sync::{mpsc, oneshot};
+
+pub use lifecycle::{Lifecycle, LifecycleError};
+use plan::{Action, Backoff};
+
+use crate::{
+    model::{AppSpec, ContainerRecord, ContainerState, now_ms},
+    runtime::containers::{ListedContainer, TaskExit, labels},
+    state::State,
+    store::StoreError,
+};
+
+/// A pass runs at least this often.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(3);
+/// Containers created or removed at once within a pass.
+const PARALLELISM: usize = 8;
+/// A container that ran at least this long before exiting starts its backoff afresh.
+const HEALTHY_RUN_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("the reconciler has stopped")]
+    Stopped,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub created: Vec<ContainerRecord>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    /// Actions that failed, by app.
+    pub failures: Vec<(String, LifecycleError)>,
+}
+
+enum Request {
+    Converge(oneshot::Sender<Result<Report, ReconcileError>>),
+}
+
+#[derive(Clone, Debug)]
+pub struct ReconcilerHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl ReconcilerHandle {
+    /// Runs a pass now and returns what it did.
+    pub async fn converge(&self) -> Result<Report, ReconcileError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Converge(reply))
+            .await
+            .map_err(|_| ReconcileError::Stopped)?;
+        answer.await.map_err(|_| ReconcileError::Stopped)?
+    }
+}
+
+pub struct Reconciler {
+    lifecycle: Lifecycle,
+    state: State,
+    node: String,
+    backoff: Backoff,
+    /// Consecutive quick exits per container.
+    failures: HashMap<String, u32>,
+}
+
+impl Reconciler {
+    pub fn new(lifecycle: Lifecycle, state: State, node: String) -> Self {
+        Self {
+            lifecycle,
+            state,
+            node,
+            backoff: Backoff::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    pub fn spawn(self) -> ReconcilerHandle {
+        let (requests, inbox) = mpsc::channel(32);
+        tokio::spawn(self.run(inbox));
+        ReconcilerHandle { requests }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+        let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (exit_tx, mut exits) = mpsc::channel::<TaskExit>(256);
+        tokio::spawn(watch_exits(self.lifecycle.runtime().clone(), exit_tx));
+        loop {
+            tokio::select! {
+                request = inbox.recv() => {
+                    let Some(Request::Converge(reply)) = request else { break };
+                    let _ = reply.send(self.pass().await);
+                }
+                Some(exit) = exits.recv() => {
+                    if let Err(err) = self.on_exit(&exit).await {
+                        tracing::warn!(container = %exit.container_id, "recording exit: {err}");
+                    }
+                    self.pass_logged().await;
+                }
+                _ = tick.tick() => self.pass_logged().await,
+            }
+        }
+    }
+
+    async fn pass_logged(&mut self) {
+        match self.pass().await {
+            Ok(report) => {
+                for (app, err) in &report.failures {
+                    tracing::warn!(app, "{err}");
+                }
+            }
+            Err(err) if is_unreachable(&err) => tracing::debug!("reconcile pass skipped: {err}"),
+            Err(err) => tracing::warn!("reconcile pass failed: {err}"),
+        }
+    }
+
+    /// Records an exit the event stream reported, and schedules the restart.
+    async fn on_exit(&mut self, exit: &TaskExit) -> Result<(), ReconcileError> {
+        let Some(mut record) = self.state.container(&exit.container_id).await? else {
+            return Ok(());
+        };
+        if record.node != self.node || record.state != ContainerState::Running {
+            return Ok(()); // stopping on purpose, or not ours
+        }
+        let code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
+        record.transition(ContainerState::Exited, Some(code), format!("exited with code {code}"));
+        self.state.put_container(&record).await?;
+        self.schedule_restart(&record);
+        Ok(())
+    }
+
+    fn schedule_restart(&mut self, record: &ContainerRecord) {
+        let ran_ms = now_ms().saturating_sub(record.started_at_ms.unwrap_or(0));
+        let failures = self.failures.entry(record.id.clone()).or_insert(0);
+        if ran_ms >= HEALTHY_RUN_MS {
+            *failures = 0;
+        }
+        let delay = plan::backoff_delay_ms(*failures);
+        *failures += 1;
+        self.backoff.insert(record.id.clone(), now_ms() + delay);
+    }
+
+    /// One pass: observe containerd, reconcile records with it, plan, act.
+    async fn pass(&mut self) -> Result<Report, ReconcileError> {
+        let apps = self.state.apps().await?;
+        let listed = self.lifecycle.runtime().list_containers().await?;
+        let records = self.observe(&apps, listed).await?;
+        let now = now_ms();
+        let actions = plan::plan(&apps, &records, owned_slots, &self.backoff, now);
+        Ok(self.act(&apps, records, actions).await)
+    }
+
+    /// Brings the records of this node in line with what containerd reports: adopts
+    /// Hivemind containers it has no record of (after a crash), drops records whose container
+    /// is gone, and notices exits the event stream missed.
+    async fn observe(&mut self, apps: &[AppSpec], listed: Vec<ListedContainer>) -> Result<Vec<ContainerRecord>, ReconcileError> {
+        let mut records: Vec<ContainerRecord> = self
+            .state
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|r| r.node == self.node)
+            .collect();
+        let listed: HashMap<String, ListedContainer> = listed
+            .into_iter()
+            .filter(|c| c.labels.get(labels::NODE).is_none_or(|n| *n == self.node))
+            .map(|c| (c.id.clone(), c))
+            .collect();
+
+        let mut kept = Vec::with_capacity(records.len());
+        for mut record in records.drain(..) {
+            match listed.get(&record.id) {
+                None if record.state == ContainerState::Failed => kept.push(record),
+                None => {
+                    // Gone from containerd (or never made it there before a crash).
+                    tracing::info!(container = %record.id, "container is gone from containerd; dropping its record");
+                    self.lifecycle.forget(&record.id).await?;
+                }
+                Some(container) => {
+                    let running = container.task.is_some_and(|t| t.running);
+                    if record.state == ContainerState::Running && !running {
+                        let code = container.task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX));
+                        record.transition(ContainerState::Exited, code, "found exited");
+                        self.state.put_container(&record).await?;
+                        self.schedule_restart(&record);
+                    } else if matches!(record.state, ContainerState::Exited | ContainerState::Creating) && running {
+                        record.pid = container.task.map_or(0, |t| t.pid);
+                        record.transition(ContainerState::Running, None, "found running");
+                        self.state.put_container(&record).await?;
+                    }
+                    kept.push(record);
+                }
+            }
+        }
+
+        // containerd containers without a record: adopt them if their app still wants them.
+        for container in listed.values() {
+            if kept.iter().any(|r| r.id == container.id) {
+                continue;
+            }
+            if let Some(record) = adoptable(apps, container, &self.node) {
+                tracing::info!(container = %record.id, app = %record.app, "adopting a running container");
+                self.state.put_container(&record).await?;
+                kept.push(record);
+            } else {
+                tracing::info!(container = %container.id, "removing a container no app wants");
+                self.lifecycle.remove_unrecorded(&container.id).await?;
+            }
+        }
+        self.lifecycle.sweep_namespaces(&kept);
+        Ok(kept)
+    }
+
+    async fn act(&mut self, apps: &[AppSpec], records: Vec<ContainerRecord>, actions: Vec<Action>) -> Report {
+        let mut report = Report::default();
+        let by_id: HashMap<String, ContainerRecord> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let app_of = |name: &str| apps.iter().find(|a| a.name == name);
+
+        let mut removals = Vec::new();
+        let mut creations = Vec::new();
+        for action in actions {
+            match action {
+                Action::Remove { id, reason } => {
+                    if let Some(record) = by_id.get(&id) {
+                        let grace = app_of(&record.app).map_or(10, |a| a.stop_timeout_secs);
+                        removals.push((record.clone(), Duration::from_secs(u64::from(grace)), reason));
+                    }
+                }
+                Action::Create { app, slot } => {
+                    if let Some(app) = app_of(&app) {
+                        creations.push((app.clone(), slot));
+                    }
+                }
+                Action::Restart { id } => {
+                    if let Some(record) = by_id.get(&id) {
+                        let mut record = record.clone();
+                        match self.lifecycle.restart(&mut record).await {
+                            Ok(()) => report.restarted.push(id),
+                            Err(err) => {
+                                report.failures.push((record.app.clone(), err));
+                                self.schedule_restart(&record);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let lifecycle = &self.lifecycle;
+        let removed: Vec<(ContainerRecord, Result<(), LifecycleError>)> = stream::iter(removals)
+            .map(|(mut record, grace, reason)| async move {
+                let result = lifecycle.remove(&mut record, grace, reason).await;
+                (record, result)
+            })
+            .buffer_unordered(PARALLELISM)
+            .collect()
+            .await;
+        for (record, result) in removed {
+            match result {
+                Ok(()) => {
+                    self.backoff.remove(&record.id);
+                    self.failures.remove(&record.id);
+                    report.removed.push(record.id);
+                }
+                Err(err) => report.failures.push((record.app, err)),
+            }
+        }
+
+        let created: Vec<_> = stream::iter(creations)
+            .map(|(app, slot)| async move { (app.name.clone(), lifecycle.create(&app, slot).await) })
+            .buffer_unordered(PARALLELISM)
+            .collect()
+            .await;
+        for (app, result) in created {
+            match result {
+                Ok(record) => report.created.push(record),
+                Err((record, err)) => {
+                    report.failures.push((app, err));
+                    self.schedule_restart(&record);
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Replica slots this node runs. Single node: all of them.
+fn owned_slots(app: &AppSpec) -> Vec<u32> {
+    (0..app.replicas).collect()
+}
+
+/// A record for a labelled containerd container, if its app still wants that slot.
+fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Option<ContainerRecord> {
+    let app = apps.iter().find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
+    let slot: u32 = container.labels.get(labels::SLOT)?.parse().ok()?;
+    let generation: u64 = container.labels.get(labels::GENERATION)?.parse().ok()?;
+    if !owned_slots(app).contains(&slot) {
+        return None;
+    }
+    let running = container.task.is_some_and(|t| t.running);
+    let mut record = ContainerRecord {
+        id: container.id.clone(),
+        app: app.name.clone(),
+        slot,
+        node: node.to_owned(),
+        generation,
+        image: app.image.clone(),
+        image_digest: String::new(),
+        state: ContainerState::Creating,
+        exit_code: None,
+        restart_count: 0,
+        pid: container.task.map_or(0, |t| t.pid),
+        ip: None,
+        created_at_ms: now_ms(),
+        started_at_ms: None,
+        history: Vec::new(),
+    };
+    let state = if running { ContainerState::Running } else { ContainerState::Exited };
+    record.transition(state, None, "adopted after an agent restart");
+    Some(record)
+}
+
+fn is_unreachable(err: &ReconcileError) -> bool {
+    matches!(err, ReconcileError::Runtime(e) if e.is_unreachable())
+}
+
+/// Forwards containerd's task-exit events, resubscribing whenever the stream ends.
+async fn watch_exits(runtime: crate::runtime::Runtime, exits: mpsc::Sender<TaskExit>) {
+    loop {
+        match runtime.task_exits().await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(exit) = stream.next().await {
+                    if exits.send(exit).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => tracing::debug!("event subscription: {err}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

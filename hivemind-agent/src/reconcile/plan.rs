@@ -1,0 +1,279 @@
+//! What to do to bring this node's containers to the desired state: a pure function of the
+//! apps, the container records and the clock, so every rule is unit-tested.
+//!
+//! Per app, each replica slot `0..replicas` (that this node owns) should have exactly one
+//! container of the app's current generation, running. Rules:
+//! - a slot with no current-generation container gets one (`Create`);
+//! - an exited container is restarted in place once its backoff has passed (`Restart`);
+//! - a failed container (could not be created or started) is removed after its backoff, and
+//!   the slot refilled on a later pass;
+//! - an older-generation container is removed once its slot's replacement runs (`Remove`),
+//!   and at most one slot is being replaced at a time (a rolling replacement);
+//! - containers of slots beyond `replicas`, of unknown apps, or duplicates are removed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{AppSpec, ContainerRecord, ContainerState};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create { app: String, slot: u32 },
+    Restart { id: String },
+    Remove { id: String, reason: &'static str },
+}
+
+/// When each container may next be restarted or replaced (ms since the epoch); absent = now.
+pub type Backoff = HashMap<String, u64>;
+
+/// `slots` gives the replica slots this node owns for an app (all of them on a single node).
+pub fn plan(
+    apps: &[AppSpec],
+    records: &[ContainerRecord],
+    slots: impl Fn(&AppSpec) -> Vec<u32>,
+    backoff: &Backoff,
+    now_ms: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let apps_by_name: BTreeMap<&str, &AppSpec> = apps.iter().map(|a| (a.name.as_str(), a)).collect();
+    let due = |id: &str| backoff.get(id).is_none_or(|at| *at <= now_ms);
+
+    for record in records {
+        if record.state == ContainerState::Stopping {
+            // Interrupted removal (agent restart): finish it.
+            actions.push(remove(record, "finishing an interrupted stop"));
+        } else if !apps_by_name.contains_key(record.app.as_str()) {
+            actions.push(remove(record, "its app was removed"));
+        }
+    }
+
+    for app in apps {
+        let owned = slots(app);
+        let mine: Vec<&ContainerRecord> = records
+            .iter()
+            .filter(|r| r.app == app.name && r.state != ContainerState::Stopping)
+            .collect();
+        for record in &mine {
+            if !owned.contains(&record.slot) {
+                actions.push(remove(record, "scaled down"));
+            }
+        }
+        // A rolling replacement touches one slot at a time: one is in flight while a slot has
+        // both an old container and a current one that does not run yet.
+        let mut replacing = owned.iter().any(|slot| {
+            let (current, old) = split(&mine, app, *slot);
+            !old.is_empty() && !current.is_empty() && !current.iter().any(|c| c.state == ContainerState::Running)
+        });
+        for slot in owned {
+            let (current, old) = split(&mine, app, slot);
+            let running = current.iter().filter(|c| c.state == ContainerState::Running).count();
+            if current.is_empty() {
+                if old.is_empty() || !replacing {
+                    actions.push(Action::Create {
+                        app: app.name.clone(),
+                        slot,
+                    });
+                    replacing |= !old.is_empty();
+                }
+                continue;
+            }
+            // Keep one current container per slot: the oldest running, else the oldest.
+            let keep = current
+                .iter()
+                .find(|c| c.state == ContainerState::Running)
+                .or_else(|| current.first())
+                .map(|c| c.id.clone());
+            for record in &current {
+                if Some(&record.id) != keep.as_ref() {
+                    actions.push(remove(record, "duplicate in its slot"));
+                    continue;
+                }
+                match record.state {
+                    ContainerState::Exited if due(&record.id) => {
+                        actions.push(Action::Restart { id: record.id.clone() });
+                    }
+                    ContainerState::Failed if due(&record.id) => {
+                        actions.push(remove(record, "failed; replacing it"));
+                    }
+                    _ => {}
+                }
+            }
+            if running > 0 {
+                for record in old {
+                    actions.push(remove(record, "replaced by a newer generation"));
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// Current-generation and older containers of one slot, oldest first.
+fn split<'a>(
+    records: &[&'a ContainerRecord],
+    app: &AppSpec,
+    slot: u32,
+) -> (Vec<&'a ContainerRecord>, Vec<&'a ContainerRecord>) {
+    let mut in_slot: Vec<&ContainerRecord> = records.iter().copied().filter(|r| r.slot == slot).collect();
+    in_slot.sort_by_key(|r| (r.created_at_ms, r.id.clone()));
+    in_slot.into_iter().partition(|r| r.generation == app.generation)
+}
+
+fn remove(record: &ContainerRecord, reason: &'static str) -> Action {
+    Action::Remove {
+        id: record.id.clone(),
+        reason,
+    }
+}
+
+/// Restart delay after `failures` consecutive quick exits: 0.5 s doubling to 30 s.
+pub fn backoff_delay_ms(failures: u32) -> u64 {
+    (500u64 << failures.min(6)).min(30_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, replicas: u32, generation: u64) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            image: "img".into(),
+            service: None,
+            replicas,
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            labels: BTreeMap::new(),
+            memory_bytes: None,
+            cpu_millis: None,
+            stop_timeout_secs: 10,
+            generation,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn record(id: &str, app: &str, slot: u32, generation: u64, state: ContainerState) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            app: app.into(),
+            slot,
+            node: "n".into(),
+            generation,
+            image: "img".into(),
+            image_digest: String::new(),
+            state,
+            exit_code: None,
+            restart_count: 0,
+            pid: 0,
+            ip: None,
+            created_at_ms: id.bytes().map(u64::from).sum(),
+            started_at_ms: None,
+            history: Vec::new(),
+        }
+    }
+
+    fn all_slots(app: &AppSpec) -> Vec<u32> {
+        (0..app.replicas).collect()
+    }
+
+    fn run(apps: &[AppSpec], records: &[ContainerRecord]) -> Vec<Action> {
+        plan(apps, records, all_slots, &Backoff::new(), 1_000)
+    }
+
+    #[test]
+    fn creates_missing_replicas() {
+        let actions = run(&[app("web", 3, 1)], &[record("a", "web", 1, 1, ContainerState::Running)]);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Create { app: "web".into(), slot: 0 },
+                Action::Create { app: "web".into(), slot: 2 },
+            ]
+        );
+    }
+
+    #[test]
+    fn steady_state_does_nothing() {
+        let records = [
+            record("a", "web", 0, 1, ContainerState::Running),
+            record("b", "web", 1, 1, ContainerState::Creating),
+        ];
+        assert!(run(&[app("web", 2, 1)], &records).is_empty());
+    }
+
+    #[test]
+    fn scales_down_and_removes_orphans() {
+        let records = [
+            record("a", "web", 0, 1, ContainerState::Running),
+            record("b", "web", 1, 1, ContainerState::Running),
+            record("c", "gone", 0, 1, ContainerState::Running),
+        ];
+        let actions = run(&[app("web", 1, 1)], &records);
+        assert!(actions.contains(&Action::Remove { id: "b".into(), reason: "scaled down" }));
+        assert!(actions.contains(&Action::Remove { id: "c".into(), reason: "its app was removed" }));
+        assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn restarts_exited_after_backoff() {
+        let records = [record("a", "web", 0, 1, ContainerState::Exited)];
+        let mut backoff = Backoff::new();
+        backoff.insert("a".into(), 5_000);
+        assert!(plan(&[app("web", 1, 1)], &records, all_slots, &backoff, 1_000).is_empty());
+        assert_eq!(
+            plan(&[app("web", 1, 1)], &records, all_slots, &backoff, 5_000),
+            vec![Action::Restart { id: "a".into() }]
+        );
+    }
+
+    #[test]
+    fn rolling_replacement_one_slot_at_a_time() {
+        // Generation 2 wanted; both slots run generation 1.
+        let mut records = vec![
+            record("a", "web", 0, 1, ContainerState::Running),
+            record("b", "web", 1, 1, ContainerState::Running),
+        ];
+        let web = app("web", 2, 2);
+        assert_eq!(run(&[web.clone()], &records), vec![Action::Create { app: "web".into(), slot: 0 }]);
+
+        // Slot 0's replacement is starting: nothing else happens yet.
+        records.push(record("c", "web", 0, 2, ContainerState::Creating));
+        assert!(run(&[web.clone()], &records).is_empty());
+
+        // It runs: the old one goes and slot 1 is next.
+        records[2].state = ContainerState::Running;
+        let actions = run(&[web], &records);
+        assert!(actions.contains(&Action::Remove { id: "a".into(), reason: "replaced by a newer generation" }));
+        assert!(actions.contains(&Action::Create { app: "web".into(), slot: 1 }));
+    }
+
+    #[test]
+    fn duplicates_and_interrupted_stops() {
+        let records = [
+            record("a", "web", 0, 1, ContainerState::Running),
+            record("b", "web", 0, 1, ContainerState::Running),
+            record("s", "web", 0, 1, ContainerState::Stopping),
+        ];
+        let actions = run(&[app("web", 1, 1)], &records);
+        assert!(actions.contains(&Action::Remove { id: "s".into(), reason: "finishing an interrupted stop" }));
+        assert!(actions.contains(&Action::Remove { id: "b".into(), reason: "duplicate in its slot" }));
+        assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn failed_container_is_replaced() {
+        let records = [record("a", "web", 0, 1, ContainerState::Failed)];
+        assert_eq!(
+            run(&[app("web", 1, 1)], &records),
+            vec![Action::Remove { id: "a".into(), reason: "failed; replacing it" }]
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_delay_ms(0), 500);
+        assert_eq!(backoff_delay_ms(1), 1000);
+        assert_eq!(backoff_delay_ms(10), 30_000);
+    }
+}
