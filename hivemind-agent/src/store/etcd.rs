@@ -102,6 +102,12 @@ type WatchTx = mpsc::Sender<Result<Event, StoreError>>;
 
 impl EtcdStore {
     pub(super) async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        // Built without etcd-client's TLS features: say so instead of a transport error.
+        if let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://")) {
+            return Err(StoreError::EtcdTls {
+                endpoint: endpoint.clone(),
+            });
+        }
         let joined: Arc<str> = endpoints.join(",").into();
         let options = ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
@@ -466,4 +472,21 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = err.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Store, StoreError};
+
+    #[tokio::test]
+    async fn https_endpoints_are_refused_clearly() {
+        let endpoints = [
+            "http://127.0.0.1:2379".to_owned(),
+            "https://etcd:2379".to_owned(),
+        ];
+        match Store::connect_etcd(&endpoints).await {
+            Err(StoreError::EtcdTls { endpoint }) => assert_eq!(endpoint, "https://etcd:2379"),
+            other => panic!("expected EtcdTls, got {other:?}"),
+        }
+    }
 }

@@ -146,6 +146,8 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
+    #[error("etcd endpoint {endpoint}: TLS is not supported yet; use http://")]
+    EtcdTls { endpoint: String },
     #[error("etcd {op} timed out after {timeout:?} (endpoints {endpoints})")]
     EtcdTimeout {
         op: &'static str,
@@ -219,7 +221,8 @@ impl Store {
         })
     }
 
-    /// Connects to an etcd cluster (`http://HOST:PORT` endpoints) and checks that it answers.
+    /// Connects to an etcd cluster (`http://HOST:PORT` endpoints; no TLS yet) and checks that
+    /// it answers.
     pub async fn connect_etcd(endpoints: &[String]) -> Result<Self, StoreError> {
         Ok(Self {
             backend: Backend::Etcd(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
