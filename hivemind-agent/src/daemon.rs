@@ -1,7 +1,5 @@
 //! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
@@ -17,7 +15,7 @@ use crate::{
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
 
-    let store = Arc::new(Store::open(&config.data_dir.store_db())?);
+    let store = open_store(&config).await?;
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
     let runtime = Runtime::new(
         config.containerd_socket.clone(),
@@ -70,6 +68,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The embedded redb file in the data dir, or etcd when `--etcd-endpoints` names a cluster.
+async fn open_store(config: &AgentConfig) -> anyhow::Result<Store> {
+    let store = if config.etcd_endpoints.is_empty() {
+        Store::open_redb(&config.data_dir.store_db())?
+    } else {
+        Store::connect_etcd(&config.etcd_endpoints).await?
+    };
+    let status = store.status().await;
+    tracing::info!(backend = %status.backend, location = %status.location, "store open");
+    Ok(store)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ pub struct AgentService {
 struct Inner {
     node_name: String,
     started: Instant,
-    store: Arc<Store>,
+    store: Store,
     runtime: Runtime,
     dataplane: DataplaneHandle,
 }
@@ -21,7 +21,7 @@ struct Inner {
 impl AgentService {
     pub fn new(
         node_name: String,
-        store: Arc<Store>,
+        store: Store,
         runtime: Runtime,
         dataplane: DataplaneHandle,
     ) -> Self {
@@ -43,7 +43,7 @@ impl AgentService {
             version: crate::VERSION.into(),
             node_name: inner.node_name.clone(),
             uptime_seconds: inner.started.elapsed().as_secs(),
-            store: Some(inner.store.status()),
+            store: Some(inner.store.status().await),
             runtime: Some(inner.runtime.status().await),
             dataplane: Some(dataplane),
         }
