@@ -5,13 +5,15 @@
 //! - [`Containerd`]: a private containerd with its own root, state and socket;
 //! - [`Registry`]: a private OCI registry (docker-registry) on a loopback address;
 //! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
-//! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket.
+//! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
+//! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`].
 //!
 //! Tests need root; run them with `cargo xtask test`.
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
 mod containerd;
+mod etcd;
 pub mod image;
 mod netns;
 mod node;
@@ -21,6 +23,7 @@ pub mod util;
 
 pub use agent::{Agent, AgentOptions};
 pub use containerd::Containerd;
+pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{Netns, list as netns_list, veth};
 pub use node::{REGISTRY_ADDR, SingleNode};
 pub use process::Process;

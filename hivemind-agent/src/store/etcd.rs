@@ -1,0 +1,492 @@
+//! The cluster backend: an etcd cluster through `etcd-client` (plain HTTP/2; no TLS yet).
+//!
+//! The API is etcd's own, so this is mostly translation. What it adds: a deadline on every call
+//! (a balanced channel with no reachable endpoint would otherwise wait forever), typed errors
+//! for the cases callers handle (missing lease, compaction), and watches that resume from the
+//! next revision by themselves when the connection drops.
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use etcd_client::{
+    Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
+    EventType, GetOptions, KvClient, PutOptions, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    Compare, Event, EventKind, KeyValue, LeaseId, Op, Revision, StoreError, Txn, TxnOutcome,
+    WatchStream,
+};
+use crate::proto;
+
+/// Deadline of one request, including waiting for a connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of the reachability check at connect and of `status`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest range answer accepted (tonic's default is 4 MiB).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Longest pause between attempts to re-establish a broken watch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub(super) struct EtcdStore {
+    client: Client,
+    /// For messages: the endpoints as given, comma-separated.
+    endpoints: Arc<str>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+fn revision(r: i64) -> Revision {
+    Revision::try_from(r).unwrap_or(0)
+}
+
+fn etcd_revision(r: Revision) -> i64 {
+    i64::try_from(r).unwrap_or(i64::MAX)
+}
+
+/// The server's message, if the error is a gRPC status from etcd.
+fn server_message(err: &etcd_client::Error) -> &str {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => status.message(),
+        _ => "",
+    }
+}
+
+const LEASE_NOT_FOUND: &str = "requested lease not found";
+
+fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: revision(kv.create_revision()),
+        mod_revision: revision(kv.mod_revision()),
+        lease: kv.lease(),
+    }
+}
+
+fn compare(compare: &Compare) -> EtcdCompare {
+    match compare {
+        // etcd's create revision of a missing key is 0.
+        Compare::Absent(key) => EtcdCompare::create_revision(key.as_str(), CompareOp::Equal, 0),
+        Compare::ModRevision(key, r) => {
+            EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, etcd_revision(*r))
+        }
+        Compare::Value(key, value) => {
+            EtcdCompare::value(key.as_str(), CompareOp::Equal, value.clone())
+        }
+    }
+}
+
+fn txn_op(op: Op) -> TxnOp {
+    match op {
+        Op::Put { key, value, lease } => TxnOp::put(
+            key,
+            value,
+            (lease != 0).then(|| PutOptions::new().with_lease(lease)),
+        ),
+        Op::Delete { key } => TxnOp::delete(key, None),
+        Op::DeletePrefix { prefix } => {
+            TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))
+        }
+    }
+}
+
+type WatchTx = mpsc::Sender<Result<Event, StoreError>>;
+
+impl EtcdStore {
+    pub(super) async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        // Built without etcd-client's TLS features: say so instead of a transport error.
+        if let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://")) {
+            return Err(StoreError::EtcdTls {
+                endpoint: endpoint.clone(),
+            });
+        }
+        let joined: Arc<str> = endpoints.join(",").into();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            // Notice a dead connection under an idle watch.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|source| StoreError::Etcd {
+                op: "connect",
+                endpoints: joined.to_string(),
+                source,
+            })?;
+        let store = Self {
+            client,
+            endpoints: joined,
+        };
+        // The channel connects lazily: prove now that etcd answers, so a wrong endpoint fails
+        // the agent's start instead of its first request.
+        let mut maintenance = store.client.maintenance_client();
+        store
+            .call_within("connect", PROBE_TIMEOUT, maintenance.status())
+            .await?;
+        Ok(store)
+    }
+
+    fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn error(&self, op: &'static str, source: etcd_client::Error) -> StoreError {
+        StoreError::Etcd {
+            op,
+            endpoints: self.endpoints.to_string(),
+            source,
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        self.call_within(op, REQUEST_TIMEOUT, request).await
+    }
+
+    async fn call_within<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(timeout, request).await {
+            Ok(result) => result.map_err(|source| self.error(op, source)),
+            Err(_) => Err(StoreError::EtcdTimeout {
+                op,
+                endpoints: self.endpoints.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Like [`call`](Self::call), with etcd's "requested lease not found" as a typed error.
+    async fn call_with_lease<T>(
+        &self,
+        op: &'static str,
+        lease: LeaseId,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match self.call(op, request).await {
+            Err(StoreError::Etcd { source, .. })
+                if server_message(&source).contains(LEASE_NOT_FOUND) =>
+            {
+                Err(StoreError::LeaseNotFound { lease })
+            }
+            other => other,
+        }
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut kv = self.kv();
+        let response = self.call("get", kv.get(key, None)).await?;
+        Ok(response.kvs().first().map(key_value))
+    }
+
+    pub(super) async fn range(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let mut kv = self.kv();
+        let response = self
+            .call(
+                "range",
+                kv.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let current = response.header().map_or(0, |h| revision(h.revision()));
+        // etcd answers in key order.
+        Ok((response.kvs().iter().map(key_value).collect(), current))
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let mut kv = self.kv();
+        let response = self
+            .call(
+                "get revision",
+                kv.get("/", Some(GetOptions::new().with_count_only())),
+            )
+            .await?;
+        Ok(response.header().map_or(0, |h| revision(h.revision())))
+    }
+
+    pub(super) async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<Revision, StoreError> {
+        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let mut kv = self.kv();
+        let response = self
+            .call_with_lease("put", lease, kv.put(key, value, options))
+            .await?;
+        Ok(response.header().map_or(0, |h| revision(h.revision())))
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut kv = self.kv();
+        let response = self.call("delete", kv.delete(key, None)).await?;
+        Ok(response.deleted() > 0)
+    }
+
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        // etcd doesn't say which lease was missing; name the first one the transaction uses.
+        let lease = txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .find_map(|op| match op {
+                Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let request = etcd_client::Txn::new()
+            .when(txn.compare.iter().map(compare).collect::<Vec<_>>())
+            .and_then(txn.success.into_iter().map(txn_op).collect::<Vec<_>>())
+            .or_else(txn.failure.into_iter().map(txn_op).collect::<Vec<_>>());
+        let mut kv = self.kv();
+        let response = self.call_with_lease("txn", lease, kv.txn(request)).await?;
+        Ok(TxnOutcome {
+            succeeded: response.succeeded(),
+            revision: response.header().map_or(0, |h| revision(h.revision())),
+        })
+    }
+
+    pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        // etcd counts whole seconds; round up so a lease never lives shorter than asked.
+        let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+        let mut lease = self.client.lease_client();
+        let response = self.call("grant lease", lease.grant(seconds, None)).await?;
+        Ok(response.id())
+    }
+
+    pub(super) async fn keep_alive(&self, id: LeaseId) -> Result<(), StoreError> {
+        let mut lease = self.client.lease_client();
+        // One request and its answer: etcd-client's keep_alive sends the first one itself and
+        // fails when the answer's TTL says the lease is gone.
+        match self.call("keep lease alive", lease.keep_alive(id)).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Etcd {
+                source: etcd_client::Error::LeaseKeepAliveError(_),
+                ..
+            }) => Err(StoreError::LeaseExpired { lease: id }),
+            Err(StoreError::Etcd { source, .. })
+                if server_message(&source).contains(LEASE_NOT_FOUND) =>
+            {
+                Err(StoreError::LeaseExpired { lease: id })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub(super) async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
+        let mut lease = self.client.lease_client();
+        self.call_with_lease("revoke lease", id, lease.revoke(id))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn compact(&self, target: Revision) -> Result<(), StoreError> {
+        let mut kv = self.kv();
+        let request = kv.compact(etcd_revision(target), None::<CompactionOptions>);
+        match self.call("compact", request).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Etcd { source, .. })
+                if server_message(&source).contains("required revision has been compacted") =>
+            {
+                Ok(())
+            }
+            Err(StoreError::Etcd { source, .. })
+                if server_message(&source).contains("required revision is a future revision") =>
+            {
+                Err(StoreError::FutureRevision {
+                    revision: target,
+                    current: self.current_revision().await?,
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub(super) async fn watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> Result<WatchStream, StoreError> {
+        let (stream, next) = self.open_watch(prefix, from).await?;
+        let store = self.clone();
+        let prefix = prefix.to_owned();
+        Ok(WatchStream::spawn(move |tx| async move {
+            if let Err(err) = store.follow(&prefix, stream, next, &tx).await {
+                let _ = tx.send(Err(err)).await;
+            }
+        }))
+    }
+
+    /// Creates a watch from `from` (0 = now) and waits for etcd's "created" answer (a message
+    /// without events). Returns the stream and the lowest revision it will deliver.
+    async fn open_watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> Result<(etcd_client::WatchStream, Revision), StoreError> {
+        let mut options = WatchOptions::new().with_prefix();
+        if from > 0 {
+            options = options.with_start_revision(etcd_revision(from));
+        }
+        let mut client = self.client.watch_client();
+        let mut stream = self
+            .call("watch", client.watch(prefix, Some(options)))
+            .await?;
+        let created = self.call("watch", stream.message()).await?;
+        match created {
+            Some(response) if response.created() && !response.canceled() => {
+                let current = response.header().map_or(0, |h| revision(h.revision()));
+                Ok((stream, if from == 0 { current + 1 } else { from }))
+            }
+            Some(response) => Err(StoreError::WatchCanceled {
+                prefix: prefix.to_owned(),
+                reason: response.cancel_reason().to_owned(),
+            }),
+            None => Err(StoreError::WatchCanceled {
+                prefix: prefix.to_owned(),
+                reason: "the stream closed before the watch was created".to_owned(),
+            }),
+        }
+    }
+
+    /// Forwards events until the consumer goes away (`Ok`) or the watch fails for good.
+    async fn follow(
+        &self,
+        prefix: &str,
+        mut stream: etcd_client::WatchStream,
+        mut next: Revision,
+        tx: &WatchTx,
+    ) -> Result<(), StoreError> {
+        loop {
+            let Ok(Some(response)) = stream.message().await else {
+                // The stream broke (connection lost, member gone): carry on from `next`.
+                let Some(reopened) = self.reopen(prefix, next, tx).await else {
+                    return Ok(());
+                };
+                stream = reopened;
+                continue;
+            };
+            if response.compact_revision() > 0 {
+                return Err(StoreError::Compacted {
+                    requested: next,
+                    compact_revision: revision(response.compact_revision()),
+                });
+            }
+            if response.canceled() {
+                return Err(StoreError::WatchCanceled {
+                    prefix: prefix.to_owned(),
+                    reason: response.cancel_reason().to_owned(),
+                });
+            }
+            // etcd never splits one revision's events across messages (no fragmenting asked),
+            // so resuming from the revision after the last message's is exact.
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let kind = match event.event_type() {
+                    EventType::Put => EventKind::Put,
+                    EventType::Delete => EventKind::Delete,
+                };
+                let event = Event {
+                    kind,
+                    kv: key_value(kv),
+                };
+                next = next.max(event.revision() + 1);
+                if tx.send(Ok(event)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Re-creates a broken watch from `next`, retrying with backoff until it works or the
+    /// consumer goes away (`None`).
+    async fn reopen(
+        &self,
+        prefix: &str,
+        next: Revision,
+        tx: &WatchTx,
+    ) -> Option<etcd_client::WatchStream> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if tx.is_closed() {
+                return None;
+            }
+            match self.open_watch(prefix, next).await {
+                Ok((stream, _)) => {
+                    tracing::info!(prefix, next, "etcd watch resumed");
+                    return Some(stream);
+                }
+                Err(err) => {
+                    tracing::warn!(prefix, next, error = %err, "etcd watch broken; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn status(&self) -> proto::StoreStatus {
+        let mut maintenance = self.client.maintenance_client();
+        let error = self
+            .call_within("status", PROBE_TIMEOUT, maintenance.status())
+            .await
+            .err()
+            .map(|err| error_chain(&err));
+        proto::StoreStatus {
+            backend: "etcd".into(),
+            location: self.endpoints.to_string(),
+            ok: error.is_none(),
+            error: error.unwrap_or_default(),
+        }
+    }
+}
+
+/// The error and its sources on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Store, StoreError};
+
+    #[tokio::test]
+    async fn https_endpoints_are_refused_clearly() {
+        let endpoints = [
+            "http://127.0.0.1:2379".to_owned(),
+            "https://etcd:2379".to_owned(),
+        ];
+        match Store::connect_etcd(&endpoints).await {
+            Err(StoreError::EtcdTls { endpoint }) => assert_eq!(endpoint, "https://etcd:2379"),
+            other => panic!("expected EtcdTls, got {other:?}"),
+        }
+    }
+}
