@@ -28,7 +28,7 @@ impl State {
             .store
             .get_json::<AppSpec>(&keys::app(name))
             .await?
-            .map(|(kv, app)| (app, kv.mod_revision)))
+            .map(|entry| (entry.value, entry.mod_revision)))
     }
 
     pub async fn apps(&self) -> Result<Vec<AppSpec>, StoreError> {
@@ -36,8 +36,9 @@ impl State {
             .store
             .range_json::<AppSpec>(keys::APPS)
             .await?
+            .0
             .into_iter()
-            .map(|(_, app)| app)
+            .map(|entry| entry.value)
             .collect())
     }
 
@@ -76,8 +77,9 @@ impl State {
             .store
             .range_json::<ContainerRecord>(keys::CONTAINERS)
             .await?
+            .0
             .into_iter()
-            .map(|(_, record)| record)
+            .map(|entry| entry.value)
             .collect())
     }
 
@@ -86,7 +88,7 @@ impl State {
             .store
             .get_json::<ContainerRecord>(&keys::container(id))
             .await?
-            .map(|(_, record)| record))
+            .map(|entry| entry.value))
     }
 
     pub async fn put_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
@@ -104,8 +106,9 @@ impl State {
             .store
             .range_json::<VolumeRecord>(keys::VOLUMES)
             .await?
+            .0
             .into_iter()
-            .map(|(_, volume)| volume)
+            .map(|entry| entry.value)
             .collect())
     }
 
@@ -114,7 +117,7 @@ impl State {
             .store
             .get_json::<VolumeRecord>(&keys::volume(name))
             .await?
-            .map(|(_, volume)| volume))
+            .map(|entry| entry.value))
     }
 
     /// Stores a new volume; false if the name is taken.

@@ -88,6 +88,7 @@ impl From<ReconcileError> for ApiError {
         match err {
             ReconcileError::Store(e) => e.into(),
             ReconcileError::Runtime(e) => e.into(),
+            ReconcileError::Lifecycle(e) => e.into(),
             ReconcileError::Stopped => Self::new(ErrorKind::Internal, err.to_string()),
         }
     }

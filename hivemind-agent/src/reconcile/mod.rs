@@ -36,6 +36,8 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     #[error("the reconciler has stopped")]
     Stopped,
 }
