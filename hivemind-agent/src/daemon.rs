@@ -8,7 +8,7 @@ use crate::{
     config::AgentConfig,
     net::dataplane,
     paths,
-    runtime::Runtime,
+    runtime::{Runtime, image::RegistryOptions},
     store::Store,
 };
 
@@ -17,9 +17,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let store = open_store(&config).await?;
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
-    let runtime = Runtime::new(
+    let runtime = Runtime::with_registries(
         config.containerd_socket.clone(),
         config.containerd_namespace.clone(),
+        RegistryOptions {
+            insecure: config.insecure_registries.clone(),
+            ..RegistryOptions::default()
+        },
     );
     match runtime.version().await {
         Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),

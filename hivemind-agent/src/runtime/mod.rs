@@ -2,6 +2,10 @@
 //!
 //! The channel connects lazily and reconnects by itself, so the agent starts while containerd
 //! is down, reports it as unreachable, and picks it up again when it returns.
+//!
+//! [`image`] pulls images into containerd and reads them back.
+
+pub mod image;
 
 pub mod containers;
 pub mod metrics;
@@ -15,6 +19,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
 use crate::{proto, unix_channel};
+
+use self::image::{Images, RegistryOptions};
 
 /// How long a health probe waits before calling containerd unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,18 +62,42 @@ pub struct Runtime {
     channel: Channel,
     socket: PathBuf,
     namespace: String,
+    images: Images,
 }
 
 /// containerd selects the namespace of every call from this gRPC header.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 
 impl Runtime {
+    /// containerd at `socket`, working in `namespace`; registries over HTTPS only.
     pub fn new(socket: PathBuf, namespace: String) -> Self {
+        Self::with_registries(socket, namespace, RegistryOptions::default())
+    }
+
+    /// As [`Runtime::new`], with the agent's registry settings (`--insecure-registry`).
+    pub fn with_registries(
+        socket: PathBuf,
+        namespace: String,
+        registries: RegistryOptions,
+    ) -> Self {
+        let channel = unix_channel::lazy(socket.clone());
+        let images = Images::new(
+            channel.clone(),
+            socket.clone(),
+            namespace.clone(),
+            registries,
+        );
         Self {
-            channel: unix_channel::lazy(socket.clone()),
+            channel,
             socket,
             namespace,
+            images,
         }
+    }
+
+    /// Pulling, reading and removing images.
+    pub fn images(&self) -> &Images {
+        &self.images
     }
 
     pub async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
@@ -136,7 +166,7 @@ impl Runtime {
 }
 
 /// tonic's transport errors hide the OS error in the source chain; surface it.
-fn status_message(status: &tonic::Status) -> String {
+pub(crate) fn status_message(status: &tonic::Status) -> String {
     let mut message = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
