@@ -270,7 +270,7 @@ impl Pull<'_> {
         layer: &Descriptor,
         labels: HashMap<String, String>,
     ) -> Result<(), ImageError> {
-        let what = format!("layer {index} ({})", layer.digest);
+        let what = format!("layer {index}");
         let total = layer.len();
         let write_ref = self.write_ref(&layer.digest);
         let Some(mut writer) = self

@@ -367,7 +367,7 @@ impl Session<'_> {
             return ImageError::Unreachable {
                 image,
                 registry,
-                reason: format!("cannot resolve the host name: {text}"),
+                reason: format!("cannot resolve its host name: {}", innermost(err)),
             };
         }
         if self.scheme() == "https" && err.is_connect() {
@@ -439,6 +439,15 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = next.source();
     }
     parts.join(": ")
+}
+
+/// The deepest source: for DNS failures, the resolver's own words.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 /// Whether an `io::Error` of `kind` is somewhere in the chain (hyper wraps it deeply).
