@@ -53,6 +53,12 @@ pub fn push(reference: &str, netns: Option<&str>) {
 
 /// Copies the OCI layout at `layout` (its `latest` tag) to `reference`, as [`push`] does.
 pub fn push_layout(layout: &Path, reference: &str, netns: Option<&str>) {
+    push_layout_with(layout, reference, netns, &[]);
+}
+
+/// [`push_layout`] with more `skopeo copy` options, e.g. `--format v2s2` (Docker manifests)
+/// or `--all` (every image of an index).
+pub fn push_layout_with(layout: &Path, reference: &str, netns: Option<&str>, options: &[&str]) {
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -66,6 +72,7 @@ pub fn push_layout(layout: &Path, reference: &str, netns: Option<&str>) {
     check(
         command
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(options)
             .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{reference}")),
     );

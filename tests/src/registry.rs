@@ -98,8 +98,13 @@ impl Registry {
 
     /// Pushes the OCI layout at `layout` as `REPO:TAG` and returns the full reference.
     pub fn push_image(&self, layout: &Path, repo_tag: &str) -> String {
+        self.push_image_with(layout, repo_tag, &[])
+    }
+
+    /// [`Registry::push_image`] with more `skopeo copy` options (`--format v2s2`, `--all`).
+    pub fn push_image_with(&self, layout: &Path, repo_tag: &str, options: &[&str]) -> String {
         let reference = format!("{}/{repo_tag}", self.addr);
-        image::push_layout(layout, &reference, self.netns.as_deref());
+        image::push_layout_with(layout, &reference, self.netns.as_deref(), options);
         reference
     }
 

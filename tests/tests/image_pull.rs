@@ -811,3 +811,148 @@ fn layout_with_wrong_diff_id(dir: &Path, index: usize) -> PathBuf {
     .expect("write index.json");
     layout
 }
+
+/// A copy of the test image's layout whose tag names an OCI index of two platforms: this
+/// machine's (the real manifest) and another (the same blobs, an annotated manifest).
+/// Returns (layout, index digest, this platform's manifest digest).
+fn layout_with_index(dir: &Path) -> (PathBuf, String, String) {
+    let source = image::oci_layout();
+    let layout = dir.join("layout");
+    sh(&format!("cp -a {} {}", source.display(), layout.display()));
+    let put = |bytes: &[u8]| {
+        let digest = sha256(bytes);
+        let hex = digest.strip_prefix("sha256:").expect("sha256");
+        std::fs::write(layout.join("blobs/sha256").join(hex), bytes).expect("write blob");
+        (digest, bytes.len())
+    };
+    let native = image::manifest_digest(&layout);
+    let native_size = blob(&layout, &native).len();
+    let mut other = json_blob(&layout, &native);
+    other["annotations"] = serde_json::json!({"hivemind.test": "other platform"});
+    let (other_digest, other_size) = put(&serde_json::to_vec(&other).expect("manifest JSON"));
+    let (arch, other_arch) = if std::env::consts::ARCH == "aarch64" {
+        ("arm64", "amd64")
+    } else {
+        ("amd64", "arm64")
+    };
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": manifest_type, "digest": other_digest, "size": other_size,
+             "platform": {"architecture": other_arch, "os": "linux"}},
+            {"mediaType": manifest_type, "digest": native, "size": native_size,
+             "platform": {"architecture": arch, "os": "linux"}},
+        ]
+    });
+    let (index_digest, index_size) = put(&serde_json::to_vec(&index).expect("index JSON"));
+    let index_json = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest,
+            "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"}
+        }]
+    });
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index_json).expect("index JSON"),
+    )
+    .expect("write index.json");
+    (layout, index_digest, native)
+}
+
+/// The TYPE column of `ctr images ls` for image `name`.
+fn ctr_image_type(containerd: &Containerd, name: &str) -> Option<String> {
+    containerd
+        .ctr_ok(&["-n", NS, "images", "ls"])
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&name))
+        .and_then(|cols| cols.get(1).map(|t| (*t).to_owned()))
+}
+
+#[test]
+fn docker_manifests_and_indexes_pick_this_platform() {
+    let containerd = Containerd::start();
+    let registry = Registry::start();
+    let client = Client::new(containerd.socket(), &[registry.addr()]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (indexed, index_digest, native) = layout_with_index(dir.path());
+
+    // Docker schema 2 manifest (skopeo converts the layout).
+    let docker = registry.push_image_with(
+        image::oci_layout(),
+        "hivemind/docker:1",
+        &["--format", "v2s2"],
+    );
+    let pulled = client.pull(&docker);
+    assert_eq!(
+        ctr_image_type(&containerd, &docker).as_deref(),
+        Some("application/vnd.docker.distribution.manifest.v2+json")
+    );
+    assert_eq!(
+        ctr_image_digest(&containerd, &docker),
+        Some(pulled.digest.clone())
+    );
+    assert_eq!(
+        pulled.config.cmd,
+        ["httpd", "-f", "-v", "-p", "80", "-h", "/www"]
+    );
+    let out = run_in(&containerd, &docker, "cat /www/index.html");
+    assert_eq!(out.trim(), "hivemind test image");
+
+    // OCI index: the record points at the index; this platform's manifest is what unpacks.
+    let oci_index = registry.push_image_with(&indexed, "hivemind/index:1", &["--all"]);
+    let before = content(&containerd).len();
+    let pulled = client.pull(&oci_index);
+    assert_eq!(pulled.digest, index_digest);
+    assert_eq!(pulled.manifest_digest, native);
+    assert_eq!(
+        ctr_image_type(&containerd, &oci_index).as_deref(),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    assert_eq!(
+        ctr_image_digest(&containerd, &oci_index),
+        Some(index_digest.clone())
+    );
+    // Only the index and the OCI manifest are new: config and layer are the Docker image's
+    // (same bytes). The other platform's manifest is not fetched.
+    let after = content(&containerd);
+    assert_eq!(after.len(), before + 2, "{after:?}");
+    assert!(after.contains(&index_digest) && after.contains(&native), "{after:?}");
+    let info = containerd.ctr_ok(&["-n", NS, "content", "ls"]);
+    assert!(
+        info.contains(&format!("containerd.io/gc.ref.content.m.0={native}")),
+        "{info}"
+    );
+    collect_garbage(&containerd);
+    assert_eq!(
+        content(&containerd).len(),
+        after.len(),
+        "GC keeps the index's content"
+    );
+    let out = run_in(&containerd, &oci_index, "cat /www/index.html");
+    assert_eq!(out.trim(), "hivemind test image");
+    assert_eq!(client.local(&oci_index).expect("local"), pulled);
+
+    // Docker manifest list.
+    let list =
+        registry.push_image_with(&indexed, "hivemind/list:1", &["--all", "--format", "v2s2"]);
+    let pulled = client.pull(&list);
+    assert_eq!(
+        ctr_image_type(&containerd, &list).as_deref(),
+        Some("application/vnd.docker.distribution.manifest.list.v2+json")
+    );
+    assert_eq!(
+        ctr_image_digest(&containerd, &list),
+        Some(pulled.digest.clone())
+    );
+    assert_ne!(pulled.digest, pulled.manifest_digest);
+    let out = run_in(&containerd, &list, "cat /www/index.html");
+    assert_eq!(out.trim(), "hivemind test image");
+    assert_eq!(leases(&containerd), Vec::<String>::new());
+}
