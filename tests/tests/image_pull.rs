@@ -923,7 +923,10 @@ fn docker_manifests_and_indexes_pick_this_platform() {
     // (same bytes). The other platform's manifest is not fetched.
     let after = content(&containerd);
     assert_eq!(after.len(), before + 2, "{after:?}");
-    assert!(after.contains(&index_digest) && after.contains(&native), "{after:?}");
+    assert!(
+        after.contains(&index_digest) && after.contains(&native),
+        "{after:?}"
+    );
     let info = containerd.ctr_ok(&["-n", NS, "content", "ls"]);
     assert!(
         info.contains(&format!("containerd.io/gc.ref.content.m.0={native}")),
