@@ -8,7 +8,7 @@ use crate::{
     config::AgentConfig,
     net::dataplane,
     paths,
-    runtime::{Runtime, image::RegistryOptions},
+    runtime::Runtime,
     store::Store,
 };
 
@@ -17,13 +17,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let store = open_store(&config).await?;
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
-    let runtime = Runtime::with_registries(
+    let runtime = Runtime::new(
         config.containerd_socket.clone(),
         config.containerd_namespace.clone(),
-        RegistryOptions {
-            insecure: config.insecure_registries.clone(),
-            ..RegistryOptions::default()
-        },
+        config.insecure_registries.clone(),
     );
     match runtime.version().await {
         Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),

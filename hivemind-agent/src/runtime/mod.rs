@@ -5,9 +5,8 @@
 //!
 //! [`image`] pulls images into containerd and reads them back.
 
-pub mod image;
-
 pub mod containers;
+pub mod image;
 pub mod metrics;
 pub mod netns;
 mod seccomp;
@@ -20,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::{proto, unix_channel};
 
-use self::image::{Images, RegistryOptions};
+use self::image::{ImageError, Images, PullProgress, PulledImage, RegistryOptions};
 
 /// How long a health probe waits before calling containerd unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,12 +68,17 @@ pub struct Runtime {
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 
 impl Runtime {
-    /// containerd at `socket`, working in `namespace`; registries over HTTPS only.
-    pub fn new(socket: PathBuf, namespace: String) -> Self {
-        Self::with_registries(socket, namespace, RegistryOptions::default())
+    /// containerd at `socket`, working in `namespace`; registries over HTTPS except the
+    /// `insecure_registries` (`HOST:PORT`, from `--insecure-registry`).
+    pub fn new(socket: PathBuf, namespace: String, insecure_registries: Vec<String>) -> Self {
+        let registries = RegistryOptions {
+            insecure: insecure_registries,
+            ..RegistryOptions::default()
+        };
+        Self::with_registries(socket, namespace, registries)
     }
 
-    /// As [`Runtime::new`], with the agent's registry settings (`--insecure-registry`).
+    /// As [`Runtime::new`], with every registry setting (timeouts too).
     pub fn with_registries(
         socket: PathBuf,
         namespace: String,
@@ -98,6 +102,26 @@ impl Runtime {
     /// Pulling, reading and removing images.
     pub fn images(&self) -> &Images {
         &self.images
+    }
+
+    /// [`Images::ensure_image`]: the image, pulled unless present (or with `force`).
+    pub async fn ensure_image(
+        &self,
+        reference: &str,
+        force: bool,
+        progress: Option<tokio::sync::mpsc::Sender<PullProgress>>,
+    ) -> Result<PulledImage, ImageError> {
+        self.images.ensure_image(reference, force, progress).await
+    }
+
+    /// [`Images::local_image`]: the stored image, without the network.
+    pub async fn local_image(&self, reference: &str) -> Result<PulledImage, ImageError> {
+        self.images.local_image(reference).await
+    }
+
+    /// [`Images::remove_image`]: `Ok(false)` if there was no such image.
+    pub async fn remove_image(&self, reference: &str) -> Result<bool, ImageError> {
+        self.images.remove_image(reference).await
     }
 
     pub async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {

@@ -30,7 +30,7 @@ use super::manifest::{Descriptor, SNAPSHOTTER};
 /// Bound on one ordinary containerd call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on applying one layer (decompress and write files).
-const APPLY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const APPLY_TIMEOUT: Duration = Duration::from_mins(30);
 /// How long a pull's lease lives if the agent dies before deleting it.
 pub const LEASE_EXPIRY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// Size of one Content.Write message (containerd accepts up to 16 MiB).
@@ -94,7 +94,7 @@ impl Containerd {
             labels,
         });
         let reply = bounded(LeasesClient::new(self.channel.clone()).create(request)).await?;
-        Ok(reply.lease.map(|l| l.id).unwrap_or_else(|| id.to_owned()))
+        Ok(reply.lease.map_or_else(|| id.to_owned(), |l| l.id))
     }
 
     /// Deletes a lease; with `sync`, containerd collects what only the lease held before
@@ -205,7 +205,7 @@ impl Containerd {
             Err(status) => return Err(status),
         };
         match next_reply(&mut responses).await {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(status) if status.code() == Code::AlreadyExists => return Ok(None),
             Err(status) => return Err(status),
         }
@@ -271,7 +271,7 @@ impl Containerd {
             target: None,
         });
         match bounded(ImagesClient::new(self.channel.clone()).delete(request)).await {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(status) if status.code() == Code::NotFound => Ok(false),
             Err(status) => Err(status),
         }

@@ -114,3 +114,20 @@ pub enum ImageError {
     #[error("image {image} is in containerd's image store but {missing}; pull it again")]
     Incomplete { image: String, missing: String },
 }
+
+impl ImageError {
+    /// The registry or containerd could not be reached: worth retrying later, not the
+    /// request's fault.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::ContainerdUnreachable { .. }
+        )
+    }
+
+    /// containerd refused an operation, or what it stores is damaged: the node's problem,
+    /// not the request's.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Self::Containerd { .. } | Self::Incomplete { .. })
+    }
+}

@@ -92,7 +92,7 @@ impl Descriptor {
     }
 
     /// Size as an unsigned byte count (validated non-negative by [`check_descriptor`]).
-    pub fn len(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         u64::try_from(self.size).unwrap_or(0)
     }
 }

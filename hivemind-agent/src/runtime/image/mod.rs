@@ -236,7 +236,7 @@ impl Images {
             .map(from_proto)
             .ok_or_else(|| incomplete(image, "it has no target"))?;
 
-        let mut size = target.len();
+        let mut size = target.bytes();
         let top = self.read_document(image, &target).await?;
         let (manifest_descriptor, manifest) = match manifest::parse_document(&top)
             .map_err(|reason| unusable(image, reason))?
@@ -247,7 +247,7 @@ impl Images {
                     .map_err(|reason| unusable(image, reason))?
                     .clone();
                 let bytes = self.read_document(image, &chosen).await?;
-                size += chosen.len();
+                size += chosen.bytes();
                 match manifest::parse_document(&bytes).map_err(|reason| unusable(image, reason))? {
                     Document::Manifest { manifest, .. } => (chosen, manifest),
                     Document::Index { .. } => {
@@ -268,7 +268,8 @@ impl Images {
         if !unpacked {
             return Err(incomplete(image, "its layers are not unpacked"));
         }
-        size += manifest.config.len() + manifest.layers.iter().map(Descriptor::len).sum::<u64>();
+        size +=
+            manifest.config.bytes() + manifest.layers.iter().map(Descriptor::bytes).sum::<u64>();
         Ok(PulledImage {
             name: image.name(),
             digest: target.digest,
@@ -333,6 +334,7 @@ fn unusable(image: &ImageRef, reason: manifest::ManifestError) -> ImageError {
 }
 
 /// A failed containerd call: unreachable (socket gone, daemon down) or the operation's error.
+#[allow(clippy::needless_pass_by_value)] // by value to fit `map_err`
 fn containerd_error(
     ctrd: &Containerd,
     image: &str,

@@ -50,14 +50,14 @@ impl Resolved {
     }
 
     fn size(&self) -> u64 {
-        self.index.as_ref().map_or(0, |(d, _, _)| d.len())
-            + self.manifest_descriptor.len()
-            + self.manifest.config.len()
+        self.index.as_ref().map_or(0, |(d, _, _)| d.bytes())
+            + self.manifest_descriptor.bytes()
+            + self.manifest.config.bytes()
             + self
                 .manifest
                 .layers
                 .iter()
-                .map(Descriptor::len)
+                .map(Descriptor::bytes)
                 .sum::<u64>()
     }
 }
@@ -83,7 +83,7 @@ pub(super) async fn pull(
             image: name.clone(),
             digest: target.digest.clone(),
             layers: resolved.manifest.layers.len(),
-            total_bytes: resolved.manifest.layers.iter().map(Descriptor::len).sum(),
+            total_bytes: resolved.manifest.layers.iter().map(Descriptor::bytes).sum(),
         })
         .await;
 
@@ -153,7 +153,12 @@ async fn resolve(session: &Session<'_>, image: &ImageRef) -> Result<Resolved, Im
                 .map_err(|r| unusable(image, r))?
                 .clone();
             let (bytes, digest) = session.manifest(Some(&chosen.digest)).await?;
-            session.check_size("the platform manifest", chosen.len(), len_u64(&bytes), true)?;
+            session.check_size(
+                "the platform manifest",
+                chosen.bytes(),
+                len_u64(&bytes),
+                true,
+            )?;
             let Document::Manifest {
                 media_type: manifest_type,
                 manifest,
@@ -175,13 +180,13 @@ async fn resolve(session: &Session<'_>, image: &ImageRef) -> Result<Resolved, Im
             )
         }
     };
-    if manifest.config.len() > MAX_DOCUMENT_BYTES {
+    if manifest.config.bytes() > MAX_DOCUMENT_BYTES {
         return Err(ImageError::Registry {
             image: image.name(),
             registry: image.registry().to_owned(),
             message: format!(
                 "the image config is {} bytes, more than the {MAX_DOCUMENT_BYTES} accepted",
-                manifest.config.len()
+                manifest.config.bytes()
             ),
         });
     }
@@ -271,7 +276,7 @@ impl Pull<'_> {
         labels: HashMap<String, String>,
     ) -> Result<(), ImageError> {
         let what = format!("layer {index}");
-        let total = layer.len();
+        let total = layer.bytes();
         let write_ref = self.write_ref(&layer.digest);
         let Some(mut writer) = self
             .ctrd

@@ -202,9 +202,9 @@ impl Session<'_> {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|err| self.stream_error(&err, what))?;
             out.extend_from_slice(&chunk);
-            self.check_size(what, descriptor.len(), out.len() as u64, false)?;
+            self.check_size(what, descriptor.bytes(), out.len() as u64, false)?;
         }
-        self.check_size(what, descriptor.len(), out.len() as u64, true)?;
+        self.check_size(what, descriptor.bytes(), out.len() as u64, true)?;
         let actual = super::manifest::sha256_digest(&out);
         if actual != descriptor.digest {
             return Err(self.digest_mismatch(what, &descriptor.digest, &actual));
