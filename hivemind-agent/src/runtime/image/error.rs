@@ -108,6 +108,9 @@ pub enum ImageError {
         message: String,
     },
 
+    #[error("the pull of {image} was interrupted: the agent is shutting down")]
+    Interrupted { image: String },
+
     #[error("image {image} is not pulled on this node")]
     NotPresent { image: String },
 
@@ -128,6 +131,9 @@ impl ImageError {
     /// containerd refused an operation, or what it stores is damaged: the node's problem,
     /// not the request's.
     pub fn is_internal(&self) -> bool {
-        matches!(self, Self::Containerd { .. } | Self::Incomplete { .. })
+        matches!(
+            self,
+            Self::Containerd { .. } | Self::Incomplete { .. } | Self::Interrupted { .. }
+        )
     }
 }

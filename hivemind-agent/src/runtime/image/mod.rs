@@ -156,8 +156,7 @@ impl Images {
     ) -> Result<PulledImage, ImageError> {
         let image = ImageRef::parse(reference)?;
         let progress = Progress(progress);
-        let lock = self.pull_lock(&image.name());
-        let _guard = lock.lock().await;
+        let guard = self.pull_lock(&image.name()).lock_owned().await;
         match self.local(&image).await {
             Ok(found) if !force => {
                 tracing::debug!(image = %found.name, digest = %found.digest, "image present");
@@ -173,13 +172,20 @@ impl Images {
             Ok(_) | Err(ImageError::NotPresent { .. } | ImageError::Incomplete { .. }) => {}
             Err(err) => return Err(err),
         }
-        pull::pull(
-            &self.inner.containerd,
-            &self.inner.registry,
-            &image,
-            &progress,
-        )
-        .await
+        // The pull runs as its own task, holding the per-image lock: a caller that gives up
+        // (a cancelled request) does not cut it short and leave its lease and snapshots behind.
+        let name = image.name();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let inner = &this.inner;
+            pull::pull(&inner.containerd, &inner.registry, &image, &progress).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(ImageError::Interrupted { image: name }),
+        }
     }
 
     /// The stored image `reference`, read from containerd alone (no network): what a restarted
