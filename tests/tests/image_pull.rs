@@ -978,3 +978,65 @@ fn docker_manifests_and_indexes_pick_this_platform() {
     assert_eq!(out.trim(), "hivemind test image");
     assert_eq!(leases(&containerd), Vec::<String>::new());
 }
+
+/// The same pull, unpack, GC, cache, removal and failure cleanup against every other containerd
+/// release `cargo xtask setup` unpacked (1.7 from Debian 13, 2.x from Debian unstable): the
+/// client-side pull uses only APIs that 1.6 through 2.x share.
+#[test]
+fn other_containerd_releases_pull_run_and_clean_up() {
+    let releases = Containerd::other_releases();
+    if releases.is_empty() {
+        eprintln!(
+            "SKIPPED: no other containerd release under {}; `cargo xtask setup` unpacks them",
+            hivemind_tests::OTHER_CONTAINERD_RELEASES
+        );
+        return;
+    }
+    let registry = Registry::start();
+    let single = registry.push_test_image("hivemind/test:1");
+    let layered = registry.push_image(image::oci_layout_two_layers(), "hivemind/layered:1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lying = registry.push_image(
+        &layout_with_wrong_diff_id(dir.path(), 1),
+        "hivemind/lying:1",
+    );
+    for bin in releases {
+        let containerd = Containerd::start_from(&bin);
+        let version = containerd.version();
+        eprintln!("testing against {version}");
+        let client = Client::new(containerd.socket(), &[registry.addr()]);
+
+        let started = Instant::now();
+        let base = client.pull(&single);
+        eprintln!("{version}: cold pull {:?}", started.elapsed());
+        let top = client.pull(&layered);
+        assert_eq!(
+            ctr_image_digest(&containerd, &layered).as_deref(),
+            Some(top.digest.as_str()),
+            "{version}"
+        );
+        assert_eq!(snapshots(&containerd).len(), 2, "{version}: shared base");
+        let out = run_in(
+            &containerd,
+            &layered,
+            "cat /www/layer2.html; test -e /data || echo data-gone",
+        );
+        assert_eq!(lines(&out), ["second layer", "data-gone"], "{version}");
+
+        collect_garbage(&containerd);
+        assert_eq!(client.local(&single).expect("local"), base, "{version}");
+        assert_eq!(client.local(&layered).expect("local"), top, "{version}");
+        let started = Instant::now();
+        assert_eq!(client.ensure(&single, false).expect("cached"), base);
+        eprintln!("{version}: cached ensure {:?}", started.elapsed());
+
+        let err = client.ensure(&lying, false).expect_err("lying config");
+        assert!(
+            matches!(err, ImageError::DiffIdMismatch { .. }),
+            "{version}: {err:?}"
+        );
+        assert!(client.remove(&layered).expect("remove"));
+        assert!(client.remove(&single).expect("remove"));
+        assert_nothing_left(&containerd, &version);
+    }
+}
