@@ -1040,3 +1040,36 @@ fn other_containerd_releases_pull_run_and_clean_up() {
         assert_nothing_left(&containerd, &version);
     }
 }
+
+#[test]
+fn an_image_whose_snapshots_are_gone_is_unpacked_again() {
+    let containerd = Containerd::start();
+    let registry = Registry::start();
+    let reference = registry.push_test_image("hivemind/test:1");
+    let client = Client::new(containerd.socket(), &[registry.addr()]);
+    let pulled = client.pull(&reference);
+
+    containerd.ctr_ok(&["-n", NS, "snapshots", "rm", &pulled.chain_id]);
+    let err = client.local(&reference).expect_err("not unpacked");
+    assert!(matches!(err, ImageError::Incomplete { .. }), "{err:?}");
+    assert!(err.to_string().contains("not unpacked"), "{err}");
+
+    // Not present in full, so ensure_image pulls: the content is there (nothing downloaded),
+    // the layer is unpacked again.
+    let (result, events) = client.ensure_with_progress(&reference, false);
+    assert_eq!(result.expect("re-unpacked"), pulled);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PullProgress::Layer { cached: true, .. })),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PullProgress::Unpacking { cached: false, .. })),
+        "{events:?}"
+    );
+    let out = run_in(&containerd, &reference, "cat /www/index.html");
+    assert_eq!(out.trim(), "hivemind test image");
+}

@@ -169,8 +169,14 @@ impl Images {
                     .await;
                 return Ok(found);
             }
-            Ok(_) | Err(ImageError::NotPresent { .. } | ImageError::Incomplete { .. }) => {}
-            Err(err) => return Err(err),
+            // containerd itself failing: a pull would fail the same way.
+            Err(
+                err @ (ImageError::ContainerdUnreachable { .. } | ImageError::Containerd { .. }),
+            ) => {
+                return Err(err);
+            }
+            // Forced, absent, incomplete or unreadable: pull it (again).
+            Ok(_) | Err(_) => {}
         }
         // The pull runs as its own task, holding the per-image lock: a caller that gives up
         // (a cancelled request) does not cut it short and leave its lease and snapshots behind.
