@@ -206,7 +206,7 @@ pub fn memory(value: &str) -> Result<u64, InvalidInput> {
     let lower = value.trim().to_ascii_lowercase();
     let lower = lower.strip_suffix('b').unwrap_or(&lower);
     let (number, multiplier) = match lower.char_indices().last() {
-        Some((i, 'k')) => (&lower[..i], 1u64 << 10),
+        Some((i, 'k')) => (&lower[..i], 1u32 << 10),
         Some((i, 'm')) => (&lower[..i], 1 << 20),
         Some((i, 'g')) => (&lower[..i], 1 << 30),
         _ => (lower, 1),
@@ -215,7 +215,7 @@ pub fn memory(value: &str) -> Result<u64, InvalidInput> {
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n > 0.0)
-        .map(|n| n * multiplier as f64)
+        .map(|n| n * f64::from(multiplier))
         .ok_or_else(|| invalid("memory", value, "expected a size such as 256m or 1g"))?;
     // 6 MiB is runc's minimum for a memory limit.
     if bytes < f64::from(6u32 << 20) {

@@ -2,9 +2,13 @@
 # Builds the test image as an OCI layout in $1: busybox-static with every applet (sh, httpd,
 # nc, wget, ping, ...), a web root, and /bin/entrypoint (the default command), which serves
 # /www on port 80.
+# With `two-layers` as $2, a second layer adds /www/layer2.html ("second layer") and deletes
+# /data of the first with a whiteout, so a correct unpack needs both layers in order.
 # Deterministic: the same busybox gives the same digests.
 set -euo pipefail
-out=${1:?usage: build.sh OUT_DIR}
+out=${1:?usage: build.sh OUT_DIR [two-layers]}
+variant=${2:-}
+case $variant in "" | two-layers) ;; *) echo "unknown variant $variant (expected two-layers)" >&2; exit 2 ;; esac
 busybox=/bin/busybox # from busybox-static: no shared libraries to copy
 [ -x "$busybox" ] || { echo "$busybox missing: install busybox-static (cargo xtask setup)" >&2; exit 1; }
 
@@ -49,20 +53,42 @@ put_blob() { # file -> prints digest (hex), moves the file into blobs/
   local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$blobs/$d"; echo "$d"
 }
 
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$work/layer.tar" .
-diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-gzip -n -9 < "$work/layer.tar" > "$work/layer.tar.gz"
-layer_size=$(stat -c %s "$work/layer.tar.gz")
-layer=$(put_blob "$work/layer.tar.gz")
+diff_ids=()
+layers=()
+history=()
+add_layer() { # dir -> appends the layer's diff id, descriptor and history entry
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -cf "$work/layer.tar" .
+  diff_ids+=("\"sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)\"")
+  gzip -n -9 < "$work/layer.tar" > "$work/layer.tar.gz"
+  local size digest
+  size=$(stat -c %s "$work/layer.tar.gz")
+  digest=$(put_blob "$work/layer.tar.gz")
+  layers+=("{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$digest\",\"size\":$size}")
+  if [ ${#layers[@]} = 1 ]; then
+    history+=('{"created_by":"tests/image/build.sh"}')
+  else
+    history+=("{\"created_by\":\"tests/image/build.sh layer ${#layers[@]}\"}")
+  fi
+}
+join() { local IFS=,; echo "$*"; }
+
+add_layer "$rootfs"
+if [ "$variant" = two-layers ]; then
+  upper=$work/upper
+  mkdir -p "$upper/www"
+  echo 'second layer' > "$upper/www/layer2.html"
+  touch "$upper/.wh.data" # OCI whiteout: /data of the layer below is gone
+  add_layer "$upper"
+fi
 
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/entrypoint"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"tests/image/build.sh"}]}
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/entrypoint"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":[$(join "${diff_ids[@]}")]},"history":[$(join "${history[@]}")]}
 JSON
 config_size=$(stat -c %s "$work/config.json")
 config=$(put_blob "$work/config.json")
 
 cat > "$work/manifest.json" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer","size":$layer_size}]}
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[$(join "${layers[@]}")]}
 JSON
 manifest_size=$(stat -c %s "$work/manifest.json")
 manifest=$(put_blob "$work/manifest.json")

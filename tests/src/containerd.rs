@@ -18,11 +18,67 @@ pub struct Containerd {
     // Field order is drop order: stop the daemon before removing its directory.
     process: Option<Process>,
     socket: PathBuf,
+    /// Where `containerd`, its shim and `ctr` come from; `None`: the ones on PATH.
+    bin: Option<PathBuf>,
     dir: TempDir,
 }
 
+/// Directories holding other containerd releases (`<dir>/usr/bin/containerd`), which
+/// `cargo xtask setup` unpacks for the compatibility tests.
+pub const OTHER_RELEASES: &str = "/opt/hivemind/containerd";
+
 impl Containerd {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A private containerd of another release: `containerd`, `containerd-shim-runc-v2` and
+    /// `ctr` from `bin` (e.g. an unpacked Debian package's `usr/bin`).
+    pub fn start_from(bin: &Path) -> Self {
+        Self::start_with(Some(bin.to_owned()))
+    }
+
+    /// The `usr/bin` of every other containerd release unpacked under [`OTHER_RELEASES`].
+    pub fn other_releases() -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(OTHER_RELEASES)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("usr/bin"))
+            .filter(|bin| bin.join("containerd").exists())
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn daemon(&self) -> Command {
+        match &self.bin {
+            None => Command::new("containerd"),
+            Some(bin) => {
+                let mut command = Command::new(bin.join("containerd"));
+                // The daemon finds its shim on PATH.
+                let path = std::env::var("PATH").unwrap_or_default();
+                command.env("PATH", format!("{}:{path}", bin.display()));
+                command
+            }
+        }
+    }
+
+    fn ctr_command(&self) -> Command {
+        let mut command = match &self.bin {
+            None => Command::new("ctr"),
+            Some(bin) => Command::new(bin.join("ctr")),
+        };
+        command.arg("--address").arg(&self.socket);
+        command
+    }
+
+    /// `containerd --version`.
+    pub fn version(&self) -> String {
+        check(self.daemon().arg("--version")).trim().to_owned()
+    }
+
+    fn start_with(bin: Option<PathBuf>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hm-ctrd-")
             .tempdir()
@@ -40,16 +96,17 @@ impl Containerd {
             ),
         )
         .expect("write containerd config");
-        let process = Process::spawn(
-            "containerd",
-            Command::new("containerd").arg("--config").arg(&config),
-            &dir.path().join("containerd.log"),
-        );
         let mut me = Self {
-            process: Some(process),
+            process: None,
             socket,
+            bin,
             dir,
         };
+        me.process = Some(Process::spawn(
+            "containerd",
+            me.daemon().arg("--config").arg(&config),
+            &me.dir.path().join("containerd.log"),
+        ));
         wait_for("containerd socket", Duration::from_secs(20), || {
             let process = me.process.as_mut().expect("running");
             if let Some(status) = process.exited() {
@@ -74,20 +131,12 @@ impl Containerd {
 
     /// `ctr --address SOCKET ARGS` (never panics on a non-zero exit).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        run(Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(args))
+        run(self.ctr_command().args(args))
     }
 
     /// `ctr ...` that must succeed; returns stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        check(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&self.socket)
-                .args(args),
-        )
+        check(self.ctr_command().args(args))
     }
 
     /// Container ids in `namespace`.
@@ -124,7 +173,7 @@ impl Containerd {
         let config = self.dir.path().join("config.toml");
         self.process = Some(Process::spawn(
             "containerd",
-            Command::new("containerd").arg("--config").arg(&config),
+            self.daemon().arg("--config").arg(&config),
             &self.dir.path().join("containerd-restarted.log"),
         ));
         wait_for(

@@ -20,9 +20,45 @@ pub fn oci_layout() -> &'static Path {
     })
 }
 
+/// The test image with a second layer on top: it adds `/www/layer2.html` ("second layer") and
+/// removes `/data` with a whiteout. Built on first use.
+pub fn oci_layout_two_layers() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = workspace().join("target/hivemind-test-image-2");
+        check(
+            Command::new(workspace().join("tests/image/build.sh"))
+                .arg(&dir)
+                .arg("two-layers"),
+        );
+        dir
+    })
+}
+
+/// The manifest digest of an OCI layout (its one `index.json` entry).
+pub fn manifest_digest(layout: &Path) -> String {
+    let index = std::fs::read_to_string(layout.join("index.json")).expect("read index.json");
+    let index: serde_json::Value = serde_json::from_str(&index).expect("index.json is JSON");
+    index["manifests"][0]["digest"]
+        .as_str()
+        .expect("index.json names a manifest")
+        .to_owned()
+}
+
 /// Copies the test image to `reference` (HOST:PORT/REPO:TAG) over plain HTTP, running skopeo
 /// inside `netns` when the registry lives there.
 pub fn push(reference: &str, netns: Option<&str>) {
+    push_layout(oci_layout(), reference, netns);
+}
+
+/// Copies the OCI layout at `layout` (its `latest` tag) to `reference`, as [`push`] does.
+pub fn push_layout(layout: &Path, reference: &str, netns: Option<&str>) {
+    push_layout_with(layout, reference, netns, &[]);
+}
+
+/// [`push_layout`] with more `skopeo copy` options, e.g. `--format v2s2` (Docker manifests)
+/// or `--all` (every image of an index).
+pub fn push_layout_with(layout: &Path, reference: &str, netns: Option<&str>, options: &[&str]) {
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -36,7 +72,8 @@ pub fn push(reference: &str, netns: Option<&str>) {
     check(
         command
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:latest", oci_layout().display()))
+            .args(options)
+            .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{reference}")),
     );
 }

@@ -22,7 +22,7 @@ mod registry;
 pub mod util;
 
 pub use agent::{Agent, AgentOptions};
-pub use containerd::Containerd;
+pub use containerd::{Containerd, OTHER_RELEASES as OTHER_CONTAINERD_RELEASES};
 pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{Netns, list as netns_list, veth};
 pub use node::{REGISTRY_ADDR, SingleNode};

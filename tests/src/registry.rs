@@ -1,6 +1,11 @@
 //! A private OCI registry (Debian's docker-registry) with filesystem storage.
 
-use std::{net::TcpStream, process::Command, time::Duration};
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
@@ -15,7 +20,7 @@ pub struct Registry {
     process: Process,
     addr: String,
     netns: Option<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Registry {
@@ -73,7 +78,7 @@ impl Registry {
             process,
             addr: addr.to_owned(),
             netns: netns.map(|ns| ns.name().to_owned()),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -88,8 +93,29 @@ impl Registry {
 
     /// Pushes the test image as `REPO:TAG` and returns the full reference.
     pub fn push_test_image(&self, repo_tag: &str) -> String {
+        self.push_image(image::oci_layout(), repo_tag)
+    }
+
+    /// Pushes the OCI layout at `layout` as `REPO:TAG` and returns the full reference.
+    pub fn push_image(&self, layout: &Path, repo_tag: &str) -> String {
+        self.push_image_with(layout, repo_tag, &[])
+    }
+
+    /// [`Registry::push_image`] with more `skopeo copy` options (`--format v2s2`, `--all`).
+    pub fn push_image_with(&self, layout: &Path, repo_tag: &str, options: &[&str]) -> String {
         let reference = format!("{}/{repo_tag}", self.addr);
-        image::push(&reference, self.netns.as_deref());
+        image::push_layout_with(layout, &reference, self.netns.as_deref(), options);
         reference
+    }
+
+    /// Where the registry keeps blob `sha256:<hex>` on disk (for tests that corrupt one).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 }

@@ -32,17 +32,28 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
 ];
 
+/// Other containerd releases, unpacked (not installed) for the image-pull compatibility test:
+/// (Debian suite that has it, directory under [`OTHER_CONTAINERD_DIR`]).
+const OTHER_CONTAINERD: &[(&str, &str)] = &[("trixie", "1.7"), ("sid", "2")];
+/// Where they go; `tests/src/containerd.rs` looks there too.
+const OTHER_CONTAINERD_DIR: &str = "/opt/hivemind/containerd";
+
 pub fn run() -> anyhow::Result<()> {
     apt()?;
     rust_toolchains()?;
     bpf_linker()?;
+    other_containerd();
     println!("setup: ok");
     Ok(())
 }
 
 /// The quick check other tasks use: runs the full setup only if something is missing.
 pub fn ensure() -> anyhow::Result<()> {
-    if missing_apt_packages()?.is_empty() && missing_toolchains().is_empty() && bpf_linker_ok() {
+    if missing_apt_packages()?.is_empty()
+        && missing_toolchains().is_empty()
+        && bpf_linker_ok()
+        && missing_other_containerd().is_empty()
+    {
         return Ok(());
     }
     run()
@@ -205,6 +216,110 @@ fn bpf_linker() -> anyhow::Result<()> {
         .run()?;
     if !bpf_linker_ok() {
         bail!("bpf-linker was installed but does not run");
+    }
+    Ok(())
+}
+
+fn missing_other_containerd() -> Vec<(&'static str, &'static str)> {
+    OTHER_CONTAINERD
+        .iter()
+        .copied()
+        .filter(|(_, name)| {
+            !Path::new(OTHER_CONTAINERD_DIR)
+                .join(name)
+                .join("usr/bin/containerd")
+                .exists()
+        })
+        .collect()
+}
+
+/// Fetches containerd 1.7 and 2.x from newer Debian suites and unpacks them under
+/// [`OTHER_CONTAINERD_DIR`]. apt works with a private sources list, package lists and cache, so
+/// the machine's apt configuration and installed containerd stay as they are. Only the
+/// compatibility test needs them, so a failure is a warning (the test says what it skipped).
+fn other_containerd() {
+    let missing = missing_other_containerd();
+    if missing.is_empty() {
+        println!("setup: other containerd releases present");
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("hivemind-apt-{}", std::process::id()));
+    let result = fetch_other_containerd(&work, &missing);
+    let _ = fs::remove_dir_all(&work);
+    if let Err(err) = result {
+        println!(
+            "setup: warning: no other containerd releases for the compatibility test: {err:#}"
+        );
+    }
+}
+
+fn fetch_other_containerd(work: &Path, missing: &[(&str, &str)]) -> anyhow::Result<()> {
+    let parts = work.join("sources.list.d");
+    let debs = work.join("debs");
+    for dir in [
+        parts.clone(),
+        work.join("lists/partial"),
+        work.join("cache/archives/partial"),
+        debs.clone(),
+    ] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let suites: Vec<&str> = missing.iter().map(|(suite, _)| *suite).collect();
+    fs::write(
+        parts.join("hivemind-other.sources"),
+        format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            suites.join(" ")
+        ),
+    )
+    .context("writing the private apt sources")?;
+    let options = [
+        "-o".to_owned(),
+        "Dir::Etc::SourceList=/dev/null".to_owned(),
+        "-o".to_owned(),
+        format!("Dir::Etc::SourceParts={}", parts.display()),
+        "-o".to_owned(),
+        format!("Dir::State::Lists={}", work.join("lists").display()),
+        "-o".to_owned(),
+        format!("Dir::Cache={}", work.join("cache").display()),
+        "-o".to_owned(),
+        "APT::Sandbox::User=root".to_owned(),
+        "-o".to_owned(),
+        "Debug::NoLocking=1".to_owned(),
+    ];
+    Cmd::new("apt-get")
+        .args(["-q", "update"])
+        .args(&options)
+        .run()?;
+    for (suite, name) in missing {
+        let into = debs.join(name);
+        fs::create_dir_all(&into).with_context(|| format!("creating {}", into.display()))?;
+        let mut download = Cmd::new("apt-get")
+            .args(["-q", "download", &format!("containerd/{suite}")])
+            .args(&options);
+        download.command().current_dir(&into);
+        download.run()?;
+        let deb = fs::read_dir(&into)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|e| e == "deb"))
+            .with_context(|| format!("apt-get downloaded no containerd from {suite}"))?;
+        let target = Path::new(OTHER_CONTAINERD_DIR).join(name);
+        let partial = Path::new(OTHER_CONTAINERD_DIR).join(format!(".{name}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        Cmd::new("dpkg-deb")
+            .args(["-x"])
+            .args([&deb, &partial])
+            .run()?;
+        let _ = fs::remove_dir_all(&target);
+        fs::rename(&partial, &target)
+            .with_context(|| format!("moving the unpacked release to {}", target.display()))?;
+        println!(
+            "setup: containerd from Debian {suite} unpacked in {}",
+            target.display()
+        );
     }
     Ok(())
 }

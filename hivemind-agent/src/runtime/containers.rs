@@ -318,7 +318,7 @@ impl Runtime {
             let event = envelope.event?;
             let exit = containerd_client::events::TaskExit::decode(event.value.as_slice()).ok()?;
             // Exec'd processes (health checks) exit too; only the init process matters here.
-            (exit.id == exit.container_id || exit.id.is_empty()).then(|| TaskExit {
+            (exit.id == exit.container_id || exit.id.is_empty()).then_some(TaskExit {
                 container_id: exit.container_id,
                 exit_status: exit.exit_status,
             })

@@ -2,8 +2,11 @@
 //!
 //! The channel connects lazily and reconnects by itself, so the agent starts while containerd
 //! is down, reports it as unreachable, and picks it up again when it returns.
+//!
+//! [`image`] pulls images into containerd and reads them back.
 
 pub mod containers;
+pub mod image;
 pub mod metrics;
 pub mod netns;
 mod seccomp;
@@ -15,6 +18,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
 use crate::{proto, unix_channel};
+
+use self::image::{ImageError, Images, PullProgress, PulledImage, RegistryOptions};
 
 /// How long a health probe waits before calling containerd unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,18 +61,67 @@ pub struct Runtime {
     channel: Channel,
     socket: PathBuf,
     namespace: String,
+    images: Images,
 }
 
 /// containerd selects the namespace of every call from this gRPC header.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 
 impl Runtime {
-    pub fn new(socket: PathBuf, namespace: String) -> Self {
+    /// containerd at `socket`, working in `namespace`; registries over HTTPS except the
+    /// `insecure_registries` (`HOST:PORT`, from `--insecure-registry`).
+    pub fn new(socket: PathBuf, namespace: String, insecure_registries: Vec<String>) -> Self {
+        let registries = RegistryOptions {
+            insecure: insecure_registries,
+            ..RegistryOptions::default()
+        };
+        Self::with_registries(socket, namespace, registries)
+    }
+
+    /// As [`Runtime::new`], with every registry setting (timeouts too).
+    pub fn with_registries(
+        socket: PathBuf,
+        namespace: String,
+        registries: RegistryOptions,
+    ) -> Self {
+        let channel = unix_channel::lazy(socket.clone());
+        let images = Images::new(
+            channel.clone(),
+            socket.clone(),
+            namespace.clone(),
+            registries,
+        );
         Self {
-            channel: unix_channel::lazy(socket.clone()),
+            channel,
             socket,
             namespace,
+            images,
         }
+    }
+
+    /// Pulling, reading and removing images.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    /// [`Images::ensure_image`]: the image, pulled unless present (or with `force`).
+    pub async fn ensure_image(
+        &self,
+        reference: &str,
+        force: bool,
+        progress: Option<tokio::sync::mpsc::Sender<PullProgress>>,
+    ) -> Result<PulledImage, ImageError> {
+        self.images.ensure_image(reference, force, progress).await
+    }
+
+    /// [`Images::local_image`]: the stored image, without the network.
+    pub async fn local_image(&self, reference: &str) -> Result<PulledImage, ImageError> {
+        self.images.local_image(reference).await
+    }
+
+    /// [`Images::remove_image`]: `Ok(false)` if there was no such image.
+    pub async fn remove_image(&self, reference: &str) -> Result<bool, ImageError> {
+        self.images.remove_image(reference).await
     }
 
     pub async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
@@ -136,7 +190,7 @@ impl Runtime {
 }
 
 /// tonic's transport errors hide the OS error in the source chain; surface it.
-fn status_message(status: &tonic::Status) -> String {
+pub(crate) fn status_message(status: &tonic::Status) -> String {
     let mut message = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 /// Calls no container gets (kernel modules, keyrings, clocks, reboot, namespaces, mounts,
-/// tracing other processes, BPF, perf, userfaultfd, io_uring, ...).
+/// tracing other processes, BPF, perf, userfaultfd, `io_uring`, ...).
 const DENIED: &[&str] = &[
     "acct",
     "add_key",
