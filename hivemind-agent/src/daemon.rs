@@ -88,15 +88,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    grpc_task.await.context("gRPC server task")?.context("gRPC server")?;
-    rest_task.await.context("REST server task")?.context("REST server")?;
+    grpc_task
+        .await
+        .context("gRPC server task")?
+        .context("gRPC server")?;
+    rest_task
+        .await
+        .context("REST server task")?
+        .context("REST server")?;
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}

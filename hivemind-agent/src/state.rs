@@ -92,7 +92,10 @@ impl State {
     }
 
     pub async fn put_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
-        self.store.put(&keys::container(&record.id), json(record)).await.map(|_| ())
+        self.store
+            .put(&keys::container(&record.id), json(record))
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_container(&self, id: &str) -> Result<(), StoreError> {
@@ -122,7 +125,8 @@ impl State {
 
     /// Stores a new volume; false if the name is taken.
     pub async fn create_volume(&self, volume: &VolumeRecord) -> Result<bool, StoreError> {
-        self.create_if_absent(keys::volume(&volume.name), json(volume)).await
+        self.create_if_absent(keys::volume(&volume.name), json(volume))
+            .await
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<bool, StoreError> {
@@ -134,7 +138,11 @@ impl State {
             .store
             .txn(Txn {
                 compare: vec![Compare::Absent(key.clone())],
-                success: vec![Op::Put { key, value, lease: 0 }],
+                success: vec![Op::Put {
+                    key,
+                    value,
+                    lease: 0,
+                }],
                 failure: Vec::new(),
             })
             .await?;

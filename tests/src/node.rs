@@ -52,12 +52,17 @@ impl SingleNode {
 
     /// Ids of running tasks, from containerd.
     pub fn running_tasks(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.containerd.ctr(&["-n", self.ns(), "tasks", "ls"]).stdout)
-            .lines()
-            .skip(1)
-            .filter(|line| line.split_whitespace().nth(2) == Some("RUNNING"))
-            .filter_map(|line| line.split_whitespace().next())
-            .map(str::to_owned)
-            .collect()
+        String::from_utf8_lossy(
+            &self
+                .containerd
+                .ctr(&["-n", self.ns(), "tasks", "ls"])
+                .stdout,
+        )
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(2) == Some("RUNNING"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
     }
 }

@@ -4,7 +4,10 @@
 use std::{io, path::Path, pin::Pin};
 
 use tokio::{net::UnixListener, sync::mpsc};
-use tokio_stream::{Stream, StreamExt as _, wrappers::{ReceiverStream, UnixListenerStream}};
+use tokio_stream::{
+    Stream, StreamExt as _,
+    wrappers::{ReceiverStream, UnixListenerStream},
+};
 use tonic::{Request, Response, Status};
 
 use super::service::AgentService;
@@ -17,7 +20,10 @@ type Streaming<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl proto::agent_server::Agent for AgentService {
-    async fn health(&self, _request: Request<proto::HealthRequest>) -> Result<Response<proto::HealthReply>, Status> {
+    async fn health(
+        &self,
+        _request: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthReply>, Status> {
         Ok(Response::new(AgentService::health(self).await))
     }
 }
@@ -26,7 +32,10 @@ impl proto::agent_server::Agent for AgentService {
 impl proto::apps_server::Apps for AgentService {
     type DeployStream = Streaming<proto::DeployEvent>;
 
-    async fn deploy(&self, request: Request<proto::DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<proto::DeployRequest>,
+    ) -> Result<Response<Self::DeployStream>, Status> {
         let request = request.into_inner();
         let (events, rx) = mpsc::channel::<Result<proto::DeployEvent, Status>>(64);
         let (progress, mut progress_rx) = mpsc::channel(64);
@@ -56,25 +65,46 @@ impl proto::apps_server::Apps for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list(&self, _request: Request<proto::ListAppsRequest>) -> Result<Response<proto::ListAppsReply>, Status> {
+    async fn list(
+        &self,
+        _request: Request<proto::ListAppsRequest>,
+    ) -> Result<Response<proto::ListAppsReply>, Status> {
         Ok(Response::new(self.apps().await?))
     }
 
-    async fn get(&self, request: Request<proto::AppRequest>) -> Result<Response<proto::AppInfo>, Status> {
+    async fn get(
+        &self,
+        request: Request<proto::AppRequest>,
+    ) -> Result<Response<proto::AppInfo>, Status> {
         Ok(Response::new(self.app(&request.into_inner().name).await?))
     }
 
-    async fn scale(&self, request: Request<proto::ScaleRequest>) -> Result<Response<proto::ActionReply>, Status> {
+    async fn scale(
+        &self,
+        request: Request<proto::ScaleRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(AgentService::scale(self, &request.name, request.replicas).await?))
+        Ok(Response::new(
+            AgentService::scale(self, &request.name, request.replicas).await?,
+        ))
     }
 
-    async fn restart(&self, request: Request<proto::AppRequest>) -> Result<Response<proto::ActionReply>, Status> {
-        Ok(Response::new(AgentService::restart(self, &request.into_inner().name).await?))
+    async fn restart(
+        &self,
+        request: Request<proto::AppRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            AgentService::restart(self, &request.into_inner().name).await?,
+        ))
     }
 
-    async fn remove(&self, request: Request<proto::AppRequest>) -> Result<Response<proto::ActionReply>, Status> {
-        Ok(Response::new(self.remove_app(&request.into_inner().name).await?))
+    async fn remove(
+        &self,
+        request: Request<proto::AppRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.remove_app(&request.into_inner().name).await?,
+        ))
     }
 }
 
@@ -82,35 +112,64 @@ impl proto::apps_server::Apps for AgentService {
 impl proto::containers_server::Containers for AgentService {
     type LogsStream = Streaming<proto::LogChunk>;
 
-    async fn list(&self, request: Request<proto::ListContainersRequest>) -> Result<Response<proto::ListContainersReply>, Status> {
-        Ok(Response::new(self.containers(&request.into_inner().app).await?))
+    async fn list(
+        &self,
+        request: Request<proto::ListContainersRequest>,
+    ) -> Result<Response<proto::ListContainersReply>, Status> {
+        Ok(Response::new(
+            self.containers(&request.into_inner().app).await?,
+        ))
     }
 
-    async fn info(&self, request: Request<proto::ContainerRequest>) -> Result<Response<proto::ContainerInfo>, Status> {
-        Ok(Response::new(self.container(&request.into_inner().container_id).await?))
+    async fn info(
+        &self,
+        request: Request<proto::ContainerRequest>,
+    ) -> Result<Response<proto::ContainerInfo>, Status> {
+        Ok(Response::new(
+            self.container(&request.into_inner().container_id).await?,
+        ))
     }
 
-    async fn logs(&self, request: Request<proto::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        request: Request<proto::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let request = request.into_inner();
-        let stream = AgentService::logs(self, &request.container_id, request.follow, request.tail).await?;
+        let stream =
+            AgentService::logs(self, &request.container_id, request.follow, request.tail).await?;
         Ok(Response::new(Box::pin(stream.map(|chunk| {
-            chunk.map(|data| proto::LogChunk { data }).map_err(Status::from)
+            chunk
+                .map(|data| proto::LogChunk { data })
+                .map_err(Status::from)
         }))))
     }
 }
 
 #[tonic::async_trait]
 impl proto::volumes_server::Volumes for AgentService {
-    async fn create(&self, request: Request<proto::VolumeRequest>) -> Result<Response<proto::VolumeInfo>, Status> {
-        Ok(Response::new(self.create_volume(&request.into_inner().name).await?))
+    async fn create(
+        &self,
+        request: Request<proto::VolumeRequest>,
+    ) -> Result<Response<proto::VolumeInfo>, Status> {
+        Ok(Response::new(
+            self.create_volume(&request.into_inner().name).await?,
+        ))
     }
 
-    async fn list(&self, _request: Request<proto::ListVolumesRequest>) -> Result<Response<proto::ListVolumesReply>, Status> {
+    async fn list(
+        &self,
+        _request: Request<proto::ListVolumesRequest>,
+    ) -> Result<Response<proto::ListVolumesReply>, Status> {
         Ok(Response::new(self.volumes().await?))
     }
 
-    async fn remove(&self, request: Request<proto::VolumeRequest>) -> Result<Response<proto::ActionReply>, Status> {
-        Ok(Response::new(self.remove_volume(&request.into_inner().name).await?))
+    async fn remove(
+        &self,
+        request: Request<proto::VolumeRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.remove_volume(&request.into_inner().name).await?,
+        ))
     }
 }
 

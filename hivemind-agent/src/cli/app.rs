@@ -134,7 +134,10 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             }
         }
         AppCommand::Restart { name } => {
-            let reply = apps.restart(proto::AppRequest { name: name.clone() }).await?.into_inner();
+            let reply = apps
+                .restart(proto::AppRequest { name: name.clone() })
+                .await?
+                .into_inner();
             action(global, &reply)?;
         }
         AppCommand::Scale { name, replicas } => {
@@ -146,7 +149,10 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             action(global, &reply)?;
         }
         AppCommand::Rm { name } => {
-            let reply = apps.remove(proto::AppRequest { name: name.clone() }).await?.into_inner();
+            let reply = apps
+                .remove(proto::AppRequest { name: name.clone() })
+                .await?
+                .into_inner();
             action(global, &reply)?;
         }
         AppCommand::Logs {
@@ -162,7 +168,9 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             let mut stream = containers.logs(request).await?.into_inner();
             let mut stdout = std::io::stdout().lock();
             while let Some(chunk) = stream.next().await {
-                stdout.write_all(&chunk?.data).context("writing to stdout")?;
+                stdout
+                    .write_all(&chunk?.data)
+                    .context("writing to stdout")?;
                 stdout.flush().context("writing to stdout")?;
             }
         }
@@ -201,7 +209,8 @@ async fn deploy(
         stop_timeout_secs: args.stop_timeout,
     };
     let mut events = apps.deploy(request).await?.into_inner();
-    let mut bar = ProgressLine::new(global.output == Output::Table && std::io::stderr().is_terminal());
+    let mut bar =
+        ProgressLine::new(global.output == Output::Table && std::io::stderr().is_terminal());
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
@@ -232,7 +241,10 @@ struct ProgressLine {
 
 impl ProgressLine {
     fn new(enabled: bool) -> Self {
-        Self { enabled, shown: false }
+        Self {
+            enabled,
+            shown: false,
+        }
     }
 
     fn show(&mut self, progress: &proto::PullProgress) {
@@ -271,7 +283,9 @@ impl ProgressLine {
 }
 
 fn apps_table(apps: &[proto::AppInfo]) -> String {
-    let mut table = output::Table::new(&["name", "image", "replicas", "status", "service", "ports", "updated"]);
+    let mut table = output::Table::new(&[
+        "name", "image", "replicas", "status", "service", "ports", "updated",
+    ]);
     for app in apps {
         table.row(vec![
             app.name.clone(),
@@ -287,10 +301,22 @@ fn apps_table(apps: &[proto::AppInfo]) -> String {
 }
 
 fn containers_table(containers: &[proto::ContainerInfo]) -> String {
-    let mut table = output::Table::new(&["container", "app", "node", "status", "ip", "restarts", "image", "created"]);
+    let mut table = output::Table::new(&[
+        "container",
+        "app",
+        "node",
+        "status",
+        "ip",
+        "restarts",
+        "image",
+        "created",
+    ]);
     for c in containers {
         let status = match (c.state.as_str(), c.exit_code) {
-            ("running", _) => format!("running ({})", output::ago(c.started_at_ms).trim_end_matches(" ago")),
+            ("running", _) => format!(
+                "running ({})",
+                output::ago(c.started_at_ms).trim_end_matches(" ago")
+            ),
             (state, Some(code)) => format!("{state} ({code})"),
             (state, None) => state.to_owned(),
         };
@@ -328,7 +354,10 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         } else {
             output::bytes(usage.memory_limit_bytes)
         };
-        rows.push(("Memory", format!("{} / {limit}", output::bytes(usage.memory_bytes))));
+        rows.push((
+            "Memory",
+            format!("{} / {limit}", output::bytes(usage.memory_bytes)),
+        ));
     }
     rows.push(("Ports", dash(&c.ports.join(", "))));
     rows.push(("Volumes", dash(&c.volumes.join(", "))));
@@ -341,7 +370,9 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         history.row(vec![
             output::timestamp(change.at_ms),
             change.state.clone(),
-            change.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            change
+                .exit_code
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
             change.message.clone(),
         ]);
     }
@@ -350,7 +381,11 @@ fn container_details(c: &proto::ContainerInfo) -> String {
 
 fn state_line(c: &proto::ContainerInfo) -> String {
     match c.state.as_str() {
-        "running" => format!("running since {} (pid {})", output::timestamp(c.started_at_ms), c.pid),
+        "running" => format!(
+            "running since {} (pid {})",
+            output::timestamp(c.started_at_ms),
+            c.pid
+        ),
         state => match c.exit_code {
             Some(code) => format!("{state}, exit code {code}"),
             None => state.to_owned(),
@@ -359,5 +394,9 @@ fn state_line(c: &proto::ContainerInfo) -> String {
 }
 
 fn dash(value: &str) -> String {
-    if value.is_empty() { "-".to_owned() } else { value.to_owned() }
+    if value.is_empty() {
+        "-".to_owned()
+    } else {
+        value.to_owned()
+    }
 }

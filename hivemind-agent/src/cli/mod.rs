@@ -91,6 +91,13 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
         Err(err) => {
             // The agent's errors are already sentences; print the message, not the gRPC code.
             match err.downcast_ref::<tonic::Status>() {
+                // tonic's words for a connection that broke mid-call.
+                Some(status) if status.message() == "transport error" => {
+                    eprintln!(
+                        "hivemind: lost the connection to the agent at {} (did it stop?)",
+                        global.addr
+                    );
+                }
                 Some(status) => eprintln!("hivemind: {}", status.message()),
                 None => eprintln!("hivemind: {err:#}"),
             }

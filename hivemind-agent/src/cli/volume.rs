@@ -22,20 +22,31 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
     let mut volumes = VolumesClient::new(client::channel(global).await?);
     match command {
         VolumeCommand::Create { name } => {
-            let info = volumes.create(proto::VolumeRequest { name: name.clone() }).await?.into_inner();
+            let info = volumes
+                .create(proto::VolumeRequest { name: name.clone() })
+                .await?
+                .into_inner();
             match global.output {
                 Output::Json => output::json(&info)?,
                 Output::Table => println!("Created volume {} at {}", info.name, info.path),
             }
         }
         VolumeCommand::Ls => {
-            let reply = volumes.list(proto::ListVolumesRequest {}).await?.into_inner();
+            let reply = volumes
+                .list(proto::ListVolumesRequest {})
+                .await?
+                .into_inner();
             match global.output {
                 Output::Json => output::json(&reply.volumes)?,
                 Output::Table => {
-                    let mut table = output::Table::new(&["name", "node", "size", "used by", "created"]);
+                    let mut table =
+                        output::Table::new(&["name", "node", "size", "used by", "created"]);
                     for v in &reply.volumes {
-                        let used_by = if v.used_by.is_empty() { "-".to_owned() } else { v.used_by.join(",") };
+                        let used_by = if v.used_by.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            v.used_by.join(",")
+                        };
                         table.row(vec![
                             v.name.clone(),
                             v.node.clone(),
@@ -49,7 +60,10 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
             }
         }
         VolumeCommand::Rm { name } => {
-            let reply = volumes.remove(proto::VolumeRequest { name: name.clone() }).await?.into_inner();
+            let reply = volumes
+                .remove(proto::VolumeRequest { name: name.clone() })
+                .await?
+                .into_inner();
             action(global, &reply)?;
         }
     }

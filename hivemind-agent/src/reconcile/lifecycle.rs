@@ -2,11 +2,7 @@
 //! namespace, its files, and its record, kept consistent. A create that fails part-way undoes
 //! what it did.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use crate::{
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},
@@ -45,7 +41,9 @@ pub enum LifecycleError {
         #[source]
         source: std::io::Error,
     },
-    #[error("image {image}: user {user:?} is not numeric (uid[:gid]); named users are not supported")]
+    #[error(
+        "image {image}: user {user:?} is not numeric (uid[:gid]); named users are not supported"
+    )]
     User { image: String, user: String },
     #[error("image {image} has neither an entrypoint nor a command to run")]
     NoCommand { image: String },
@@ -96,7 +94,11 @@ impl Lifecycle {
     /// Makes and starts a new container for `app`'s `slot`. The record is written first (so a
     /// crash leaves a record the reconciler cleans up, never an unknown container); on failure
     /// everything is undone and the record is marked failed with the reason.
-    pub async fn create(&self, app: &AppSpec, slot: u32) -> Result<ContainerRecord, (ContainerRecord, LifecycleError)> {
+    pub async fn create(
+        &self,
+        app: &AppSpec,
+        slot: u32,
+    ) -> Result<ContainerRecord, (ContainerRecord, LifecycleError)> {
         let id = format!("{}-{}", app.name, random_suffix());
         let mut record = ContainerRecord {
             id: id.clone(),
@@ -115,7 +117,11 @@ impl Lifecycle {
             started_at_ms: None,
             history: Vec::new(),
         };
-        record.transition(ContainerState::Creating, None, format!("created for slot {slot}"));
+        record.transition(
+            ContainerState::Creating,
+            None,
+            format!("created for slot {slot}"),
+        );
         if let Err(err) = self.state.put_container(&record).await {
             return Err((record, err.into()));
         }
@@ -136,7 +142,11 @@ impl Lifecycle {
         }
     }
 
-    async fn make(&self, app: &AppSpec, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
+    async fn make(
+        &self,
+        app: &AppSpec,
+        record: &mut ContainerRecord,
+    ) -> Result<(), LifecycleError> {
         let id = record.id.clone();
         let image = self.runtime.ensure_image(&app.image, false, None).await?;
         record.image_digest = image.digest.clone();
@@ -158,13 +168,19 @@ impl Lifecycle {
             .cloned()
             .collect();
         if args.is_empty() {
-            return Err(LifecycleError::NoCommand { image: image.name.clone() });
+            return Err(LifecycleError::NoCommand {
+                image: image.name.clone(),
+            });
         }
         let spec = spec::build(&SpecInput {
             id: id.clone(),
             args,
             env: merge_env(&image.config.env, &app.env, &id),
-            cwd: if image.config.working_dir.is_empty() { "/".into() } else { image.config.working_dir.clone() },
+            cwd: if image.config.working_dir.is_empty() {
+                "/".into()
+            } else {
+                image.config.working_dir.clone()
+            },
             uid,
             gid,
             netns_path,
@@ -194,7 +210,10 @@ impl Lifecycle {
 
     /// Starts an exited container again (a new task in the same container).
     pub async fn restart(&self, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
-        record.pid = self.runtime.start_task(&record.id, &self.log_path(&record.id)).await?;
+        record.pid = self
+            .runtime
+            .start_task(&record.id, &self.log_path(&record.id))
+            .await?;
         record.restart_count += 1;
         let message = format!("restarted (restart #{})", record.restart_count);
         record.transition(ContainerState::Running, None, message);
@@ -204,7 +223,12 @@ impl Lifecycle {
 
     /// Stops (SIGTERM, grace, SIGKILL) and removes the container, its namespace, its files and
     /// finally its record.
-    pub async fn remove(&self, record: &mut ContainerRecord, grace: Duration, reason: &str) -> Result<(), LifecycleError> {
+    pub async fn remove(
+        &self,
+        record: &mut ContainerRecord,
+        grace: Duration,
+        reason: &str,
+    ) -> Result<(), LifecycleError> {
         if record.state != ContainerState::Stopping {
             record.transition(ContainerState::Stopping, record.exit_code, reason);
             self.state.put_container(record).await?;
@@ -276,7 +300,12 @@ impl Lifecycle {
             })
         };
         Ok(vec![
-            write("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"))?,
+            write(
+                "hosts",
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"
+                ),
+            )?,
             write("hostname", format!("{id}\n"))?,
             write("resolv.conf", host_resolv_conf())?,
         ])
@@ -294,14 +323,20 @@ fn without_loopback_resolvers(resolv_conf: &str) -> String {
         .filter(|line| {
             let mut words = line.split_whitespace();
             !(words.next() == Some("nameserver")
-                && words.next().is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
+                && words
+                    .next()
+                    .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
         })
         .map(|line| format!("{line}\n"))
         .collect()
 }
 
 /// Image env, then the app's env overriding it; PATH defaulted; HOSTNAME set.
-fn merge_env(image_env: &[String], app_env: &std::collections::BTreeMap<String, String>, id: &str) -> Vec<String> {
+fn merge_env(
+    image_env: &[String],
+    app_env: &std::collections::BTreeMap<String, String>,
+    id: &str,
+) -> Vec<String> {
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut set = |key: &str, value: &str| {
         if let Some(slot) = merged.iter_mut().find(|(k, _)| k == key) {
@@ -321,7 +356,10 @@ fn merge_env(image_env: &[String], app_env: &std::collections::BTreeMap<String, 
     for (k, v) in app_env {
         set(k, v);
     }
-    merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 fn parse_user(image: &PulledImage) -> Result<(u32, u32), LifecycleError> {
@@ -335,7 +373,11 @@ fn parse_user(image: &PulledImage) -> Result<(u32, u32), LifecycleError> {
     };
     let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
     let uid: u32 = uid.parse().map_err(|_| bad())?;
-    let gid: u32 = if gid.is_empty() { uid } else { gid.parse().map_err(|_| bad())? };
+    let gid: u32 = if gid.is_empty() {
+        uid
+    } else {
+        gid.parse().map_err(|_| bad())?
+    };
     Ok((uid, gid))
 }
 
@@ -353,13 +395,18 @@ mod tests {
     #[test]
     fn env_merges_in_order() {
         let app_env = std::collections::BTreeMap::from([("B".to_owned(), "app".to_owned())]);
-        let env = merge_env(&["PATH=/bin".into(), "B=image".into(), "C=1".into()], &app_env, "web-1");
+        let env = merge_env(
+            &["PATH=/bin".into(), "B=image".into(), "C=1".into()],
+            &app_env,
+            "web-1",
+        );
         assert_eq!(env, ["PATH=/bin", "HOSTNAME=web-1", "B=app", "C=1"]);
     }
 
     #[test]
     fn resolv_conf_drops_loopback() {
-        let filtered = without_loopback_resolvers("nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch lan\n");
+        let filtered =
+            without_loopback_resolvers("nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch lan\n");
         assert_eq!(filtered, "nameserver 9.9.9.9\nsearch lan\n");
     }
 }

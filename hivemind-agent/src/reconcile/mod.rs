@@ -73,6 +73,7 @@ impl ReconcilerHandle {
     }
 }
 
+#[derive(Debug)]
 pub struct Reconciler {
     lifecycle: Lifecycle,
     state: State,
@@ -142,7 +143,11 @@ impl Reconciler {
             return Ok(()); // stopping on purpose, or not ours
         }
         let code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
-        record.transition(ContainerState::Exited, Some(code), format!("exited with code {code}"));
+        record.transition(
+            ContainerState::Exited,
+            Some(code),
+            format!("exited with code {code}"),
+        );
         self.state.put_container(&record).await?;
         self.schedule_restart(&record);
         Ok(())
@@ -172,7 +177,11 @@ impl Reconciler {
     /// Brings the records of this node in line with what containerd reports: adopts
     /// Hivemind containers it has no record of (after a crash), drops records whose container
     /// is gone, and notices exits the event stream missed.
-    async fn observe(&mut self, apps: &[AppSpec], listed: Vec<ListedContainer>) -> Result<Vec<ContainerRecord>, ReconcileError> {
+    async fn observe(
+        &mut self,
+        apps: &[AppSpec],
+        listed: Vec<ListedContainer>,
+    ) -> Result<Vec<ContainerRecord>, ReconcileError> {
         let mut records: Vec<ContainerRecord> = self
             .state
             .containers()
@@ -198,13 +207,24 @@ impl Reconciler {
                 Some(container) => {
                     let running = container.task.is_some_and(|t| t.running);
                     if record.state == ContainerState::Running && !running {
-                        let code = container.task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX));
+                        let code = container
+                            .task
+                            .map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX));
                         record.transition(ContainerState::Exited, code, "found exited");
                         self.state.put_container(&record).await?;
                         self.schedule_restart(&record);
-                    } else if matches!(record.state, ContainerState::Exited | ContainerState::Creating) && running {
+                    } else if matches!(
+                        record.state,
+                        ContainerState::Exited | ContainerState::Creating
+                    ) && running
+                    {
                         record.pid = container.task.map_or(0, |t| t.pid);
                         record.transition(ContainerState::Running, None, "found running");
+                        self.state.put_container(&record).await?;
+                    } else if record.state == ContainerState::Creating {
+                        // Creates finish within a pass, so this one was cut short (the agent
+                        // died mid-create): replace it.
+                        record.transition(ContainerState::Failed, None, "creation was interrupted");
                         self.state.put_container(&record).await?;
                     }
                     kept.push(record);
@@ -230,9 +250,15 @@ impl Reconciler {
         Ok(kept)
     }
 
-    async fn act(&mut self, apps: &[AppSpec], records: Vec<ContainerRecord>, actions: Vec<Action>) -> Report {
+    async fn act(
+        &mut self,
+        apps: &[AppSpec],
+        records: Vec<ContainerRecord>,
+        actions: Vec<Action>,
+    ) -> Report {
         let mut report = Report::default();
-        let by_id: HashMap<String, ContainerRecord> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let by_id: HashMap<String, ContainerRecord> =
+            records.into_iter().map(|r| (r.id.clone(), r)).collect();
         let app_of = |name: &str| apps.iter().find(|a| a.name == name);
 
         let mut removals = Vec::new();
@@ -242,7 +268,11 @@ impl Reconciler {
                 Action::Remove { id, reason } => {
                     if let Some(record) = by_id.get(&id) {
                         let grace = app_of(&record.app).map_or(10, |a| a.stop_timeout_secs);
-                        removals.push((record.clone(), Duration::from_secs(u64::from(grace)), reason));
+                        removals.push((
+                            record.clone(),
+                            Duration::from_secs(u64::from(grace)),
+                            reason,
+                        ));
                     }
                 }
                 Action::Create { app, slot } => {
@@ -266,11 +296,14 @@ impl Reconciler {
         }
 
         let lifecycle = &self.lifecycle;
-        let removed: Vec<(ContainerRecord, Result<(), LifecycleError>)> = stream::iter(removals)
+        let removing: Vec<_> = removals
+            .into_iter()
             .map(|(mut record, grace, reason)| async move {
                 let result = lifecycle.remove(&mut record, grace, reason).await;
                 (record, result)
             })
+            .collect();
+        let removed: Vec<(ContainerRecord, Result<(), LifecycleError>)> = stream::iter(removing)
             .buffer_unordered(PARALLELISM)
             .collect()
             .await;
@@ -285,8 +318,13 @@ impl Reconciler {
             }
         }
 
-        let created: Vec<_> = stream::iter(creations)
-            .map(|(app, slot)| async move { (app.name.clone(), lifecycle.create(&app, slot).await) })
+        let creating: Vec<_> = creations
+            .into_iter()
+            .map(
+                |(app, slot)| async move { (app.name.clone(), lifecycle.create(&app, slot).await) },
+            )
+            .collect();
+        let created: Vec<_> = stream::iter(creating)
             .buffer_unordered(PARALLELISM)
             .collect()
             .await;
@@ -310,7 +348,9 @@ fn owned_slots(app: &AppSpec) -> Vec<u32> {
 
 /// A record for a labelled containerd container, if its app still wants that slot.
 fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Option<ContainerRecord> {
-    let app = apps.iter().find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
+    let app = apps
+        .iter()
+        .find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
     let slot: u32 = container.labels.get(labels::SLOT)?.parse().ok()?;
     let generation: u64 = container.labels.get(labels::GENERATION)?.parse().ok()?;
     if !owned_slots(app).contains(&slot) {
@@ -334,7 +374,11 @@ fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Optio
         started_at_ms: None,
         history: Vec::new(),
     };
-    let state = if running { ContainerState::Running } else { ContainerState::Exited };
+    let state = if running {
+        ContainerState::Running
+    } else {
+        ContainerState::Exited
+    };
     record.transition(state, None, "adopted after an agent restart");
     Some(record)
 }

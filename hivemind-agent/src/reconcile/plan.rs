@@ -34,7 +34,8 @@ pub fn plan(
     now_ms: u64,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let apps_by_name: BTreeMap<&str, &AppSpec> = apps.iter().map(|a| (a.name.as_str(), a)).collect();
+    let apps_by_name: BTreeMap<&str, &AppSpec> =
+        apps.iter().map(|a| (a.name.as_str(), a)).collect();
     let due = |id: &str| backoff.get(id).is_none_or(|at| *at <= now_ms);
 
     for record in records {
@@ -61,11 +62,16 @@ pub fn plan(
         // both an old container and a current one that does not run yet.
         let mut replacing = owned.iter().any(|slot| {
             let (current, old) = split(&mine, app, *slot);
-            !old.is_empty() && !current.is_empty() && !current.iter().any(|c| c.state == ContainerState::Running)
+            !old.is_empty()
+                && !current.is_empty()
+                && !current.iter().any(|c| c.state == ContainerState::Running)
         });
         for slot in owned {
             let (current, old) = split(&mine, app, slot);
-            let running = current.iter().filter(|c| c.state == ContainerState::Running).count();
+            let running = current
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .count();
             if current.is_empty() {
                 if old.is_empty() || !replacing {
                     actions.push(Action::Create {
@@ -89,7 +95,9 @@ pub fn plan(
                 }
                 match record.state {
                     ContainerState::Exited if due(&record.id) => {
-                        actions.push(Action::Restart { id: record.id.clone() });
+                        actions.push(Action::Restart {
+                            id: record.id.clone(),
+                        });
                     }
                     ContainerState::Failed if due(&record.id) => {
                         actions.push(remove(record, "failed; replacing it"));
@@ -113,9 +121,12 @@ fn split<'a>(
     app: &AppSpec,
     slot: u32,
 ) -> (Vec<&'a ContainerRecord>, Vec<&'a ContainerRecord>) {
-    let mut in_slot: Vec<&ContainerRecord> = records.iter().copied().filter(|r| r.slot == slot).collect();
+    let mut in_slot: Vec<&ContainerRecord> =
+        records.iter().copied().filter(|r| r.slot == slot).collect();
     in_slot.sort_by_key(|r| (r.created_at_ms, r.id.clone()));
-    in_slot.into_iter().partition(|r| r.generation == app.generation)
+    in_slot
+        .into_iter()
+        .partition(|r| r.generation == app.generation)
 }
 
 fn remove(record: &ContainerRecord, reason: &'static str) -> Action {
@@ -153,7 +164,13 @@ mod tests {
         }
     }
 
-    fn record(id: &str, app: &str, slot: u32, generation: u64, state: ContainerState) -> ContainerRecord {
+    fn record(
+        id: &str,
+        app: &str,
+        slot: u32,
+        generation: u64,
+        state: ContainerState,
+    ) -> ContainerRecord {
         ContainerRecord {
             id: id.into(),
             app: app.into(),
@@ -183,12 +200,21 @@ mod tests {
 
     #[test]
     fn creates_missing_replicas() {
-        let actions = run(&[app("web", 3, 1)], &[record("a", "web", 1, 1, ContainerState::Running)]);
+        let actions = run(
+            &[app("web", 3, 1)],
+            &[record("a", "web", 1, 1, ContainerState::Running)],
+        );
         assert_eq!(
             actions,
             vec![
-                Action::Create { app: "web".into(), slot: 0 },
-                Action::Create { app: "web".into(), slot: 2 },
+                Action::Create {
+                    app: "web".into(),
+                    slot: 0
+                },
+                Action::Create {
+                    app: "web".into(),
+                    slot: 2
+                },
             ]
         );
     }
@@ -210,8 +236,14 @@ mod tests {
             record("c", "gone", 0, 1, ContainerState::Running),
         ];
         let actions = run(&[app("web", 1, 1)], &records);
-        assert!(actions.contains(&Action::Remove { id: "b".into(), reason: "scaled down" }));
-        assert!(actions.contains(&Action::Remove { id: "c".into(), reason: "its app was removed" }));
+        assert!(actions.contains(&Action::Remove {
+            id: "b".into(),
+            reason: "scaled down"
+        }));
+        assert!(actions.contains(&Action::Remove {
+            id: "c".into(),
+            reason: "its app was removed"
+        }));
         assert_eq!(actions.len(), 2);
     }
 
@@ -235,7 +267,13 @@ mod tests {
             record("b", "web", 1, 1, ContainerState::Running),
         ];
         let web = app("web", 2, 2);
-        assert_eq!(run(&[web.clone()], &records), vec![Action::Create { app: "web".into(), slot: 0 }]);
+        assert_eq!(
+            run(&[web.clone()], &records),
+            vec![Action::Create {
+                app: "web".into(),
+                slot: 0
+            }]
+        );
 
         // Slot 0's replacement is starting: nothing else happens yet.
         records.push(record("c", "web", 0, 2, ContainerState::Creating));
@@ -244,8 +282,14 @@ mod tests {
         // It runs: the old one goes and slot 1 is next.
         records[2].state = ContainerState::Running;
         let actions = run(&[web], &records);
-        assert!(actions.contains(&Action::Remove { id: "a".into(), reason: "replaced by a newer generation" }));
-        assert!(actions.contains(&Action::Create { app: "web".into(), slot: 1 }));
+        assert!(actions.contains(&Action::Remove {
+            id: "a".into(),
+            reason: "replaced by a newer generation"
+        }));
+        assert!(actions.contains(&Action::Create {
+            app: "web".into(),
+            slot: 1
+        }));
     }
 
     #[test]
@@ -256,8 +300,14 @@ mod tests {
             record("s", "web", 0, 1, ContainerState::Stopping),
         ];
         let actions = run(&[app("web", 1, 1)], &records);
-        assert!(actions.contains(&Action::Remove { id: "s".into(), reason: "finishing an interrupted stop" }));
-        assert!(actions.contains(&Action::Remove { id: "b".into(), reason: "duplicate in its slot" }));
+        assert!(actions.contains(&Action::Remove {
+            id: "s".into(),
+            reason: "finishing an interrupted stop"
+        }));
+        assert!(actions.contains(&Action::Remove {
+            id: "b".into(),
+            reason: "duplicate in its slot"
+        }));
         assert_eq!(actions.len(), 2);
     }
 
@@ -266,7 +316,10 @@ mod tests {
         let records = [record("a", "web", 0, 1, ContainerState::Failed)];
         assert_eq!(
             run(&[app("web", 1, 1)], &records),
-            vec![Action::Remove { id: "a".into(), reason: "failed; replacing it" }]
+            vec![Action::Remove {
+                id: "a".into(),
+                reason: "failed; replacing it"
+            }]
         );
     }
 

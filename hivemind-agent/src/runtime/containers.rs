@@ -4,12 +4,13 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use containerd_client::{
     services::v1::{
-        Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-        DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
-        SubscribeRequest, WaitRequest,
+        Container, CreateContainerRequest, CreateRequest, CreateTaskRequest,
+        DeleteContainerRequest, DeleteRequest, DeleteTaskRequest, GetRequest, KillRequest,
+        ListContainersRequest, StartRequest, SubscribeRequest, WaitRequest,
         container::Runtime as ContainerRuntime,
         containers_client::ContainersClient,
         events_client::EventsClient,
+        leases_client::LeasesClient,
         snapshots::{
             MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
             snapshots_client::SnapshotsClient,
@@ -75,15 +76,53 @@ pub struct TaskExit {
 impl Runtime {
     /// Prepares the container's writable snapshot and creates the container record.
     /// On failure nothing is left behind.
+    ///
+    /// Both happen under a short lease: between the two calls nothing references the fresh
+    /// snapshot, and containerd's garbage collector (run after any deletion, e.g. the end of
+    /// an image pull) would otherwise remove it.
     pub async fn create_container(&self, new: &NewContainer<'_>) -> Result<(), RuntimeError> {
-        let mut snapshots = SnapshotsClient::new(self.channel.clone());
-        snapshots
-            .prepare(self.request(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: new.id.into(),
-                parent: new.parent_snapshot.into(),
+        let lease = format!("hivemind-create-{}", new.id);
+        let mut leases = LeasesClient::new(self.channel.clone());
+        leases
+            .create(self.request(CreateRequest {
+                id: lease.clone(),
                 labels: HashMap::new(),
             }))
+            .await
+            .map_err(|status| self.call_error("lease snapshot for", new.id, &status))?;
+        let result = self.create_container_leased(new, &lease).await;
+        if let Err(status) = leases
+            .delete(self.request(DeleteRequest {
+                id: lease,
+                sync: false,
+            }))
+            .await
+        {
+            tracing::warn!(
+                container = new.id,
+                "deleting the creation lease: {}",
+                status.message()
+            );
+        }
+        result
+    }
+
+    async fn create_container_leased(
+        &self,
+        new: &NewContainer<'_>,
+        lease: &str,
+    ) -> Result<(), RuntimeError> {
+        let mut snapshots = SnapshotsClient::new(self.channel.clone());
+        snapshots
+            .prepare(self.leased(
+                lease,
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: new.id.into(),
+                    parent: new.parent_snapshot.into(),
+                    labels: HashMap::new(),
+                },
+            ))
             .await
             .map_err(|status| self.call_error("prepare snapshot", new.id, &status))?;
         let container = Container {
@@ -103,9 +142,12 @@ impl Runtime {
             ..Container::default()
         };
         let created = ContainersClient::new(self.channel.clone())
-            .create(self.request(CreateContainerRequest {
-                container: Some(container),
-            }))
+            .create(self.leased(
+                lease,
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+            ))
             .await;
         if let Err(status) = created {
             let _ = self.remove_snapshot(new.id).await;
@@ -235,9 +277,11 @@ impl Runtime {
         {
             Ok(reply) => Ok(reply.into_inner().process.map(|p| TaskState {
                 pid: p.pid,
+                // A task that was created but never started (the agent died in between) does
+                // not count: it runs nothing.
                 running: matches!(
                     Status::try_from(p.status),
-                    Ok(Status::Running | Status::Created | Status::Pausing | Status::Paused)
+                    Ok(Status::Running | Status::Pausing | Status::Paused)
                 ),
                 exit_status: p.exit_status,
             })),

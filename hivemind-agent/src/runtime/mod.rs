@@ -66,6 +66,8 @@ pub struct Runtime {
 
 /// containerd selects the namespace of every call from this gRPC header.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// ... and the lease that holds what the call creates.
+const LEASE_HEADER: &str = "containerd-lease";
 
 impl Runtime {
     /// containerd at `socket`, working in `namespace`; registries over HTTPS except the
@@ -152,6 +154,15 @@ impl Runtime {
         let mut request = tonic::Request::new(message);
         if let Ok(value) = self.namespace.parse() {
             request.metadata_mut().insert(NAMESPACE_HEADER, value);
+        }
+        request
+    }
+
+    /// A request in Hivemind's namespace whose new resources belong to `lease`.
+    fn leased<T>(&self, lease: &str, message: T) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        if let Ok(value) = lease.parse() {
+            request.metadata_mut().insert(LEASE_HEADER, value);
         }
         request
     }

@@ -88,76 +88,76 @@ impl NetnsDir {
         self.dir.join(id)
     }
 
-/// Creates the namespace for container `id` (idempotent: an existing one is kept).
-pub fn create(&self, id: &str) -> Result<PathBuf, NetnsError> {
-    let target = self.path(id);
-    let fail = |op, source| NetnsError {
-        path: target.clone(),
-        op,
-        source,
-    };
-    if is_mounted(&target) {
-        return Ok(target);
-    }
-    prepare_dir(&self.dir).map_err(|e| fail("prepare the namespace directory", e))?;
-    fs::File::create(&target).map_err(|e| fail("create the mount point", e))?;
-    let c_target = c_path(&target).map_err(|e| fail("encode the path", e))?;
-    // unshare(CLONE_NEWNET) moves only the calling thread; a throwaway thread keeps the
-    // agent's own threads in the node namespace.
-    let result = std::thread::spawn(move || -> io::Result<()> {
-        // SAFETY: unshare takes a flag word; it affects only this thread.
-        check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
-        // SAFETY: valid NUL-terminated paths that outlive the call.
-        check(unsafe {
-            libc::mount(
-                c"/proc/thread-self/ns/net".as_ptr(),
-                c_target.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
+    /// Creates the namespace for container `id` (idempotent: an existing one is kept).
+    pub fn create(&self, id: &str) -> Result<PathBuf, NetnsError> {
+        let target = self.path(id);
+        let fail = |op, source| NetnsError {
+            path: target.clone(),
+            op,
+            source,
+        };
+        if is_mounted(&target) {
+            return Ok(target);
+        }
+        prepare_dir(&self.dir).map_err(|e| fail("prepare the namespace directory", e))?;
+        fs::File::create(&target).map_err(|e| fail("create the mount point", e))?;
+        let c_target = c_path(&target).map_err(|e| fail("encode the path", e))?;
+        // unshare(CLONE_NEWNET) moves only the calling thread; a throwaway thread keeps the
+        // agent's own threads in the node namespace.
+        let result = std::thread::spawn(move || -> io::Result<()> {
+            // SAFETY: unshare takes a flag word; it affects only this thread.
+            check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+            // SAFETY: valid NUL-terminated paths that outlive the call.
+            check(unsafe {
+                libc::mount(
+                    c"/proc/thread-self/ns/net".as_ptr(),
+                    c_target.as_ptr(),
+                    c"none".as_ptr(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            })
         })
-    })
-    .join()
-    .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")));
-    if let Err(source) = result {
-        let _ = fs::remove_file(&target);
-        return Err(fail("make the namespace", source));
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")));
+        if let Err(source) = result {
+            let _ = fs::remove_file(&target);
+            return Err(fail("make the namespace", source));
+        }
+        Ok(target)
     }
-    Ok(target)
-}
 
-/// Unmounts and removes the namespace of container `id`. Idempotent.
-pub fn remove(&self, id: &str) -> Result<(), NetnsError> {
-    let target = self.path(id);
-    if !target.exists() {
-        return Ok(());
+    /// Unmounts and removes the namespace of container `id`. Idempotent.
+    pub fn remove(&self, id: &str) -> Result<(), NetnsError> {
+        let target = self.path(id);
+        if !target.exists() {
+            return Ok(());
+        }
+        let c_target = c_path(&target).map_err(|source| NetnsError {
+            path: target.clone(),
+            op: "encode the path",
+            source,
+        })?;
+        // SAFETY: valid NUL-terminated path. EINVAL means it was not mounted; removal proceeds.
+        unsafe {
+            libc::umount2(c_target.as_ptr(), libc::MNT_DETACH);
+        }
+        fs::remove_file(&target).map_err(|source| NetnsError {
+            path: target.clone(),
+            op: "remove",
+            source,
+        })
     }
-    let c_target = c_path(&target).map_err(|source| NetnsError {
-        path: target.clone(),
-        op: "encode the path",
-        source,
-    })?;
-    // SAFETY: valid NUL-terminated path. EINVAL means it was not mounted; removal proceeds.
-    unsafe {
-        libc::umount2(c_target.as_ptr(), libc::MNT_DETACH);
-    }
-    fs::remove_file(&target).map_err(|source| NetnsError {
-        path: target.clone(),
-        op: "remove",
-        source,
-    })
-}
 
-/// Ids of every namespace present (for cleaning up after a crash).
-pub fn list(&self) -> Vec<String> {
-    fs::read_dir(&self.dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .collect()
-}
+    /// Ids of every namespace present (for cleaning up after a crash).
+    pub fn list(&self) -> Vec<String> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect()
+    }
 }
 
 fn is_mounted(path: &Path) -> bool {

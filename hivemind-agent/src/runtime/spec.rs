@@ -170,7 +170,6 @@ pub fn build(input: &SpecInput) -> Value {
                 "effective": DEFAULT_CAPABILITIES,
                 "permitted": DEFAULT_CAPABILITIES,
             },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576 }],
             "noNewPrivileges": true,
         },
         "root": { "path": "rootfs", "readonly": false },

@@ -52,7 +52,10 @@ impl AgentService {
             None => {
                 spec.generation = 1;
                 if !parts.state.create_app(&spec).await? {
-                    return Err(ApiError::conflict(format!("app {} was created concurrently", spec.name)));
+                    return Err(ApiError::conflict(format!(
+                        "app {} was created concurrently",
+                        spec.name
+                    )));
                 }
                 None
             }
@@ -63,7 +66,10 @@ impl AgentService {
                     spec.replicas = current.replicas;
                 }
                 if !parts.state.update_app(&spec, revision).await? {
-                    return Err(ApiError::conflict(format!("app {} changed concurrently; try again", spec.name)));
+                    return Err(ApiError::conflict(format!(
+                        "app {} changed concurrently; try again",
+                        spec.name
+                    )));
                 }
                 Some(current)
             }
@@ -76,10 +82,21 @@ impl AgentService {
                 let container_ids: Vec<String> = ids.iter().map(|r| r.id.clone()).collect();
                 let first = container_ids.first().cloned().unwrap_or_default();
                 let message = match (&previous, container_ids.len()) {
-                    (Some(_), _) => format!("Updated application {} to {} ({} containers)", spec.name, spec.image, container_ids.len()),
+                    (Some(_), _) => format!(
+                        "Updated application {} to {} ({} containers)",
+                        spec.name,
+                        spec.image,
+                        container_ids.len()
+                    ),
                     (None, 0) => format!("Deployed application {} with 0 replicas", spec.name),
-                    (None, 1) => format!("Deployed application {} with container {first}", spec.name),
-                    (None, n) => format!("Deployed application {} with {n} containers: {}", spec.name, container_ids.join(", ")),
+                    (None, 1) => {
+                        format!("Deployed application {} with container {first}", spec.name)
+                    }
+                    (None, n) => format!(
+                        "Deployed application {} with {n} containers: {}",
+                        spec.name,
+                        container_ids.join(", ")
+                    ),
                 };
                 Ok(proto::DeployResult {
                     app: spec.name,
@@ -105,7 +122,11 @@ impl AgentService {
                 // had not replaced them) match again; the new ones are removed.
                 previous.updated_at_ms = now_ms();
                 match parts.state.app(&spec.name).await {
-                    Ok(Some((_, revision))) => parts.state.update_app(&previous, revision).await.map(|_| ()),
+                    Ok(Some((_, revision))) => parts
+                        .state
+                        .update_app(&previous, revision)
+                        .await
+                        .map(|_| ()),
                     Ok(None) => Ok(()),
                     Err(err) => Err(err),
                 }
@@ -115,7 +136,8 @@ impl AgentService {
             tracing::error!(app = %spec.name, "undoing a failed deploy: {err}");
             return;
         }
-        let undo = |records: &[ContainerRecord]| records.iter().all(|r| r.generation != spec.generation);
+        let undo =
+            |records: &[ContainerRecord]| records.iter().all(|r| r.generation != spec.generation);
         if let Err(err) = self.converge_app(spec, undo).await {
             tracing::warn!(app = %spec.name, "cleaning up after a failed deploy: {err}");
         }
@@ -129,7 +151,8 @@ impl AgentService {
             apps: apps
                 .iter()
                 .map(|app| {
-                    let mine: Vec<&ContainerRecord> = records.iter().filter(|r| r.app == app.name).collect();
+                    let mine: Vec<&ContainerRecord> =
+                        records.iter().filter(|r| r.app == app.name).collect();
                     convert::app(app, &mine)
                 })
                 .collect(),
@@ -152,7 +175,9 @@ impl AgentService {
         app.replicas = replicas;
         app.updated_at_ms = now_ms();
         if !self.parts().state.update_app(&app, revision).await? {
-            return Err(ApiError::conflict(format!("app {name} changed concurrently; try again")));
+            return Err(ApiError::conflict(format!(
+                "app {name} changed concurrently; try again"
+            )));
         }
         self.converge_app(&app, generation_done(&app)).await?;
         Ok(proto::ActionReply {
@@ -168,7 +193,9 @@ impl AgentService {
         app.generation += 1;
         app.updated_at_ms = now_ms();
         if !self.parts().state.update_app(&app, revision).await? {
-            return Err(ApiError::conflict(format!("app {name} changed concurrently; try again")));
+            return Err(ApiError::conflict(format!(
+                "app {name} changed concurrently; try again"
+            )));
         }
         let records = self.converge_app(&app, generation_done(&app)).await?;
         Ok(proto::ActionReply {
@@ -182,7 +209,8 @@ impl AgentService {
         let (app, _) = self.existing_app(name).await?;
         let before = self.app_records(name).await?.len();
         self.parts().state.delete_app(name).await?;
-        self.converge_app(&app, <[ContainerRecord]>::is_empty).await?;
+        self.converge_app(&app, <[ContainerRecord]>::is_empty)
+            .await?;
         Ok(proto::ActionReply {
             message: format!("Removed {name} ({before} containers stopped; volumes kept)"),
         })
@@ -218,7 +246,11 @@ impl AgentService {
         let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
         loop {
             let report = self.parts().reconciler.converge().await?;
-            if let Some((_, err)) = report.failures.into_iter().find(|(name, _)| *name == app.name) {
+            if let Some((_, err)) = report
+                .failures
+                .into_iter()
+                .find(|(name, _)| *name == app.name)
+            {
                 return Err(err.into());
             }
             let records = self.app_records(&app.name).await?;
@@ -226,10 +258,17 @@ impl AgentService {
                 return Ok(records);
             }
             if tokio::time::Instant::now() >= deadline {
-                let states: Vec<String> = records.iter().map(|r| format!("{} {}", r.id, r.state.as_str())).collect();
+                let states: Vec<String> = records
+                    .iter()
+                    .map(|r| format!("{} {}", r.id, r.state.as_str()))
+                    .collect();
                 return Err(ApiError::new(
                     ErrorKind::Internal,
-                    format!("app {} did not converge within {CONVERGE_TIMEOUT:?}: {}", app.name, states.join(", ")),
+                    format!(
+                        "app {} did not converge within {CONVERGE_TIMEOUT:?}: {}",
+                        app.name,
+                        states.join(", ")
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -254,11 +293,12 @@ impl AgentService {
             if other.name == spec.name {
                 continue;
             }
-            if let Some(port) = spec
-                .ports
-                .iter()
-                .find(|p| other.ports.iter().any(|o| o.host == p.host && o.protocol == p.protocol))
-            {
+            if let Some(port) = spec.ports.iter().find(|p| {
+                other
+                    .ports
+                    .iter()
+                    .any(|o| o.host == p.host && o.protocol == p.protocol)
+            }) {
                 return Err(ApiError::conflict(format!(
                     "host port {}/{} is already published by app {}",
                     port.host,
@@ -286,7 +326,11 @@ fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<>
     move |records: &[ContainerRecord]| {
         let running_current = records
             .iter()
-            .filter(|r| r.generation == generation && r.state == ContainerState::Running && r.slot < replicas)
+            .filter(|r| {
+                r.generation == generation
+                    && r.state == ContainerState::Running
+                    && r.slot < replicas
+            })
             .count();
         running_current == replicas as usize && records.len() == replicas as usize
     }
@@ -296,7 +340,9 @@ fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<>
 fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> {
     validate::name("app name", &request.name)?;
     if request.image.trim().is_empty() {
-        return Err(ApiError::invalid("an image is required, e.g. registry.example.com/team/app:1.2"));
+        return Err(ApiError::invalid(
+            "an image is required, e.g. registry.example.com/team/app:1.2",
+        ));
     }
     ImageRef::parse(&request.image).map_err(|err| ApiError::invalid(err.to_string()))?;
     let service = if request.service.is_empty() {
@@ -312,7 +358,9 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
     let cpu_millis = (!request.cpus.is_empty())
         .then(|| validate::cpus(&request.cpus))
         .transpose()?;
-    let stop_timeout_secs = request.stop_timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
+    let stop_timeout_secs = request
+        .stop_timeout_secs
+        .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
     if stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
         return Err(ApiError::invalid(format!(
             "invalid stop timeout {stop_timeout_secs}s: at most {MAX_STOP_TIMEOUT_SECS}s"

@@ -35,7 +35,9 @@ impl AgentService {
             .into_iter()
             .filter(|r| app.is_empty() || r.app == app)
             .collect();
-        records.sort_by(|a, b| (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms)));
+        records.sort_by(|a, b| {
+            (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms))
+        });
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
@@ -83,7 +85,10 @@ impl AgentService {
     }
 
     pub(super) async fn existing_container(&self, id: &str) -> Result<ContainerRecord, ApiError> {
-        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if id.is_empty()
+            || id.len() > 128
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(ApiError::invalid(format!("invalid container id {id:?}")));
         }
         self.parts()
@@ -106,7 +111,12 @@ async fn stream_log(
     tail: u32,
     tx: &mpsc::Sender<Result<Vec<u8>, ApiError>>,
 ) -> Result<(), ApiError> {
-    let io_error = |err: std::io::Error| ApiError::new(super::super::error::ErrorKind::Internal, format!("reading {}: {err}", path.display()));
+    let io_error = |err: std::io::Error| {
+        ApiError::new(
+            super::super::error::ErrorKind::Internal,
+            format!("reading {}: {err}", path.display()),
+        )
+    };
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         // Not written yet (the container is starting): nothing to show so far.
@@ -131,7 +141,9 @@ async fn stream_log(
     } else {
         0
     };
-    file.seek(SeekFrom::Start(position)).await.map_err(io_error)?;
+    file.seek(SeekFrom::Start(position))
+        .await
+        .map_err(io_error)?;
     let mut buffer = vec![0; CHUNK];
     let mut idle_polls = 0u32;
     loop {
@@ -159,7 +171,11 @@ async fn stream_log(
 
 /// Byte offset where the last `lines` lines of `text` start.
 fn tail_start(text: &[u8], lines: usize) -> usize {
-    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
+    let end = if text.ends_with(b"\n") {
+        text.len() - 1
+    } else {
+        text.len()
+    };
     let mut seen = 0;
     for (i, byte) in text[..end].iter().enumerate().rev() {
         if *byte == b'\n' {

@@ -11,15 +11,29 @@ const MASK: &str = "******";
 /// Keys whose values are masked in every output.
 fn looks_secret(key: &str) -> bool {
     let key = key.to_ascii_uppercase();
-    ["PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE", "AUTH"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "PASS",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "PRIVATE",
+        "AUTH",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 pub fn masked_env(app: &AppSpec) -> Vec<String> {
     app.env
         .iter()
-        .map(|(k, v)| if looks_secret(k) { format!("{k}={MASK}") } else { format!("{k}={v}") })
+        .map(|(k, v)| {
+            if looks_secret(k) {
+                format!("{k}={MASK}")
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect()
 }
 
@@ -49,15 +63,22 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
             })
             .collect(),
         usage: None,
-        volumes: app.map(|a| a.volumes.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        volumes: app
+            .map(|a| a.volumes.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         env: app.map(masked_env).unwrap_or_default(),
-        ports: app.map(|a| a.ports.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        ports: app
+            .map(|a| a.ports.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         log_path: String::new(),
     }
 }
 
 pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
-    let current: Vec<&&ContainerRecord> = records.iter().filter(|r| r.generation == spec.generation).collect();
+    let current: Vec<&&ContainerRecord> = records
+        .iter()
+        .filter(|r| r.generation == spec.generation)
+        .collect();
     let running = u32::try_from(
         records
             .iter()
@@ -65,12 +86,18 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .count(),
     )
     .unwrap_or(u32::MAX);
-    let current_running = current.iter().filter(|r| r.state == ContainerState::Running).count();
+    let current_running = current
+        .iter()
+        .filter(|r| r.state == ContainerState::Running)
+        .count();
     let status = if spec.replicas == 0 {
         "stopped"
     } else if current_running >= spec.replicas as usize {
         "running"
-    } else if records.iter().any(|r| matches!(r.state, ContainerState::Exited | ContainerState::Failed)) {
+    } else if records
+        .iter()
+        .any(|r| matches!(r.state, ContainerState::Exited | ContainerState::Failed))
+    {
         "degraded"
     } else {
         "starting"
@@ -102,7 +129,13 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        for key in ["DB_PASSWORD", "api_key", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AUTH_HEADER"] {
+        for key in [
+            "DB_PASSWORD",
+            "api_key",
+            "GITHUB_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AUTH_HEADER",
+        ] {
             assert!(looks_secret(key), "{key}");
         }
         for key in ["PATH", "PORT", "LOG_LEVEL"] {

@@ -9,8 +9,8 @@ mod volumes;
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use crate::{
-    net::dataplane::DataplaneHandle, proto, reconcile::ReconcilerHandle, runtime::Runtime, state::State,
-    volumes::VolumeDirs,
+    net::dataplane::DataplaneHandle, proto, reconcile::ReconcilerHandle, runtime::Runtime,
+    state::State, volumes::VolumeDirs,
 };
 
 #[derive(Clone, Debug)]
@@ -73,6 +73,7 @@ impl AgentService {
 impl proto::HealthReply {
     /// Healthy when every subsystem answers; the CLI's exit code and the REST status follow it.
     pub fn is_healthy(&self) -> bool {
-        self.store.as_ref().is_some_and(|s| s.ok) && self.runtime.as_ref().is_some_and(|r| r.reachable)
+        self.store.as_ref().is_some_and(|s| s.ok)
+            && self.runtime.as_ref().is_some_and(|r| r.reachable)
     }
 }

@@ -14,10 +14,9 @@ impl AgentService {
         if parts.state.volume(name).await?.is_some() {
             return Err(ApiError::conflict(format!("volume {name} already exists")));
         }
-        let path = parts
-            .volumes
-            .create(name)
-            .map_err(|err| ApiError::new(crate::api::error::ErrorKind::Internal, err.to_string()))?;
+        let path = parts.volumes.create(name).map_err(|err| {
+            ApiError::new(crate::api::error::ErrorKind::Internal, err.to_string())
+        })?;
         let record = VolumeRecord {
             name: name.to_owned(),
             node: parts.node_name.clone(),
@@ -87,10 +86,9 @@ impl AgentService {
             )));
         }
         parts.state.delete_volume(name).await?;
-        parts
-            .volumes
-            .remove(name)
-            .map_err(|err| ApiError::new(crate::api::error::ErrorKind::Internal, err.to_string()))?;
+        parts.volumes.remove(name).map_err(|err| {
+            ApiError::new(crate::api::error::ErrorKind::Internal, err.to_string())
+        })?;
         Ok(proto::ActionReply {
             message: format!("Removed volume {name}"),
         })
