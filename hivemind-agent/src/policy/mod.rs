@@ -1,13 +1,27 @@
-//! Network policies: the YAML model, parsing and validation.
+//! Network policies: the YAML model, parsing and validation, and a pure compiler to the map
+//! entries of `hivemind_common::policy`.
+//!
+//! ```text
+//!  files / dirs / API bodies ──parse──► Vec<Policy> ──compile(+ ids, + app identities)──► Compiled
+//!        (all errors of the set, or nothing)              (map entries, CIDR identities, warnings)
+//! ```
 //!
 //! - [`parse_path`], [`parse_str`], [`parse_sources`]: YAML (one or more documents per file) to
 //!   validated [`Policy`] values, sorted by name. Every problem of the whole input set is
 //!   collected; a set with any error is rejected as a whole ([`PolicyErrors`]).
+//! - [`compile`]: policies + app identities → [`Compiled`]: the inner policy map, the CIDR → identity
+//!   table for the LPM trie, and warnings. Deterministic, no I/O.
+//! - [`eval::verdict`]: the datapath's lookup order over a compiled map, in plain Rust — the
+//!   reference the eBPF program is tested against.
+//! - [`synthetic`]: generated policy sets of any size for benchmarks.
 //!
 //! The format and its semantics are documented for operators in `docs/policy.md`.
 
+mod compile;
+pub mod eval;
 mod model;
 mod parse;
+mod synthetic;
 mod validate;
 
 #[cfg(test)]
@@ -17,12 +31,14 @@ use std::{fmt, io, path::PathBuf};
 
 use ipnet::Ipv4Net;
 
+pub use compile::{AppIdentity, Compiled, PolicyRef, compile};
 pub use model::{
     API_VERSION, DenyRule, DenyRuleDoc, Direction, EgressRuleDoc, IngressRuleDoc, KIND,
     MAX_PORT_RANGE, Metadata, Peer, PeerDoc, Policy, PolicyDocument, PortDoc, PortRule, Protocol,
     Rule, Spec, display_labels,
 };
 pub use parse::{parse_path, parse_sources, parse_str};
+pub use synthetic::{synthetic, synthetic_apps};
 
 /// Where a problem is: the file (or the name an API caller gave its input), the YAML document
 /// (1-based) and its `metadata.name` when known, the field path inside the document, and the
