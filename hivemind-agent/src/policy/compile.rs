@@ -72,7 +72,16 @@ pub struct Compiled {
     pub cidrs: Vec<(Ipv4Net, u32)>,
     /// Things the operator should know that do not stop the policy set, sorted.
     pub warnings: Vec<String>,
+    /// `Some(n)`: the set asked for `n` entries (duplicates included), so many that the
+    /// compiler stopped early to bound its memory; `entries` is incomplete and must not be
+    /// loaded. [`Compiled::check_capacity`] fails.
+    pub overflow: Option<usize>,
 }
+
+/// Entries (duplicates included) the compiler produces before it gives up on a set: a few
+/// times the map's capacity, so a set that fits is never cut, and one policy with a huge
+/// product of apps, peers and ports cannot exhaust the agent's memory.
+const MAX_RAW_ENTRIES: usize = 4 * MAX_RULE_ENTRIES as usize;
 
 impl Compiled {
     /// The identity the LPM trie gives `addr`: the most specific policy CIDR containing it.
@@ -85,12 +94,20 @@ impl Compiled {
             .map(|&(_, id)| id)
     }
 
-    /// Fails when the output does not fit the datapath's maps.
+    /// Fails when the output does not fit the datapath's maps (or was cut short, see
+    /// [`Compiled::overflow`]).
     #[expect(
         clippy::result_large_err,
         reason = "the module's one error type; a cold path, once per policy change"
     )]
     pub fn check_capacity(&self) -> Result<(), PolicyError> {
+        if let Some(count) = self.overflow {
+            return Err(PolicyError::Capacity {
+                what: "policy map entries (before merging duplicates)",
+                count,
+                max: usize::try_from(MAX_RULE_ENTRIES).unwrap_or(usize::MAX),
+            });
+        }
         let checks = [
             ("policy map entries", self.entries.len(), MAX_RULE_ENTRIES),
             ("CIDR entries", self.cidrs.len(), CIDR_MAX_ENTRIES),
@@ -179,11 +196,13 @@ pub fn compile(policies: &[PolicyRef<'_>], apps: &[AppIdentity]) -> Compiled {
         }
     }
 
+    let overflow = out.overflow();
     let (entries, warnings) = out.finish();
     Compiled {
         entries,
         cidrs: cidrs.ids.into_iter().collect(),
         warnings,
+        overflow,
     }
 }
 
@@ -192,6 +211,8 @@ struct Builder {
     /// Every entry produced, collisions included; [`Builder::finish`] resolves them.
     entries: Vec<(PolicyKey, PolicyValue)>,
     warnings: Vec<String>,
+    /// Entries asked for, including those not produced after passing [`MAX_RAW_ENTRIES`].
+    asked: usize,
 }
 
 impl Builder {
@@ -201,6 +222,10 @@ impl Builder {
 
     fn put(&mut self, key: PolicyKey, action: u32, policy_id: u32) {
         self.entries.push((key, PolicyValue { action, policy_id }));
+    }
+
+    fn overflow(&self) -> Option<usize> {
+        (self.asked > MAX_RAW_ENTRIES).then_some(self.asked)
     }
 
     /// The map: on a collision a deny beats an allow, then the lowest id wins. (Sorting packed
@@ -233,6 +258,14 @@ impl Builder {
         policy_id: u32,
     ) {
         let ports = port_keys(ports);
+        let count = subjects
+            .len()
+            .saturating_mul(peers.len())
+            .saturating_mul(ports.len());
+        self.asked = self.asked.saturating_add(count);
+        if self.asked > MAX_RAW_ENTRIES {
+            return;
+        }
         for &identity in subjects {
             for &peer in peers {
                 for &(protocol, dport) in &ports {

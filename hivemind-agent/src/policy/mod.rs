@@ -248,8 +248,8 @@ impl PolicyError {
     }
 }
 
-/// A rejected policy set: every problem found, in input order (file, document, field). Nothing
-/// of a rejected set may be applied. Displays as one problem per line.
+/// A rejected policy set: every problem found, in input order (file, document, field), then
+/// duplicate names. Nothing of a rejected set may be applied. Displays as one problem per line.
 #[derive(Debug)]
 pub struct PolicyErrors {
     pub errors: Vec<PolicyError>,

@@ -410,6 +410,25 @@ fn capacity() {
     );
 }
 
+#[test]
+fn a_set_that_would_exhaust_memory_is_cut_short_and_refused() {
+    // 1100 apps that all select each other on 1024 ports: over a billion entries.
+    let apps: Vec<AppIdentity> = (0..1100)
+        .map(|i| app(&format!("a{i}"), 1000 + i, &[("mesh", "yes")]))
+        .collect();
+    let policies = parse(&doc(
+        "mesh",
+        "  selector: {}\n  ingress: [ { from: [ { labels: { mesh: \"yes\" } } ], ports: [ { port: 1, endPort: 1024 } ] } ]\n",
+    ));
+    let c = compile_all(&policies, &apps);
+    assert_eq!(c.overflow, Some(1100 * 1100 * 1024));
+    assert!(c.entries.len() <= 1100, "only markers: {}", c.entries.len());
+    assert_eq!(
+        c.check_capacity().map_err(|e| e.to_string()),
+        Err("the compiled rule set needs 1239040000 policy map entries (before merging duplicates), more than the datapath's 262144".to_owned())
+    );
+}
+
 /// A small deterministic generator, so the test needs no dependency.
 struct Lcg(u64);
 
