@@ -14,6 +14,7 @@ mod agent;
 mod containerd;
 pub mod image;
 mod netns;
+pub mod node;
 pub mod packet;
 mod process;
 mod registry;

@@ -7,7 +7,7 @@
 //! `setns` must not touch a shared tokio worker.
 //!
 //! Layout (no bridge; the eBPF programs deliver by redirect):
-//! - node: dummy `hivemind0` holding the gateway address (`/32`), `ip_forward` on, nftables
+//! - node: dummy `hivemind0` (a port-less bridge where the kernel lacks the dummy driver) holding the gateway address (`/32`), `ip_forward` on, nftables
 //!   table `hivemind` masquerading the container subnet towards anything outside the cluster
 //!   CIDR; per container a route `<ip>/32 dev hmXXXXXXXX` and a permanent neighbour entry;
 //! - container: `eth0` with `<ip>/32`, `<gateway> dev eth0 scope link`, `default via
@@ -25,7 +25,7 @@ use std::{
 use futures_util::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         link::{LinkAttribute, LinkMessage},
         neighbour::NeighbourState,
@@ -234,12 +234,7 @@ pub async fn setup_node(subnet: Ipv4Net, gateway: Ipv4Addr, cluster_cidr: Ipv4Ne
     let cluster_cidr = cluster_cidr.trunc();
     with_netlink("hm-setup-node", move |handle| async move {
         if find_link(&handle, GATEWAY_DEVICE).await?.is_none() {
-            handle
-                .link()
-                .add(LinkDummy::new(GATEWAY_DEVICE).build())
-                .execute()
-                .await
-                .map_err(netlink(format!("add dummy {GATEWAY_DEVICE}")))?;
+            add_gateway_device(&handle).await?;
         }
         let (index, _) = link_by_name(&handle, GATEWAY_DEVICE).await?;
         add_address(&handle, index, gateway, 32).await?;
@@ -267,6 +262,24 @@ pub async fn setup_node(subnet: Ipv4Net, gateway: Ipv4Addr, cluster_cidr: Ipv4Ne
         })
     })
     .await
+}
+
+/// A dummy device; on kernels built without the dummy driver (EOPNOTSUPP), a bridge without
+/// ports, which holds a local address just as well (nothing is ever enslaved to it).
+async fn add_gateway_device(handle: &Handle) -> Result<(), LinkError> {
+    match handle.link().add(LinkDummy::new(GATEWAY_DEVICE).build()).execute().await {
+        Ok(()) => Ok(()),
+        Err(err) if errno(&err) == Some(libc::EOPNOTSUPP) => {
+            tracing::info!("no dummy driver in this kernel; {GATEWAY_DEVICE} is a bridge without ports");
+            handle
+                .link()
+                .add(LinkBridge::new(GATEWAY_DEVICE).build())
+                .execute()
+                .await
+                .map_err(netlink(format!("add bridge {GATEWAY_DEVICE}")))
+        }
+        Err(err) => Err(netlink(format!("add dummy {GATEWAY_DEVICE}"))(err)),
+    }
 }
 
 /// Removes what [`setup_node`] made (forwarding stays on: other software may rely on it).

@@ -103,6 +103,15 @@ pub struct ReasonCounter {
     pub bytes: u64,
 }
 
+/// A program the kernel runs on an interface's TCX hook, whoever attached it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// "ingress" or "egress".
+    pub hook: &'static str,
+    pub id: u32,
+    pub name: String,
+}
+
 /// Result of one `BPF_PROG_TEST_RUN`.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -573,6 +582,27 @@ impl Dataplane {
             }
         }
         out
+    }
+
+    /// What the kernel runs on `ifname`'s TCX hooks, ingress first, in run order — the truth
+    /// to compare [`Self::status`] with (Debian 12's bpftool does not list TCX yet).
+    pub fn tcx_programs(&self, ifname: &str) -> Result<Vec<AttachedProgram>, DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        let mut out = Vec::new();
+        for (hook, attach_type) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
+            let (_, programs) = SchedClassifier::query_tcx(ifindex, attach_type).map_err(|source| {
+                DataplaneError::Query {
+                    ifname: ifname.to_owned(),
+                    source,
+                }
+            })?;
+            out.extend(programs.iter().map(|p| AttachedProgram {
+                hook,
+                id: p.id(),
+                name: p.name_as_str().unwrap_or_default().to_owned(),
+            }));
+        }
+        Ok(out)
     }
 
     /// Programs with their kernel ids and where each is attached.

@@ -30,7 +30,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use kernel::{Dataplane, ProgramKind, ReasonCounter, RunResult};
+pub use kernel::{AttachedProgram, Dataplane, ProgramKind, ReasonCounter, RunResult};
 
 use crate::proto;
 
@@ -99,6 +99,12 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("query the TCX programs of {ifname}")]
+    Query {
+        ifname: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("test run of {program}")]
     TestRun {
         program: &'static str,
@@ -127,6 +133,7 @@ enum Command {
     SetConfig(Config, Reply<()>),
     Counters(Reply<Vec<ReasonCounter>>),
     PolicyCounters(Reply<BTreeMap<u32, Counter>>),
+    TcxPrograms(String, Reply<Vec<AttachedProgram>>),
     Status(oneshot::Sender<proto::DataplaneStatus>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -216,6 +223,12 @@ impl DataplaneHandle {
         self.events.subscribe()
     }
 
+    /// What the kernel runs on `ifname`'s TCX hooks (see [`Dataplane::tcx_programs`]).
+    pub async fn tcx_programs(&self, ifname: &str) -> Result<Vec<AttachedProgram>, DataplaneError> {
+        let ifname = ifname.to_owned();
+        self.ask(|r| Command::TcxPrograms(ifname, r)).await
+    }
+
     pub async fn status(&self) -> Result<proto::DataplaneStatus, DataplaneError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -288,6 +301,9 @@ async fn run(mut dataplane: Dataplane, reader: Option<JoinHandle<()>>, mut inbox
             }
             Command::PolicyCounters(reply) => {
                 let _ = reply.send(dataplane.policy_counters());
+            }
+            Command::TcxPrograms(ifname, reply) => {
+                let _ = reply.send(dataplane.tcx_programs(&ifname));
             }
             Command::Status(reply) => {
                 let _ = reply.send(dataplane.status());
