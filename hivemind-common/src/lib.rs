@@ -8,6 +8,9 @@
 //! `u32::from_ne_bytes` (so the kernel side compares them without swapping); ports and other
 //! integers are host order unless a field's name ends in `_be`.
 #![no_std]
+// Explicit padding is spelled `_pad` (STYLE.md) and must be public so both sides can build
+// values with struct literals.
+#![allow(clippy::pub_underscore_fields)]
 
 pub mod config;
 pub mod ct;
@@ -45,18 +48,29 @@ pub mod identity {
 mod user {
     use crate::{config, ct, endpoint, event, policy};
 
-    // SAFETY (every impl below): the type is `#[repr(C)]`, made only of integers and byte
+    // Every impl below: the type is `#[repr(C)]`, made only of integers and byte
     // arrays with explicit padding fields, so every bit pattern is a valid value and there are
     // no implicit padding bytes.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for endpoint::Endpoint {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for policy::PolicyKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for policy::PolicyValue {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::CtKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::CtValue {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::PortKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::PortTarget {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::NatValue {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for event::VerdictEvent {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for config::Config {}
 }

@@ -9,7 +9,10 @@ use aya_ebpf::{
 use hivemind_common::{
     Counter,
     config::Config,
-    ct::{CT_MAX_ENTRIES, CtKey, CtValue, NAT_MAX_ENTRIES, NatValue, PORTS_MAX_ENTRIES, PortKey, PortTarget},
+    ct::{
+        CT_MAX_ENTRIES, CtKey, CtValue, NAT_MAX_ENTRIES, NatValue, PORTS_MAX_ENTRIES, PortKey,
+        PortTarget,
+    },
     endpoint::{self, Endpoint},
     event::EVENTS_BYTES,
     policy::{CIDR_MAX_ENTRIES, MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},

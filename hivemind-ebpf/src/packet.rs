@@ -165,13 +165,31 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
 /// Rewrites the destination address and port (DNAT), fixing the IP and L4 checksums.
 #[inline(always)]
 pub fn rewrite_dst(ctx: &TcContext, flow: &Flow, addr: u32, port: u16) -> Result<(), i64> {
-    rewrite(ctx, flow, IP_DADDR_OFF, flow.daddr, addr, 2, flow.dport, port)
+    rewrite(
+        ctx,
+        flow,
+        IP_DADDR_OFF,
+        flow.daddr,
+        addr,
+        2,
+        flow.dport,
+        port,
+    )
 }
 
 /// Rewrites the source address and port (reverse NAT), fixing the IP and L4 checksums.
 #[inline(always)]
 pub fn rewrite_src(ctx: &TcContext, flow: &Flow, addr: u32, port: u16) -> Result<(), i64> {
-    rewrite(ctx, flow, IP_SADDR_OFF, flow.saddr, addr, 0, flow.sport, port)
+    rewrite(
+        ctx,
+        flow,
+        IP_SADDR_OFF,
+        flow.saddr,
+        addr,
+        0,
+        flow.sport,
+        port,
+    )
 }
 
 /// `addr_off`: where the address lives; `port_rel`: the port's offset inside the L4 header.
@@ -196,7 +214,12 @@ fn rewrite(
             u64::from(BPF_F_PSEUDO_HDR) | extra | 4,
         )?;
         if old_port != new_port {
-            ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(new_port), extra | 2)?;
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_port),
+                u64::from(new_port),
+                extra | 2,
+            )?;
         }
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr), 4)?;

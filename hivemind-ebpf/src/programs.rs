@@ -7,8 +7,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
-        TC_ACT_SHOT, __sk_buff, bpf_fib_lookup, xdp_action,
+        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
@@ -136,7 +136,12 @@ fn conclude(ctx: &TcContext, flow: Option<&Flow>, verdict: &Verdict) -> i32 {
 
 /// Applies one direction's decision. `Err` carries the drop verdict.
 #[inline(always)]
-fn check(decision: Decision, state: CtState, direction: u8, verdict: &mut Verdict) -> Result<(), ()> {
+fn check(
+    decision: Decision,
+    state: CtState,
+    direction: u8,
+    verdict: &mut Verdict,
+) -> Result<(), ()> {
     match decision {
         Decision::Open => Ok(()),
         Decision::Allow(policy_id) => {
@@ -205,13 +210,25 @@ fn try_from_container(ctx: &TcContext, flow: &Flow) -> Verdict {
     let mut verdict = Verdict::pass(reason::PASS_TO_HOST).identities(src.identity, peer);
     let state = ct_lookup(flow);
 
-    let egress = evaluate(src.identity, peer, flow.protocol, flow.dport, DIRECTION_EGRESS);
+    let egress = evaluate(
+        src.identity,
+        peer,
+        flow.protocol,
+        flow.dport,
+        DIRECTION_EGRESS,
+    );
     if check(egress, state, DIRECTION_EGRESS, &mut verdict).is_err() {
         return verdict.into_drop(reason::DROPPED_POLICY);
     }
 
     if let Some(dst) = dst.filter(|d| d.flags & FLAG_LOCAL != 0) {
-        let ingress = evaluate(dst.identity, src.identity, flow.protocol, flow.dport, DIRECTION_INGRESS);
+        let ingress = evaluate(
+            dst.identity,
+            src.identity,
+            flow.protocol,
+            flow.dport,
+            DIRECTION_INGRESS,
+        );
         if check(ingress, state, DIRECTION_INGRESS, &mut verdict).is_err() {
             return verdict.into_drop(reason::DROPPED_POLICY);
         }
@@ -256,7 +273,9 @@ fn deliver_local(ctx: &TcContext, flow: &Flow, dst: &Endpoint, verdict: Verdict)
         // Let the host stack answer with ICMP time exceeded.
         return verdict;
     }
-    if packet::decrement_ttl(ctx, flow).is_err() || packet::set_macs(ctx, &dst.mac, &dst.gw_mac).is_err() {
+    if packet::decrement_ttl(ctx, flow).is_err()
+        || packet::set_macs(ctx, &dst.mac, &dst.gw_mac).is_err()
+    {
         return verdict.into_drop(reason::DROPPED_INTERNAL);
     }
     // SAFETY: helper with plain integer arguments.
@@ -301,21 +320,21 @@ fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> i32 {
             0,
         )
     };
-    #[allow(clippy::cast_sign_loss)]
-    let rc = rc as u32;
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         if {
-        // SAFETY: on success the kernel filled in the MAC half of the union.
-        let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
-        packet::set_macs(ctx, &macs.dmac, &macs.smac)
-    }.is_err() {
+            // SAFETY: on success the kernel filled in the MAC half of the union.
+            let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+            packet::set_macs(ctx, &macs.dmac, &macs.smac)
+        }
+        .is_err()
+        {
             return TC_ACT_SHOT;
         }
         // SAFETY: helper with plain integer arguments.
         #[allow(clippy::cast_possible_truncation)]
         return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // SAFETY: a NULL neighbour means "resolve the next hop from the route".
         #[allow(clippy::cast_possible_truncation)]
         return unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
@@ -350,7 +369,13 @@ fn try_to_container(flow: &Flow) -> Verdict {
     let peer = identity_of(flow.saddr, src.as_ref(), &config);
     let mut verdict = Verdict::pass(reason::PASS_TO_CONTAINER).identities(peer, dst.identity);
     let state = ct_lookup(flow);
-    let ingress = evaluate(dst.identity, peer, flow.protocol, flow.dport, DIRECTION_INGRESS);
+    let ingress = evaluate(
+        dst.identity,
+        peer,
+        flow.protocol,
+        flow.dport,
+        DIRECTION_INGRESS,
+    );
     if check(ingress, state, DIRECTION_INGRESS, &mut verdict).is_err() {
         return verdict.into_drop(reason::DROPPED_POLICY);
     }

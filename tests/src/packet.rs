@@ -72,12 +72,14 @@ impl Packet {
         Self::new(src, dst, ICMP, l4)
     }
 
+    #[must_use]
     pub fn with_options(mut self, options: &[u8]) -> Self {
         assert_eq!(options.len() % 4, 0, "IP options are padded to 4 bytes");
         self.options = options.to_vec();
         self
     }
 
+    #[must_use]
     pub fn with_frag(mut self, frag: u16) -> Self {
         self.frag = frag;
         self

@@ -26,10 +26,18 @@ use hivemind_common::{
     endpoint::{Endpoint, FLAG_LOCAL},
     event::VERDICT_DROPPED,
     identity,
-    policy::{ACTION_ALLOW, ACTION_DENY, ANY_PORT, DIRECTION_INGRESS, ENFORCED_PORT, PROTO_ANY, PolicyKey, PolicyValue},
+    policy::{
+        ACTION_ALLOW, ACTION_DENY, ANY_PORT, DIRECTION_INGRESS, ENFORCED_PORT, PROTO_ANY,
+        PolicyKey, PolicyValue,
+    },
     reason,
 };
-use hivemind_tests::{Netns, Process, node::NodeRuntime, util::{check, unique, wait_for}, veth};
+use hivemind_tests::{
+    Netns, Process,
+    node::NodeRuntime,
+    util::{check, unique, wait_for},
+    veth,
+};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -68,14 +76,19 @@ struct Topology {
     uplink: String,
     client: Netns,
     node: Netns,
-    _www: tempfile::TempDir,
+    www: tempfile::TempDir,
 }
 
 impl Topology {
     fn new() -> Self {
         let node = Netns::new("hmn");
         let client = Netns::new("hmc");
-        let (uplink, _) = veth(&node, &format!("{NODE_IP}/24"), &client, &format!("{CLIENT_IP}/24"));
+        let (uplink, _) = veth(
+            &node,
+            &format!("{NODE_IP}/24"),
+            &client,
+            &format!("{CLIENT_IP}/24"),
+        );
         let runtime = NodeRuntime::new(&node);
         runtime
             .run(link::setup_node(
@@ -95,7 +108,7 @@ impl Topology {
             uplink,
             client,
             node,
-            _www: www,
+            www,
         };
         topology.start_dataplane();
         for (n, name) in ["a", "b", "c"].iter().enumerate() {
@@ -140,7 +153,10 @@ impl Topology {
     fn add_container(&mut self, name: &str, ip: Ipv4Addr, identity: u32) {
         let netns = Netns::new(&format!("hm{name}"));
         let path = PathBuf::from(netns.path());
-        let id = format!("{:08x}{name}", std::process::id() ^ u32::from(ip.octets()[3]) << 24);
+        let id = format!(
+            "{:08x}{name}",
+            std::process::id() ^ u32::from(ip.octets()[3]) << 24
+        );
         let link = self
             .runtime
             .run(async move { link::plumb_container(&path, &id, ip, GATEWAY, 1500).await })
@@ -207,30 +223,52 @@ impl Topology {
     /// busybox httpd serving the test page on `port` inside container `name`.
     fn serve(&self, name: &str, port: u16) -> Process {
         let c = self.c(name);
-        let log = self._www.path().join(format!("httpd-{name}-{port}.log"));
+        let log = self.www.path().join(format!("httpd-{name}-{port}.log"));
         let mut command = c.netns.command("busybox");
-        command.args(["httpd", "-f", "-p", &port.to_string(), "-h"]).arg(self._www.path());
+        command
+            .args(["httpd", "-f", "-p", &port.to_string(), "-h"])
+            .arg(self.www.path());
         let process = Process::spawn("httpd", &mut command, &log);
         let ip = c.ip;
         wait_for("httpd to listen", Duration::from_secs(10), || {
-            c.run("curl", &["-sf", "-m", "1", "-o", "/dev/null", &format!("http://{ip}:{port}/")])
-                .status
-                .success()
-                .then_some(())
+            c.run(
+                "curl",
+                &[
+                    "-sf",
+                    "-m",
+                    "1",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://{ip}:{port}/"),
+                ],
+            )
+            .status
+            .success()
+            .then_some(())
         });
         process
     }
 
     /// What the kernel runs on each container veth and the uplink: (hook, program id, name).
     fn attached(&self) -> BTreeMap<String, Vec<(&'static str, u32, String)>> {
-        let mut names: Vec<String> = self.containers.iter().map(|c| c.link.host_ifname.clone()).collect();
+        let mut names: Vec<String> = self
+            .containers
+            .iter()
+            .map(|c| c.link.host_ifname.clone())
+            .collect();
         names.push(self.uplink.clone());
         let dp = self.dp();
         self.runtime.run(async move {
             let mut out = BTreeMap::new();
             for name in names {
                 let programs = dp.tcx_programs(&name).await.expect("query TCX");
-                out.insert(name, programs.into_iter().map(|p| (p.hook, p.id, p.name)).collect());
+                out.insert(
+                    name,
+                    programs
+                        .into_iter()
+                        .map(|p| (p.hook, p.id, p.name))
+                        .collect(),
+                );
             }
             out
         })
@@ -275,6 +313,7 @@ fn enforced(identity: u32) -> (PolicyKey, PolicyValue) {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, step by step
 fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
     let t = Topology::new();
     let (a, b, c) = (t.c("a"), t.c("b"), t.c("c"));
@@ -284,32 +323,62 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
     assert!(a.ping(b.ip), "a → b");
     assert!(b.ping(c.ip), "b → c");
     assert!(c.ping(a.ip), "c → a");
-    assert!(t.count(reason::FORWARDED_LOCAL) >= forwarded + 6, "request and reply each redirected");
+    assert!(
+        t.count(reason::FORWARDED_LOCAL) >= forwarded + 6,
+        "request and reply each redirected"
+    );
 
     // TCP between containers.
     let _httpd = t.serve("b", 8080);
-    let page = a.run("curl", &["-sS", "-m", "3", &format!("http://{}:8080/", b.ip)]);
-    assert!(page.status.success(), "wget a → b: {}", String::from_utf8_lossy(&page.stderr));
-    assert_eq!(String::from_utf8_lossy(&page.stdout), "hello from a container\n");
+    let page = a.run(
+        "curl",
+        &["-sS", "-m", "3", &format!("http://{}:8080/", b.ip)],
+    );
+    assert!(
+        page.status.success(),
+        "wget a → b: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout),
+        "hello from a container\n"
+    );
 
     // The node's gateway address, and the client beyond the uplink. The client has no route to
     // the container subnet, so its answer arriving proves the source was masqueraded.
     assert!(a.ping(GATEWAY), "a → gateway");
-    assert!(!t.client.ip(&["route", "show"]).contains("10.244."), "client knows no container route");
+    assert!(
+        !t.client.ip(&["route", "show"]).contains("10.244."),
+        "client knows no container route"
+    );
     assert!(a.ping(CLIENT_IP), "a → client, masqueraded");
-    let nft = check(t.node.command("nft").args(["list", "table", "ip", "hivemind"]));
+    let nft = check(
+        t.node
+            .command("nft")
+            .args(["list", "table", "ip", "hivemind"]),
+    );
     assert!(nft.contains("masquerade"), "{nft}");
 
     // b accepts only c: a → b is dropped; c → b, b → a (and its replies) and a → c still work.
     let mut events = t.dp().subscribe_events();
     let drops = t.count(reason::DROPPED_POLICY);
-    t.policy(vec![enforced(b.identity), entry(key(b.identity, c.identity, PROTO_ANY, DIRECTION_INGRESS), ACTION_ALLOW, 3)]);
+    t.policy(vec![
+        enforced(b.identity),
+        entry(
+            key(b.identity, c.identity, PROTO_ANY, DIRECTION_INGRESS),
+            ACTION_ALLOW,
+            3,
+        ),
+    ]);
     assert!(!a.ping(b.ip), "a → b must be dropped");
     assert!(c.ping(b.ip), "c → b allowed");
     assert!(b.ping(a.ip), "b → a: replies pass b's default-deny ingress");
     assert!(a.ping(c.ip), "a → c unaffected");
     assert!(t.count(reason::DROPPED_POLICY) > drops, "drop counted");
-    assert!(t.policy_drops(0) > 0, "counted under default deny (policy 0)");
+    assert!(
+        t.policy_drops(0) > 0,
+        "counted under default deny (policy 0)"
+    );
     let event = t.runtime.run(async move {
         loop {
             let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
@@ -323,39 +392,77 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
     });
     assert_eq!(event.verdict, VERDICT_DROPPED);
     assert_eq!((event.saddr, event.daddr), (wire(a.ip), wire(b.ip)));
-    assert_eq!((event.src_identity, event.dst_identity, event.direction), (a.identity, b.identity, DIRECTION_INGRESS));
+    assert_eq!(
+        (event.src_identity, event.dst_identity, event.direction),
+        (a.identity, b.identity, DIRECTION_INGRESS)
+    );
 
     // A new rule set takes effect at once: allow a too ...
     t.policy(vec![
         enforced(b.identity),
-        entry(key(b.identity, c.identity, PROTO_ANY, DIRECTION_INGRESS), ACTION_ALLOW, 3),
-        entry(key(b.identity, a.identity, PROTO_ANY, DIRECTION_INGRESS), ACTION_ALLOW, 4),
+        entry(
+            key(b.identity, c.identity, PROTO_ANY, DIRECTION_INGRESS),
+            ACTION_ALLOW,
+            3,
+        ),
+        entry(
+            key(b.identity, a.identity, PROTO_ANY, DIRECTION_INGRESS),
+            ACTION_ALLOW,
+            4,
+        ),
     ]);
     let start = Instant::now();
     assert!(a.ping(b.ip), "a → b allowed after the replace");
-    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
     // ... then deny a's ICMP explicitly (policy 9): deny beats allow, and is counted by name.
     t.policy(vec![
-        entry(key(b.identity, identity::ANY, PROTO_ANY, DIRECTION_INGRESS), ACTION_ALLOW, 4),
-        entry(key(b.identity, a.identity, 1, DIRECTION_INGRESS), ACTION_DENY, 9),
+        entry(
+            key(b.identity, identity::ANY, PROTO_ANY, DIRECTION_INGRESS),
+            ACTION_ALLOW,
+            4,
+        ),
+        entry(
+            key(b.identity, a.identity, 1, DIRECTION_INGRESS),
+            ACTION_DENY,
+            9,
+        ),
     ]);
     assert!(!a.ping(b.ip), "a → b ICMP denied");
     assert!(t.policy_drops(9) > 0, "counted under policy 9");
-    let page = a.run("curl", &["-sS", "-m", "3", &format!("http://{}:8080/", b.ip)]);
+    let page = a.run(
+        "curl",
+        &["-sS", "-m", "3", &format!("http://{}:8080/", b.ip)],
+    );
     assert!(page.status.success(), "TCP a → b still allowed");
 
     // status names every attachment.
     let dp = t.dp();
-    let status = t.runtime.run(async move { dp.status().await }).expect("status");
-    let from = status.programs.iter().find(|p| p.name == "hm_from_container").expect("program");
+    let status = t
+        .runtime
+        .run(async move { dp.status().await })
+        .expect("status");
+    let from = status
+        .programs
+        .iter()
+        .find(|p| p.name == "hm_from_container")
+        .expect("program");
     assert!(from.id > 0);
     for container in &t.containers {
         let want = format!("{}/ingress", container.link.host_ifname);
-        assert!(from.attached.contains(&want), "{want} in {:?}", from.attached);
+        assert!(
+            from.attached.contains(&want),
+            "{want} in {:?}",
+            from.attached
+        );
     }
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, step by step
 fn published_ports_and_restarts_keep_traffic_flowing() {
     let mut t = Topology::new();
     let b_ip = t.c("b").ip;
@@ -367,25 +474,46 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
     t.runtime
         .run(async move {
             dp.set_ports(vec![(
-                PortKey { port: 8080, protocol: 6, _pad: 0 },
-                PortTarget { ip: wire(b_ip), port: 80, _pad: 0 },
+                PortKey {
+                    port: 8080,
+                    protocol: 6,
+                    _pad: 0,
+                },
+                PortTarget {
+                    ip: wire(b_ip),
+                    port: 80,
+                    _pad: 0,
+                },
             )])
             .await?;
             dp.attach_node_ingress(&uplink).await
         })
         .expect("publish");
     let fetch = |client: &Netns| {
-        client.run("curl", &["-sS", "-m", "3", &format!("http://{NODE_IP}:8080/")])
+        client.run(
+            "curl",
+            &["-sS", "-m", "3", &format!("http://{NODE_IP}:8080/")],
+        )
     };
     // The client talks to the node's address only: an answer from anywhere else would be reset.
     let page = fetch(&t.client);
-    assert!(page.status.success(), "client → node:8080: {}", String::from_utf8_lossy(&page.stderr));
-    assert_eq!(String::from_utf8_lossy(&page.stdout), "hello from a container\n");
-    assert!(t.count(reason::FORWARDED_PORT_MAP) >= 2, "DNAT and reverse NAT counted");
+    assert!(
+        page.status.success(),
+        "client → node:8080: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout),
+        "hello from a container\n"
+    );
+    assert!(
+        t.count(reason::FORWARDED_PORT_MAP) >= 2,
+        "DNAT and reverse NAT counted"
+    );
 
     // A ping keeps going while the dataplane is down and after a new one takes over.
     let a = t.c("a");
-    let log = t._www.path().join("ping.log");
+    let log = t.www.path().join("ping.log");
     let mut command = a.netns.command("ping");
     command.args(["-i", "0.1", "-c", "40", "-W", "1", &b_ip.to_string()]);
     let mut ping = Process::spawn("ping", &mut command, &log);
@@ -397,35 +525,81 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
     t.start_dataplane();
     let after = t.attached();
     let dp = t.dp();
-    let status = t.runtime.run(async move { dp.status().await }).expect("status");
-    let id = |name: &str| status.programs.iter().find(|p| p.name == name).map(|p| p.id).expect("program");
+    let status = t
+        .runtime
+        .run(async move { dp.status().await })
+        .expect("status");
+    let id = |name: &str| {
+        status
+            .programs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.id)
+            .expect("program")
+    };
     for container in &t.containers {
         let name = &container.link.host_ifname;
         let want = vec![
             // The kernel keeps 15 bytes of a program's name.
-            ("ingress", id("hm_from_container"), "hm_from_contain".to_owned()),
-            ("egress", id("hm_to_container"), "hm_to_container".to_owned()),
+            (
+                "ingress",
+                id("hm_from_container"),
+                "hm_from_contain".to_owned(),
+            ),
+            (
+                "egress",
+                id("hm_to_container"),
+                "hm_to_container".to_owned(),
+            ),
         ];
-        assert_eq!(after[name], want, "exactly one program per hook on {name}, the new ones");
+        assert_eq!(
+            after[name], want,
+            "exactly one program per hook on {name}, the new ones"
+        );
         assert_eq!(before[name].len(), 2, "{before:?}");
-        assert_ne!(before[name][0].1, after[name][0].1, "the links were updated to the new programs");
+        assert_ne!(
+            before[name][0].1, after[name][0].1,
+            "the links were updated to the new programs"
+        );
     }
     assert_eq!(
         after[&t.uplink],
-        vec![("ingress", id("hm_node_ingress"), "hm_node_ingress".to_owned())],
+        vec![(
+            "ingress",
+            id("hm_node_ingress"),
+            "hm_node_ingress".to_owned()
+        )],
         "uplink program adopted, not duplicated"
     );
-    let from = status.programs.iter().find(|p| p.name == "hm_from_container").expect("program");
+    let from = status
+        .programs
+        .iter()
+        .find(|p| p.name == "hm_from_container")
+        .expect("program");
     assert_eq!(from.attached.len(), 3, "{:?}", from.attached);
-    let bpftool = check(t.node.command("bpftool").args(["prog", "show", "id", &from.id.to_string()]));
+    let bpftool =
+        check(
+            t.node
+                .command("bpftool")
+                .args(["prog", "show", "id", &from.id.to_string()]),
+        );
     assert!(bpftool.contains("hm_from_contain"), "{bpftool}");
 
-    let status = wait_for("the ping to finish", Duration::from_secs(20), || ping.exited());
+    let status = wait_for("the ping to finish", Duration::from_secs(20), || {
+        ping.exited()
+    });
     let out = std::fs::read_to_string(ping.log_path()).unwrap_or_default();
-    assert!(status.success(), "ping lost packets across the restart:\n{out}");
+    assert!(
+        status.success(),
+        "ping lost packets across the restart:\n{out}"
+    );
     assert!(out.contains(" 0% packet loss"), "{out}");
 
     // Published ports survive too (pinned maps).
     let page = fetch(&t.client);
-    assert!(page.status.success(), "after restart: {}", String::from_utf8_lossy(&page.stderr));
+    assert!(
+        page.status.success(),
+        "after restart: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
 }

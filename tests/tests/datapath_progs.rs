@@ -77,9 +77,12 @@ impl Fixture {
     fn new() -> Self {
         let pin_dir = PathBuf::from("/sys/fs/bpf/hivemind").join(unique("progs"));
         let mut dp = Dataplane::load(&pin_dir).expect("load the dataplane");
-        dp.upsert_endpoint(A, endpoint(LO, ID_A, 2)).expect("endpoint A");
-        dp.upsert_endpoint(B, endpoint(IF_B, ID_B, 3)).expect("endpoint B");
-        dp.upsert_endpoint(C, endpoint(IF_C, ID_C, 4)).expect("endpoint C");
+        dp.upsert_endpoint(A, endpoint(LO, ID_A, 2))
+            .expect("endpoint A");
+        dp.upsert_endpoint(B, endpoint(IF_B, ID_B, 3))
+            .expect("endpoint B");
+        dp.upsert_endpoint(C, endpoint(IF_C, ID_C, 4))
+            .expect("endpoint C");
         dp.set_config(Config {
             node_ip: wire(NODE),
             gateway_ip: wire(GATEWAY),
@@ -94,7 +97,7 @@ impl Fixture {
         (out.action, out.packet)
     }
 
-    fn from_container(&self, pkt: &Packet) -> i32 {
+    fn run_from(&self, pkt: &Packet) -> i32 {
         self.run(ProgramKind::FromContainer, &pkt.build()).0
     }
 
@@ -128,7 +131,9 @@ impl Fixture {
             .iter()
             .map(|(net, id)| (net.parse().expect("CIDR"), *id))
             .collect();
-        self.dp.replace_policy(&entries, &cidrs).expect("replace policy");
+        self.dp
+            .replace_policy(&entries, &cidrs)
+            .expect("replace policy");
         // Each case starts without remembered flows.
         self.dp.flush_conntrack();
     }
@@ -170,7 +175,11 @@ fn deny(k: PolicyKey, policy_id: u32) -> (PolicyKey, u32, u32) {
 fn non_ipv4_passes_untouched() {
     let f = Fixture::new();
     let arp = packet::arp();
-    for kind in [ProgramKind::FromContainer, ProgramKind::ToContainer, ProgramKind::NodeIngress] {
+    for kind in [
+        ProgramKind::FromContainer,
+        ProgramKind::ToContainer,
+        ProgramKind::NodeIngress,
+    ] {
         let (action, out) = f.run(kind, &arp);
         assert_eq!(action, TC_ACT_OK, "{kind:?}");
         assert_eq!(out, arp, "{kind:?} left ARP alone");
@@ -186,7 +195,11 @@ fn truncated_headers_are_dropped_as_malformed() {
     // IPv4 frame without a whole IPv4 header; the programs' own bounds checks for those cases
     // (every read is a checked `bpf_skb_load_bytes`) are exercised by the cases after this.
     for cut in [13, 14, 15, 14 + 12] {
-        assert!(f.dp.test_run(ProgramKind::FromContainer, &full[..cut], 1).is_err(), "{cut} bytes");
+        assert!(
+            f.dp.test_run(ProgramKind::FromContainer, &full[..cut], 1)
+                .is_err(),
+            "{cut} bytes"
+        );
     }
     // TCP header cut short (the IP length says so too).
     let mut short_tcp = Packet::tcp(A, 40000, B, 80, SYN);
@@ -214,7 +227,9 @@ fn truncated_headers_are_dropped_as_malformed() {
     ] {
         for kind in [ProgramKind::FromContainer, ProgramKind::ToContainer] {
             let run = f.dp.test_run(kind, pkt, 1);
-            let action = run.unwrap_or_else(|e| panic!("{name} via {kind:?}: {e:?}")).action;
+            let action = run
+                .unwrap_or_else(|e| panic!("{name} via {kind:?}: {e:?}"))
+                .action;
             assert_eq!(action, TC_ACT_SHOT, "{name} via {kind:?}");
         }
     }
@@ -251,7 +266,7 @@ fn ip_options_are_skipped_to_find_the_ports() {
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(packet::dport(&out), 80);
     assert!(packet::ip_checksum_ok(&out));
-    assert_eq!(f.from_container(&to_81), TC_ACT_SHOT);
+    assert_eq!(f.run_from(&to_81), TC_ACT_SHOT);
 }
 
 #[test]
@@ -259,13 +274,13 @@ fn spoofed_sources_are_dropped() {
     let f = Fixture::new();
     // Nobody's address, and B's address sent from A's interface.
     assert_eq!(
-        f.from_container(&Packet::tcp(Ipv4Addr::new(10, 244, 0, 99), 1, B, 80, SYN)),
+        f.run_from(&Packet::tcp(Ipv4Addr::new(10, 244, 0, 99), 1, B, 80, SYN)),
         TC_ACT_SHOT
     );
-    assert_eq!(f.from_container(&Packet::tcp(B, 1, C, 80, SYN)), TC_ACT_SHOT);
+    assert_eq!(f.run_from(&Packet::tcp(B, 1, C, 80, SYN)), TC_ACT_SHOT);
     assert_eq!(f.count(reason::DROPPED_SPOOFED), 2);
     // The real owner passes.
-    assert_eq!(f.from_container(&Packet::tcp(A, 1, C, 80, SYN)), TC_ACT_REDIRECT);
+    assert_eq!(f.run_from(&Packet::tcp(A, 1, C, 80, SYN)), TC_ACT_REDIRECT);
 }
 
 #[test]
@@ -280,12 +295,12 @@ fn fragments_first_is_judged_later_ones_dropped() {
     );
     // First fragment: MF set, offset 0, carries the UDP header.
     let first = Packet::udp(A, 5000, B, 53).with_frag(0x2000);
-    assert_eq!(f.from_container(&first), TC_ACT_REDIRECT);
+    assert_eq!(f.run_from(&first), TC_ACT_REDIRECT);
     let first_denied = Packet::udp(A, 5000, B, 54).with_frag(0x2000);
-    assert_eq!(f.from_container(&first_denied), TC_ACT_SHOT);
+    assert_eq!(f.run_from(&first_denied), TC_ACT_SHOT);
     // A later fragment (offset 185 * 8 bytes) has no ports to judge.
     let later = Packet::udp(A, 5000, B, 53).with_frag(185);
-    assert_eq!(f.from_container(&later), TC_ACT_SHOT);
+    assert_eq!(f.run_from(&later), TC_ACT_SHOT);
     assert_eq!(f.to_container(&later), TC_ACT_SHOT);
     assert_eq!(f.count(reason::DROPPED_FRAGMENT), 2);
 }
@@ -299,63 +314,133 @@ fn local_delivery_rewrites_macs_and_ttl_and_redirects() {
     assert_eq!(packet::dst_mac(&out), mac(3), "B's eth0");
     assert_eq!(packet::src_mac(&out), mac(0x83), "B's host veth");
     assert_eq!(packet::ttl(&out), 63);
-    assert!(packet::ip_checksum_ok(&out), "IP checksum after the TTL change");
+    assert!(
+        packet::ip_checksum_ok(&out),
+        "IP checksum after the TTL change"
+    );
     assert!(packet::l4_checksum_ok(&out));
     assert_eq!(f.count(reason::FORWARDED_LOCAL), 1);
     // TTL 1 is the host stack's to answer (ICMP time exceeded).
     let mut dying = pkt;
     dying.ttl = 1;
-    assert_eq!(f.from_container(&dying), TC_ACT_OK);
+    assert_eq!(f.run_from(&dying), TC_ACT_OK);
     // Anything not a container goes to the host stack.
-    assert_eq!(f.from_container(&Packet::udp(A, 5000, WORLD_IP, 53)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::udp(A, 5000, GATEWAY, 53)), TC_ACT_OK);
+    assert_eq!(f.run_from(&Packet::udp(A, 5000, WORLD_IP, 53)), TC_ACT_OK);
+    assert_eq!(f.run_from(&Packet::udp(A, 5000, GATEWAY, 53)), TC_ACT_OK);
     assert_eq!(f.count(reason::PASS_TO_HOST), 3);
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one rule kind after another, on one dataplane
 fn policy_rule_kinds() {
     let mut f = Fixture::new();
     let ingress = DIRECTION_INGRESS;
 
     // Peer app identity + port + protocol.
-    f.policy(&[enforced(ID_B, ingress), allow(key(ID_B, ID_A, TCP, 80, ingress), 1)], &[]);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_REDIRECT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 81, SYN)), TC_ACT_SHOT);
-    assert_eq!(f.from_container(&Packet::udp(A, 1000, B, 80)), TC_ACT_SHOT);
+    f.policy(
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, ID_A, TCP, 80, ingress), 1),
+        ],
+        &[],
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(f.run_from(&Packet::tcp(A, 1000, B, 81, SYN)), TC_ACT_SHOT);
+    assert_eq!(f.run_from(&Packet::udp(A, 1000, B, 80)), TC_ACT_SHOT);
     // Unenforced C is open.
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, C, 81, SYN)), TC_ACT_REDIRECT);
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, C, 81, SYN)),
+        TC_ACT_REDIRECT
+    );
 
     // Protocol only.
-    f.policy(&[enforced(ID_B, ingress), allow(key(ID_B, ID_A, UDP, ANY_PORT, ingress), 2)], &[]);
-    assert_eq!(f.from_container(&Packet::udp(A, 1000, B, 5353)), TC_ACT_REDIRECT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    f.policy(
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, ID_A, UDP, ANY_PORT, ingress), 2),
+        ],
+        &[],
+    );
+    assert_eq!(f.run_from(&Packet::udp(A, 1000, B, 5353)), TC_ACT_REDIRECT);
+    assert_eq!(f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
 
     // Anything from the peer.
-    f.policy(&[enforced(ID_B, ingress), allow(key(ID_B, ID_A, PROTO_ANY, ANY_PORT, ingress), 3)], &[]);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 9999, SYN)), TC_ACT_REDIRECT);
-    assert_eq!(f.from_container(&Packet::icmp_echo(A, B, ECHO_REQUEST, 7)), TC_ACT_REDIRECT);
+    f.policy(
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, ID_A, PROTO_ANY, ANY_PORT, ingress), 3),
+        ],
+        &[],
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 9999, SYN)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        f.run_from(&Packet::icmp_echo(A, B, ECHO_REQUEST, 7)),
+        TC_ACT_REDIRECT
+    );
 
     // Any peer, one port.
-    f.policy(&[enforced(ID_B, ingress), allow(key(ID_B, identity::ANY, TCP, 80, ingress), 4)], &[]);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_REDIRECT);
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)), TC_ACT_OK);
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 22, SYN)), TC_ACT_SHOT);
+    f.policy(
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, identity::ANY, TCP, 80, ingress), 4),
+        ],
+        &[],
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 22, SYN)),
+        TC_ACT_SHOT
+    );
 
     // A CIDR peer, resolved through the LPM trie; the rest of the world stays out.
     f.policy(
-        &[enforced(ID_B, ingress), allow(key(ID_B, ID_CIDR, TCP, 80, ingress), 5)],
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, ID_CIDR, TCP, 80, ingress), 5),
+        ],
         &[("192.0.2.0/24", ID_CIDR)],
     );
-    assert_eq!(f.to_container(&Packet::tcp(CIDR_IP, 1000, B, 80, SYN)), TC_ACT_OK);
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    assert_eq!(
+        f.to_container(&Packet::tcp(CIDR_IP, 1000, B, 80, SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)),
+        TC_ACT_SHOT
+    );
     // The node itself is HOST, not WORLD.
     f.policy(
-        &[enforced(ID_B, ingress), allow(key(ID_B, identity::HOST, PROTO_ANY, ANY_PORT, ingress), 6)],
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, identity::HOST, PROTO_ANY, ANY_PORT, ingress), 6),
+        ],
         &[],
     );
-    assert_eq!(f.to_container(&Packet::tcp(NODE, 1000, B, 80, SYN)), TC_ACT_OK);
-    assert_eq!(f.to_container(&Packet::tcp(GATEWAY, 1000, B, 80, SYN)), TC_ACT_OK);
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    assert_eq!(
+        f.to_container(&Packet::tcp(NODE, 1000, B, 80, SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.to_container(&Packet::tcp(GATEWAY, 1000, B, 80, SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 1000, B, 80, SYN)),
+        TC_ACT_SHOT
+    );
 
     // Deny beats allow, and names its policy in counters and events.
     f.policy(
@@ -366,15 +451,28 @@ fn policy_rule_kinds() {
         &[],
     );
     let _ = f.dp.drain_events();
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 81, SYN)), TC_ACT_REDIRECT);
+    assert_eq!(f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 81, SYN)),
+        TC_ACT_REDIRECT
+    );
     let per_policy = f.dp.policy_counters().expect("policy counters");
-    assert_eq!(per_policy.get(&7).map(|c| c.packets), Some(1), "{per_policy:?}");
+    assert_eq!(
+        per_policy.get(&7).map(|c| c.packets),
+        Some(1),
+        "{per_policy:?}"
+    );
     let events = f.dp.drain_events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
-    assert_eq!((e.verdict, e.reason, e.policy_id, e.direction), (VERDICT_DROPPED, reason::DROPPED_POLICY, 7, ingress));
-    assert_eq!((e.saddr, e.daddr, e.sport, e.dport, e.protocol), (wire(A), wire(B), 1000, 80, TCP));
+    assert_eq!(
+        (e.verdict, e.reason, e.policy_id, e.direction),
+        (VERDICT_DROPPED, reason::DROPPED_POLICY, 7, ingress)
+    );
+    assert_eq!(
+        (e.saddr, e.daddr, e.sport, e.dport, e.protocol),
+        (wire(A), wire(B), 1000, 80, TCP)
+    );
     assert_eq!((e.src_identity, e.dst_identity), (ID_A, ID_B));
 
     // Egress: A may only resolve names out in the world.
@@ -385,22 +483,52 @@ fn policy_rule_kinds() {
             .map_or(0, |c| c.packets)
     };
     let before = default_denied(&f);
-    f.policy(&[enforced(ID_A, DIRECTION_EGRESS), allow(key(ID_A, identity::WORLD, UDP, 53, DIRECTION_EGRESS), 8)], &[]);
-    assert_eq!(f.from_container(&Packet::udp(A, 1000, WORLD_IP, 53)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, WORLD_IP, 443, SYN)), TC_ACT_SHOT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    f.policy(
+        &[
+            enforced(ID_A, DIRECTION_EGRESS),
+            allow(key(ID_A, identity::WORLD, UDP, 53, DIRECTION_EGRESS), 8),
+        ],
+        &[],
+    );
+    assert_eq!(f.run_from(&Packet::udp(A, 1000, WORLD_IP, 53)), TC_ACT_OK);
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, WORLD_IP, 443, SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
     let events = f.dp.drain_events();
-    assert!(events.iter().all(|e| e.direction == DIRECTION_EGRESS && e.policy_id == 0), "{events:?}");
-    assert_eq!(default_denied(&f) - before, 2, "default-deny drops count under policy id 0");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.direction == DIRECTION_EGRESS && e.policy_id == 0),
+        "{events:?}"
+    );
+    assert_eq!(
+        default_denied(&f) - before,
+        2,
+        "default-deny drops count under policy id 0"
+    );
 
     // ICMP is a protocol like the others.
-    f.policy(&[enforced(ID_B, ingress), allow(key(ID_B, ID_A, ICMP, ANY_PORT, ingress), 9)], &[]);
-    assert_eq!(f.from_container(&Packet::icmp_echo(A, B, ECHO_REQUEST, 7)), TC_ACT_REDIRECT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
+    f.policy(
+        &[
+            enforced(ID_B, ingress),
+            allow(key(ID_B, ID_A, ICMP, ANY_PORT, ingress), 9),
+        ],
+        &[],
+    );
+    assert_eq!(
+        f.run_from(&Packet::icmp_echo(A, B, ECHO_REQUEST, 7)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_SHOT);
 
     // An empty rule set opens everything again.
     f.policy(&[], &[]);
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 81, SYN)), TC_ACT_REDIRECT);
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 81, SYN)),
+        TC_ACT_REDIRECT
+    );
 }
 
 #[test]
@@ -408,30 +536,70 @@ fn conntrack_lets_replies_through_a_default_deny_direction() {
     let mut f = Fixture::new();
     // A's egress is default-deny and allows nothing.
     f.policy(&[enforced(ID_A, DIRECTION_EGRESS)], &[]);
-    assert_eq!(f.from_container(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)), TC_ACT_SHOT, "no flow yet");
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)),
+        TC_ACT_SHOT,
+        "no flow yet"
+    );
     // A client reaches A (ingress open) ...
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 40000, A, 80, SYN)), TC_ACT_OK);
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 40000, A, 80, SYN)),
+        TC_ACT_OK
+    );
     // ... so A's answers pass, and only those.
-    assert_eq!(f.from_container(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::tcp(A, 80, WORLD_IP, 40001, ACK)), TC_ACT_SHOT);
-    assert_eq!(f.from_container(&Packet::tcp(A, 81, WORLD_IP, 40000, ACK)), TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 80, WORLD_IP, 40001, ACK)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 81, WORLD_IP, 40000, ACK)),
+        TC_ACT_SHOT
+    );
     // ICMP echo: the id pairs request and reply.
-    assert_eq!(f.to_container(&Packet::icmp_echo(WORLD_IP, A, ECHO_REQUEST, 0x1234)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::icmp_echo(A, WORLD_IP, ECHO_REPLY, 0x1234)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::icmp_echo(A, WORLD_IP, ECHO_REPLY, 0x4321)), TC_ACT_SHOT);
+    assert_eq!(
+        f.to_container(&Packet::icmp_echo(WORLD_IP, A, ECHO_REQUEST, 0x1234)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from(&Packet::icmp_echo(A, WORLD_IP, ECHO_REPLY, 0x1234)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from(&Packet::icmp_echo(A, WORLD_IP, ECHO_REPLY, 0x4321)),
+        TC_ACT_SHOT
+    );
     // UDP too.
-    assert_eq!(f.to_container(&Packet::udp(WORLD_IP, 5353, A, 53)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::udp(A, 53, WORLD_IP, 5353)), TC_ACT_OK);
+    assert_eq!(
+        f.to_container(&Packet::udp(WORLD_IP, 5353, A, 53)),
+        TC_ACT_OK
+    );
+    assert_eq!(f.run_from(&Packet::udp(A, 53, WORLD_IP, 5353)), TC_ACT_OK);
     let (ct, _) = f.dp.tracked();
     assert_eq!(ct, 3, "one entry per allowed flow");
 
     // An explicit deny still wins over a reply.
     f.policy(
-        &[enforced(ID_A, DIRECTION_EGRESS), deny(key(ID_A, identity::WORLD, PROTO_ANY, ANY_PORT, DIRECTION_EGRESS), 3)],
+        &[
+            enforced(ID_A, DIRECTION_EGRESS),
+            deny(
+                key(ID_A, identity::WORLD, PROTO_ANY, ANY_PORT, DIRECTION_EGRESS),
+                3,
+            ),
+        ],
         &[],
     );
-    assert_eq!(f.to_container(&Packet::tcp(WORLD_IP, 40000, A, 80, SYN)), TC_ACT_OK);
-    assert_eq!(f.from_container(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)), TC_ACT_SHOT);
+    assert_eq!(
+        f.to_container(&Packet::tcp(WORLD_IP, 40000, A, 80, SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 80, WORLD_IP, 40000, SYN | ACK)),
+        TC_ACT_SHOT
+    );
 }
 
 #[test]
@@ -439,8 +607,11 @@ fn events_for_drops_always_and_new_flows_when_asked() {
     let mut f = Fixture::new();
     let _ = f.dp.drain_events();
     // Forwarded events off: nothing for forwarded packets.
-    assert_eq!(f.from_container(&Packet::tcp(A, 1000, B, 80, SYN)), TC_ACT_REDIRECT);
-    assert!(f.dp.drain_events().is_empty());
+    assert_eq!(
+        f.run_from(&Packet::tcp(A, 1000, B, 80, SYN)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(f.dp.drain_events(), Vec::new());
     let mut config = f.dp.config().expect("config");
     config.flags |= FLAG_EVENTS_FORWARDED;
     f.dp.set_config(config).expect("config");
@@ -452,11 +623,15 @@ fn events_for_drops_always_and_new_flows_when_asked() {
         Packet::udp(A, 1000, C, 53),
         Packet::udp(A, 1000, C, 53),
     ] {
-        assert_eq!(f.from_container(&pkt), TC_ACT_REDIRECT);
+        assert_eq!(f.run_from(&pkt), TC_ACT_REDIRECT);
     }
     let events: Vec<VerdictEvent> = f.dp.drain_events();
     assert_eq!(events.len(), 2, "{events:?}");
-    assert!(events.iter().all(|e| e.verdict == VERDICT_FORWARDED && e.reason == reason::FORWARDED_LOCAL));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.verdict == VERDICT_FORWARDED && e.reason == reason::FORWARDED_LOCAL)
+    );
     assert_eq!((events[0].protocol, events[0].dport), (TCP, 80));
     assert_eq!((events[1].protocol, events[1].daddr), (UDP, wire(C)));
     assert!(events[0].ifindex == LO && events[0].len > 0);
@@ -466,22 +641,53 @@ fn events_for_drops_always_and_new_flows_when_asked() {
 fn published_port_dnat_and_reverse_nat_keep_checksums_valid() {
     let mut f = Fixture::new();
     f.dp.set_ports(&[
-        (PortKey { port: 8080, protocol: TCP, _pad: 0 }, PortTarget { ip: wire(A), port: 80, _pad: 0 }),
-        (PortKey { port: 5353, protocol: UDP, _pad: 0 }, PortTarget { ip: wire(A), port: 53, _pad: 0 }),
+        (
+            PortKey {
+                port: 8080,
+                protocol: TCP,
+                _pad: 0,
+            },
+            PortTarget {
+                ip: wire(A),
+                port: 80,
+                _pad: 0,
+            },
+        ),
+        (
+            PortKey {
+                port: 5353,
+                protocol: UDP,
+                _pad: 0,
+            },
+            PortTarget {
+                ip: wire(A),
+                port: 53,
+                _pad: 0,
+            },
+        ),
     ])
     .expect("ports");
 
     // Client → node:8080 becomes client → A:80.
-    let (action, out) = f.run(ProgramKind::NodeIngress, &Packet::tcp(CLIENT, 41000, NODE, 8080, SYN).build());
+    let (action, out) = f.run(
+        ProgramKind::NodeIngress,
+        &Packet::tcp(CLIENT, 41000, NODE, 8080, SYN).build(),
+    );
     assert_eq!(action, TC_ACT_OK);
     assert_eq!((packet::daddr(&out), packet::dport(&out)), (A, 80));
     assert_eq!((packet::saddr(&out), packet::sport(&out)), (CLIENT, 41000));
     assert!(packet::ip_checksum_ok(&out), "IP checksum after DNAT");
     assert!(packet::l4_checksum_ok(&out), "TCP checksum after DNAT");
-    let (action, out) = f.run(ProgramKind::NodeIngress, &Packet::udp(CLIENT, 41001, NODE, 5353).build());
+    let (action, out) = f.run(
+        ProgramKind::NodeIngress,
+        &Packet::udp(CLIENT, 41001, NODE, 5353).build(),
+    );
     assert_eq!(action, TC_ACT_OK);
     assert_eq!((packet::daddr(&out), packet::dport(&out)), (A, 53));
-    assert!(packet::ip_checksum_ok(&out) && packet::l4_checksum_ok(&out), "UDP after DNAT");
+    assert!(
+        packet::ip_checksum_ok(&out) && packet::l4_checksum_ok(&out),
+        "UDP after DNAT"
+    );
     assert_eq!(f.count(reason::FORWARDED_PORT_MAP), 2);
     assert_eq!(f.dp.tracked().1, 2, "two reverse translations");
 
@@ -498,15 +704,33 @@ fn published_port_dnat_and_reverse_nat_keep_checksums_valid() {
     }
 
     // A's reply leaves with the node's address and the published port.
-    let (action, out) = f.run(ProgramKind::FromContainer, &Packet::tcp(A, 80, CLIENT, 41000, SYN | ACK).build());
-    assert!(action == TC_ACT_OK || action == TC_ACT_REDIRECT, "action {action}");
+    let (action, out) = f.run(
+        ProgramKind::FromContainer,
+        &Packet::tcp(A, 80, CLIENT, 41000, SYN | ACK).build(),
+    );
+    assert!(
+        action == TC_ACT_OK || action == TC_ACT_REDIRECT,
+        "action {action}"
+    );
     assert_eq!((packet::saddr(&out), packet::sport(&out)), (NODE, 8080));
     assert_eq!((packet::daddr(&out), packet::dport(&out)), (CLIENT, 41000));
-    assert!(packet::ip_checksum_ok(&out), "IP checksum after reverse NAT");
-    assert!(packet::l4_checksum_ok(&out), "TCP checksum after reverse NAT");
-    let (_, out) = f.run(ProgramKind::FromContainer, &Packet::udp(A, 53, CLIENT, 41001).build());
+    assert!(
+        packet::ip_checksum_ok(&out),
+        "IP checksum after reverse NAT"
+    );
+    assert!(
+        packet::l4_checksum_ok(&out),
+        "TCP checksum after reverse NAT"
+    );
+    let (_, out) = f.run(
+        ProgramKind::FromContainer,
+        &Packet::udp(A, 53, CLIENT, 41001).build(),
+    );
     assert_eq!((packet::saddr(&out), packet::sport(&out)), (NODE, 5353));
-    assert!(packet::ip_checksum_ok(&out) && packet::l4_checksum_ok(&out), "UDP after reverse NAT");
+    assert!(
+        packet::ip_checksum_ok(&out) && packet::l4_checksum_ok(&out),
+        "UDP after reverse NAT"
+    );
     assert_eq!(f.count(reason::FORWARDED_PORT_MAP), 4);
 
     // Dropping the mapping stops the DNAT.
@@ -535,14 +759,27 @@ fn policy_scales_to_100k_rules() {
     for rules in [10u32, 1_000, 10_000, 100_000] {
         // B ingress enforced; every rule allows some other app; the last allows A:80.
         let mut entries: Vec<(PolicyKey, u32, u32)> = (0..rules - 1)
-            .map(|i| allow(key(ID_B, identity::FIRST_APP + 1000 + i, TCP, 80, DIRECTION_INGRESS), 1))
+            .map(|i| {
+                allow(
+                    key(
+                        ID_B,
+                        identity::FIRST_APP + 1000 + i,
+                        TCP,
+                        80,
+                        DIRECTION_INGRESS,
+                    ),
+                    1,
+                )
+            })
             .collect();
         entries.push(enforced(ID_B, DIRECTION_INGRESS));
         entries.push(allow(key(ID_B, ID_A, TCP, 80, DIRECTION_INGRESS), 2));
         let start = Instant::now();
         f.policy(&entries, &[]);
         let load = start.elapsed();
-        let run = f.dp.test_run(ProgramKind::ToContainer, &pkt, 20_000).expect("test run");
+        let run =
+            f.dp.test_run(ProgramKind::ToContainer, &pkt, 20_000)
+                .expect("test run");
         assert_eq!(run.action, TC_ACT_OK);
         let denied = Packet::tcp(A, 1000, B, 81, SYN).build();
         assert_eq!(f.run(ProgramKind::ToContainer, &denied).0, TC_ACT_SHOT);

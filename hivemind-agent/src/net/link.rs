@@ -189,7 +189,12 @@ async fn delete_if_present(handle: &Handle, name: &str) -> Result<bool, LinkErro
     }
 }
 
-async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LinkError> {
     handle
         .address()
         .add(index, IpAddr::V4(ip), prefix)
@@ -199,14 +204,23 @@ async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> R
         .map_err(netlink(format!("add address {ip}/{prefix}")))
 }
 
-async fn add_route(handle: &Handle, route: RouteMessageBuilder<Ipv4Addr>, what: &str) -> Result<(), LinkError> {
+async fn add_route(
+    handle: &Handle,
+    route: RouteMessageBuilder<Ipv4Addr>,
+    what: &str,
+) -> Result<(), LinkError> {
     match handle.route().add(route.build()).replace().execute().await {
         Ok(()) => Ok(()),
         Err(err) => Err(netlink(format!("add route {what}"))(err)),
     }
 }
 
-async fn add_neighbour(handle: &Handle, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), LinkError> {
+async fn add_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<(), LinkError> {
     handle
         .neighbours()
         .add(index, IpAddr::V4(ip))
@@ -229,7 +243,11 @@ async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), LinkError
 
 /// Prepares the node's namespace: `hivemind0` with `gateway/32`, IPv4 forwarding, and the
 /// masquerade rule for container traffic leaving the cluster CIDR. Idempotent.
-pub async fn setup_node(subnet: Ipv4Net, gateway: Ipv4Addr, cluster_cidr: Ipv4Net) -> Result<NodeNet, LinkError> {
+pub async fn setup_node(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    cluster_cidr: Ipv4Net,
+) -> Result<NodeNet, LinkError> {
     let subnet = subnet.trunc();
     let cluster_cidr = cluster_cidr.trunc();
     with_netlink("hm-setup-node", move |handle| async move {
@@ -239,9 +257,11 @@ pub async fn setup_node(subnet: Ipv4Net, gateway: Ipv4Addr, cluster_cidr: Ipv4Ne
         let (index, _) = link_by_name(&handle, GATEWAY_DEVICE).await?;
         add_address(&handle, index, gateway, 32).await?;
         set_up(&handle, index, GATEWAY_DEVICE).await?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| LinkError::Sysctl {
-            path: "/proc/sys/net/ipv4/ip_forward",
-            source,
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+            LinkError::Sysctl {
+                path: "/proc/sys/net/ipv4/ip_forward",
+                source,
+            }
         })?;
         nft(&format!(
             "add table ip {NFT_TABLE}\n\
@@ -267,10 +287,17 @@ pub async fn setup_node(subnet: Ipv4Net, gateway: Ipv4Addr, cluster_cidr: Ipv4Ne
 /// A dummy device; on kernels built without the dummy driver (EOPNOTSUPP), a bridge without
 /// ports, which holds a local address just as well (nothing is ever enslaved to it).
 async fn add_gateway_device(handle: &Handle) -> Result<(), LinkError> {
-    match handle.link().add(LinkDummy::new(GATEWAY_DEVICE).build()).execute().await {
+    match handle
+        .link()
+        .add(LinkDummy::new(GATEWAY_DEVICE).build())
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(err) if errno(&err) == Some(libc::EOPNOTSUPP) => {
-            tracing::info!("no dummy driver in this kernel; {GATEWAY_DEVICE} is a bridge without ports");
+            tracing::info!(
+                "no dummy driver in this kernel; {GATEWAY_DEVICE} is a bridge without ports"
+            );
             handle
                 .link()
                 .add(LinkBridge::new(GATEWAY_DEVICE).build())
@@ -285,7 +312,9 @@ async fn add_gateway_device(handle: &Handle) -> Result<(), LinkError> {
 /// Removes what [`setup_node`] made (forwarding stays on: other software may rely on it).
 pub async fn teardown_node() -> Result<(), LinkError> {
     with_netlink("hm-teardown-node", |handle| async move {
-        nft(&format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"))?;
+        nft(&format!(
+            "add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
+        ))?;
         delete_if_present(&handle, GATEWAY_DEVICE).await?;
         Ok(())
     })
@@ -302,7 +331,9 @@ fn nft(script: &str) -> Result<(), LinkError> {
         .spawn()
         .map_err(LinkError::NftSpawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(LinkError::NftSpawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(LinkError::NftSpawn)?;
     }
     let out = child.wait_with_output().map_err(LinkError::NftSpawn)?;
     if out.status.success() {
@@ -346,10 +377,17 @@ pub async fn plumb_container(
         })?;
         handle
             .link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).build())
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(netlink(format!("move {peer} into {}", netns_path.display())))?;
+            .map_err(netlink(format!(
+                "move {peer} into {}",
+                netns_path.display()
+            )))?;
         set_up(&handle, host_index, &host).await?;
 
         let container_mac = {
@@ -383,7 +421,13 @@ pub async fn plumb_container(
 
 /// The container side, run with the thread inside the container's namespace. Opens its own
 /// netlink socket there.
-async fn plumb_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr, mtu: u32, host_mac: [u8; 6]) -> Result<[u8; 6], LinkError> {
+async fn plumb_inside(
+    peer: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    mtu: u32,
+    host_mac: [u8; 6],
+) -> Result<[u8; 6], LinkError> {
     let handle = connect()?;
     let (lo, _) = link_by_name(&handle, "lo").await?;
     set_up(&handle, lo, "lo").await?;

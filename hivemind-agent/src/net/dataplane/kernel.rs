@@ -183,7 +183,9 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -266,10 +268,11 @@ impl Dataplane {
     /// Takes over the links an earlier run pinned: each is updated in place to run the program
     /// this run loaded. Links whose interface is gone are unpinned.
     fn adopt_pinned_links(&mut self) -> Result<(), DataplaneError> {
-        let entries = std::fs::read_dir(&self.pin_dir).map_err(|source| DataplaneError::PinDir {
-            path: self.pin_dir.clone(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(&self.pin_dir).map_err(|source| DataplaneError::PinDir {
+                path: self.pin_dir.clone(),
+                source,
+            })?;
         let mut found: Vec<(LinkKey, PathBuf)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
@@ -281,7 +284,11 @@ impl Dataplane {
         for (key, path) in found {
             match self.adopt(key, &path) {
                 Ok(link) => {
-                    tracing::info!(program = key.program.name(), ifindex = key.ifindex, "reusing pinned link");
+                    tracing::info!(
+                        program = key.program.name(),
+                        ifindex = key.ifindex,
+                        "reusing pinned link"
+                    );
                     self.links.insert(key, link);
                 }
                 Err(err) => {
@@ -398,7 +405,11 @@ impl Dataplane {
         self.detach(ProgramKind::NodeIngress, ifindex)
     }
 
-    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DataplaneError> {
+    pub fn upsert_endpoint(
+        &mut self,
+        ip: Ipv4Addr,
+        endpoint: Endpoint,
+    ) -> Result<(), DataplaneError> {
         self.maps
             .endpoints
             .insert(&wire(ip), &endpoint, 0)
@@ -447,11 +458,21 @@ impl Dataplane {
 
         let wanted: BTreeMap<[u8; 4], (u32, u32)> = cidrs
             .iter()
-            .map(|(net, identity)| (net.network().octets(), (u32::from(net.prefix_len()), *identity)))
+            .map(|(net, identity)| {
+                (
+                    net.network().octets(),
+                    (u32::from(net.prefix_len()), *identity),
+                )
+            })
             .collect();
         let keyed: Vec<(Key<[u8; 4]>, u32)> = cidrs
             .iter()
-            .map(|(net, identity)| (Key::new(u32::from(net.prefix_len()), net.network().octets()), *identity))
+            .map(|(net, identity)| {
+                (
+                    Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                    *identity,
+                )
+            })
             .collect();
         let stale: Vec<Key<[u8; 4]>> = self
             .maps
@@ -482,7 +503,11 @@ impl Dataplane {
                 Err(err) => return Err(map_err(names::MAP_CIDR_IDENTITY)(err)),
             }
         }
-        tracing::debug!(rules = entries.len(), cidrs = cidrs.len(), "policy replaced");
+        tracing::debug!(
+            rules = entries.len(),
+            cidrs = cidrs.len(),
+            "policy replaced"
+        );
         Ok(())
     }
 
@@ -516,7 +541,10 @@ impl Dataplane {
     }
 
     pub fn config(&self) -> Result<Config, DataplaneError> {
-        self.maps.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
+        self.maps
+            .config
+            .get(&0, 0)
+            .map_err(map_err(names::MAP_CONFIG))
     }
 
     /// Every reason's packets and bytes, summed over CPUs.
@@ -549,8 +577,8 @@ impl Dataplane {
     /// Number of tracked flows (`HM_CT`) and reverse translations (`HM_NAT`).
     pub fn tracked(&self) -> (usize, usize) {
         (
-            self.maps.ct.keys().filter(Result::is_ok).count(),
-            self.maps.nat.keys().filter(Result::is_ok).count(),
+            self.maps.ct.keys().flatten().count(),
+            self.maps.nat.keys().flatten().count(),
         )
     }
 
@@ -589,13 +617,17 @@ impl Dataplane {
     pub fn tcx_programs(&self, ifname: &str) -> Result<Vec<AttachedProgram>, DataplaneError> {
         let ifindex = if_nametoindex(ifname)?;
         let mut out = Vec::new();
-        for (hook, attach_type) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
-            let (_, programs) = SchedClassifier::query_tcx(ifindex, attach_type).map_err(|source| {
-                DataplaneError::Query {
-                    ifname: ifname.to_owned(),
-                    source,
-                }
-            })?;
+        for (hook, attach_type) in [
+            ("ingress", TcAttachType::Ingress),
+            ("egress", TcAttachType::Egress),
+        ] {
+            let (_, programs) =
+                SchedClassifier::query_tcx(ifindex, attach_type).map_err(|source| {
+                    DataplaneError::Query {
+                        ifname: ifname.to_owned(),
+                        source,
+                    }
+                })?;
             out.extend(programs.iter().map(|p| AttachedProgram {
                 hook,
                 id: p.id(),
@@ -616,7 +648,8 @@ impl Dataplane {
                     .keys()
                     .filter(|k| k.program == kind)
                     .map(|k| {
-                        let ifname = if_indextoname(k.ifindex).unwrap_or_else(|| format!("if{}", k.ifindex));
+                        let ifname =
+                            if_indextoname(k.ifindex).unwrap_or_else(|| format!("if{}", k.ifindex));
                         format!("{ifname}/{}", kind.hook_name())
                     })
                     .collect();
@@ -641,7 +674,12 @@ impl Dataplane {
 
     /// Runs `kind` once per `repeat` on `packet` with `BPF_PROG_TEST_RUN` (the maps are the
     /// live ones). TC programs see the test skb on the loopback device (ifindex 1).
-    pub fn test_run(&self, kind: ProgramKind, packet: &[u8], repeat: u32) -> Result<RunResult, DataplaneError> {
+    pub fn test_run(
+        &self,
+        kind: ProgramKind,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, DataplaneError> {
         let name = kind.name();
         let program = self
             .ebpf
@@ -659,7 +697,10 @@ impl Dataplane {
             Program::Xdp(p) => p.test_run(opts),
             _ => return Err(DataplaneError::MissingProgram(name)),
         }
-        .map_err(|source| DataplaneError::TestRun { program: name, source })?;
+        .map_err(|source| DataplaneError::TestRun {
+            program: name,
+            source,
+        })?;
         out.truncate(result.data_size_out as usize);
         Ok(RunResult {
             action: i32::from_ne_bytes(result.return_value.to_ne_bytes()),

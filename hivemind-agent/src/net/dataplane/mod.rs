@@ -15,7 +15,11 @@ mod events;
 mod kernel;
 mod sys;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use hivemind_common::{
     Counter,
@@ -158,11 +162,13 @@ impl DataplaneHandle {
     /// Attaches `hm_from_container` (ingress) and `hm_to_container` (egress) to a container's
     /// host-side veth. Idempotent.
     pub async fn attach_container(&self, host_ifindex: u32) -> Result<(), DataplaneError> {
-        self.ask(|r| Command::AttachContainer(host_ifindex, r)).await
+        self.ask(|r| Command::AttachContainer(host_ifindex, r))
+            .await
     }
 
     pub async fn detach_container(&self, host_ifindex: u32) -> Result<(), DataplaneError> {
-        self.ask(|r| Command::DetachContainer(host_ifindex, r)).await
+        self.ask(|r| Command::DetachContainer(host_ifindex, r))
+            .await
     }
 
     /// Attaches `hm_node_ingress` to the uplink (needed once some app publishes a port).
@@ -176,7 +182,11 @@ impl DataplaneHandle {
         self.ask(|r| Command::DetachNodeIngress(ifname, r)).await
     }
 
-    pub async fn upsert_endpoint(&self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DataplaneError> {
+    pub async fn upsert_endpoint(
+        &self,
+        ip: Ipv4Addr,
+        endpoint: Endpoint,
+    ) -> Result<(), DataplaneError> {
         self.ask(|r| Command::UpsertEndpoint(ip, endpoint, r)).await
     }
 
@@ -261,7 +271,11 @@ pub fn start(pin_dir: &Path) -> Result<DataplaneHandle, DataplaneError> {
     Ok(DataplaneHandle { commands, events })
 }
 
-async fn run(mut dataplane: Dataplane, reader: Option<JoinHandle<()>>, mut inbox: mpsc::Receiver<Command>) {
+async fn run(
+    mut dataplane: Dataplane,
+    reader: Option<JoinHandle<()>>,
+    mut inbox: mpsc::Receiver<Command>,
+) {
     let mut done = None;
     while let Some(command) = inbox.recv().await {
         match command {

@@ -30,7 +30,8 @@ const CHUNK: usize = 16_384;
 
 /// Writes every `(key, value)` into the map behind `fd` with `BPF_ANY`, in batches.
 pub fn update_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<()> {
-    let map_fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let map_fd =
+        u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
         let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
@@ -40,7 +41,8 @@ pub fn update_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> i
             let mut attr = BatchAttr {
                 keys: keys[done..].as_ptr() as u64,
                 values: values[done..].as_ptr() as u64,
-                count: u32::try_from(rest).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+                count: u32::try_from(rest)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
                 map_fd,
                 ..BatchAttr::default()
             };
