@@ -774,8 +774,18 @@ fn policy_scales_to_100k_rules() {
             .collect();
         entries.push(enforced(ID_B, DIRECTION_INGRESS));
         entries.push(allow(key(ID_B, ID_A, TCP, 80, DIRECTION_INGRESS), 2));
+        // As many /32 CIDR identities, none of them matching the test's addresses.
+        let cidrs: Vec<(String, u32)> = (0..rules.min(60_000))
+            .map(|i| {
+                (
+                    format!("100.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff),
+                    ID_CIDR + 1 + i,
+                )
+            })
+            .collect();
+        let cidrs: Vec<(&str, u32)> = cidrs.iter().map(|(n, id)| (n.as_str(), *id)).collect();
         let start = Instant::now();
-        f.policy(&entries, &[]);
+        f.policy(&entries, &cidrs);
         let load = start.elapsed();
         let run =
             f.dp.test_run(ProgramKind::ToContainer, &pkt, 20_000)
@@ -784,7 +794,8 @@ fn policy_scales_to_100k_rules() {
         let denied = Packet::tcp(A, 1000, B, 81, SYN).build();
         assert_eq!(f.run(ProgramKind::ToContainer, &denied).0, TC_ACT_SHOT);
         eprintln!(
-            "policy: {rules:>6} rules loaded in {:>7.1} ms; hm_to_container {:>4} ns/packet",
+            "policy: {rules:>6} rules and {:>5} CIDRs loaded in {:>7.1} ms; hm_to_container {:>4} ns/packet",
+            cidrs.len(),
             load.as_secs_f64() * 1e3,
             run.duration.as_nanos()
         );

@@ -149,6 +149,9 @@ struct Maps {
     endpoints: BpfHashMap<MapData, u32, Endpoint>,
     policy: ArrayOfMaps<MapData, MapData>,
     cidr: LpmTrie<MapData, [u8; 4], u32>,
+    /// A second handle on `HM_CIDR_IDENTITY` (opened from its pin) for batched updates, which
+    /// aya's typed map does not offer.
+    cidr_raw: MapData,
     ports: BpfHashMap<MapData, PortKey, PortTarget>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
@@ -233,6 +236,8 @@ impl Dataplane {
             endpoints: take(&mut ebpf, names::MAP_ENDPOINTS)?,
             policy: take(&mut ebpf, names::MAP_POLICY)?,
             cidr: take(&mut ebpf, names::MAP_CIDR_IDENTITY)?,
+            cidr_raw: MapData::from_pin(pin_dir.join(names::MAP_CIDR_IDENTITY))
+                .map_err(map_err(names::MAP_CIDR_IDENTITY))?,
             ports: take(&mut ebpf, names::MAP_PORTS)?,
             config: take(&mut ebpf, names::MAP_CONFIG)?,
             counters: take(&mut ebpf, names::MAP_COUNTERS)?,
@@ -485,11 +490,15 @@ impl Dataplane {
                     .is_none_or(|(prefix, _)| *prefix != key.prefix_len())
             })
             .collect();
-        for (key, identity) in &keyed {
-            self.maps
-                .cidr
-                .insert(key, identity, 0)
-                .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
+        if let Err(err) = sys::update_batch(self.maps.cidr_raw.fd().as_fd(), &keyed) {
+            // Kernels without batch ops on LPM tries: one syscall per prefix.
+            tracing::debug!(error = %err, "batched CIDR update refused; updating one by one");
+            for (key, identity) in &keyed {
+                self.maps
+                    .cidr
+                    .insert(key, identity, 0)
+                    .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
+            }
         }
 
         self.maps
