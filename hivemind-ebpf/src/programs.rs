@@ -247,10 +247,13 @@ fn try_from_container(ctx: &TcContext, flow: &Flow) -> Verdict {
         if packet::rewrite_src(ctx, flow, nat.orig_ip, nat.orig_port).is_err() {
             return verdict.into_drop(reason::DROPPED_INTERNAL);
         }
-        return Verdict {
-            action: redirect_out(ctx, flow, nat.orig_ip),
-            reason: reason::FORWARDED_PORT_MAP,
-            ..verdict
+        return match redirect_out(ctx, flow, nat.orig_ip) {
+            Some(action) => Verdict {
+                action,
+                reason: reason::FORWARDED_PORT_MAP,
+                ..verdict
+            },
+            None => verdict.into_drop(reason::DROPPED_INTERNAL),
         };
     }
     verdict
@@ -285,20 +288,22 @@ fn deliver_local(ctx: &TcContext, flow: &Flow, dst: &Endpoint, verdict: Verdict)
         // SAFETY: helper with plain integer arguments.
         action = unsafe { bpf_redirect(dst.ifindex, 0) };
     }
-    #[allow(clippy::cast_possible_truncation)] // TC_ACT_* values
-    let action = action as i32;
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
     Verdict {
-        action,
+        action: TC_ACT_REDIRECT,
         reason: reason::FORWARDED_LOCAL,
         ..verdict
     }
 }
 
-/// Sends a reverse-NATed reply out of the interface the node routes its destination through.
+/// Sends a reverse-NATed reply out of the interface the node routes its destination through;
+/// `None` when a rewrite or the redirect failed.
 /// Its source is now a node address, which the host stack would refuse as a martian on a
 /// container veth; so it skips the stack. Falls back to the stack if the FIB has no answer.
 #[inline(always)]
-fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> i32 {
+fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> Option<i32> {
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid value (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -328,18 +333,19 @@ fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> i32 {
         }
         .is_err()
         {
-            return TC_ACT_SHOT;
+            return None;
         }
         // SAFETY: helper with plain integer arguments.
-        #[allow(clippy::cast_possible_truncation)]
-        return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
+        let action = unsafe { bpf_redirect(params.ifindex, 0) };
+        return (action == i64::from(TC_ACT_REDIRECT)).then_some(TC_ACT_REDIRECT);
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // SAFETY: a NULL neighbour means "resolve the next hop from the route".
-        #[allow(clippy::cast_possible_truncation)]
-        return unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+        let action = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+        return (action == i64::from(TC_ACT_REDIRECT)).then_some(TC_ACT_REDIRECT);
     }
-    TC_ACT_OK
+    // No route known to the FIB helper: let the host stack try.
+    Some(TC_ACT_OK)
 }
 
 // ---------------------------------------------------------------------------------------------
