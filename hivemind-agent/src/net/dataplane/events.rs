@@ -51,3 +51,28 @@ pub fn spawn(ring: RingBuf<MapData>, tx: broadcast::Sender<VerdictEvent>) -> Joi
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use hivemind_common::event::VerdictEvent;
+
+    use super::decode;
+
+    #[test]
+    fn decodes_whole_records_only() {
+        let event = VerdictEvent {
+            saddr: u32::from_ne_bytes([10, 244, 0, 2]),
+            dport: 80,
+            reason: 2,
+            policy_id: 7,
+            ..VerdictEvent::default()
+        };
+        // SAFETY: `VerdictEvent` is `#[repr(C)]` plain data without implicit padding.
+        let bytes: [u8; size_of::<VerdictEvent>()] = unsafe { std::mem::transmute(event) };
+        // Ring records are padded to 8 bytes; extra bytes are ignored.
+        let mut padded = bytes.to_vec();
+        padded.extend_from_slice(&[0; 8]);
+        assert_eq!(decode(&padded), Some(event));
+        assert_eq!(decode(&bytes[..40]), None);
+    }
+}

@@ -759,3 +759,35 @@ fn if_indextoname(index: u32) -> Option<String> {
         .ok()
         .map(|s| s.to_string_lossy().into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LinkKey, ProgramKind};
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        for program in [
+            ProgramKind::FromContainer,
+            ProgramKind::ToContainer,
+            ProgramKind::NodeIngress,
+        ] {
+            let key = LinkKey {
+                program,
+                ifindex: 4711,
+            };
+            assert_eq!(LinkKey::parse(&key.pin_name()), Some(key));
+        }
+        assert_eq!(
+            LinkKey::parse("link_hm_from_container_7").map(|k| (k.program, k.ifindex)),
+            Some((ProgramKind::FromContainer, 7))
+        );
+        for other in [
+            "HM_CT",
+            "prog_hm_from_container",
+            "link_hm_unknown_3",
+            "link_hm_to_container_x",
+        ] {
+            assert_eq!(LinkKey::parse(other), None, "{other}");
+        }
+    }
+}
