@@ -66,17 +66,33 @@ fn endpoint(ifindex: u32, identity: u32, n: u8) -> Endpoint {
     }
 }
 
-/// A dataplane loaded into its own pin directory, removed on drop.
+/// A pin directory, removed (with every pin in it) on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(prefix: &str) -> Self {
+        Self(PathBuf::from("/sys/fs/bpf/hivemind").join(unique(prefix)))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A dataplane loaded into its own pin directory. Field order: the dataplane closes its
+/// handles before the pins go.
 struct Fixture {
     dp: Dataplane,
-    pin_dir: PathBuf,
+    _pins: PinDir,
 }
 
 impl Fixture {
     /// Endpoints A (on lo: the test-run sender), B and C; node and gateway addresses set.
     fn new() -> Self {
-        let pin_dir = PathBuf::from("/sys/fs/bpf/hivemind").join(unique("progs"));
-        let mut dp = Dataplane::load(&pin_dir).expect("load the dataplane");
+        let pins = PinDir::new("progs");
+        let mut dp = Dataplane::load(&pins.0).expect("load the dataplane");
         dp.upsert_endpoint(A, endpoint(LO, ID_A, 2))
             .expect("endpoint A");
         dp.upsert_endpoint(B, endpoint(IF_B, ID_B, 3))
@@ -89,7 +105,7 @@ impl Fixture {
             ..Config::default()
         })
         .expect("config");
-        Self { dp, pin_dir }
+        Self { dp, _pins: pins }
     }
 
     fn run(&self, kind: ProgramKind, pkt: &[u8]) -> (i32, Vec<u8>) {
@@ -136,12 +152,6 @@ impl Fixture {
             .expect("replace policy");
         // Each case starts without remembered flows.
         self.dp.flush_conntrack();
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
 
@@ -801,4 +811,35 @@ fn policy_scales_to_100k_rules() {
         );
         assert!(load.as_secs() < 5, "loading {rules} rules took {load:?}");
     }
+}
+
+/// An upgrade that changes a map's layout: the stale pin (here `HM_COUNTERS` of an older
+/// version, 13 reasons) is replaced instead of failing the start.
+#[test]
+fn incompatible_pinned_maps_are_replaced_on_load() {
+    let pins = PinDir::new("upgrade");
+    std::fs::create_dir_all(&pins.0).expect("pin dir");
+    hivemind_tests::util::check(
+        std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pins.0.join("HM_COUNTERS"))
+            .args([
+                "type",
+                "percpu_array",
+                "key",
+                "4",
+                "value",
+                "16",
+                "entries",
+                "13",
+            ])
+            .args(["name", "HM_COUNTERS"]),
+    );
+    let dp = Dataplane::load(&pins.0).expect("load over an old pin");
+    let guard = Fixture { dp, _pins: pins };
+    let counters = guard.dp.counters().expect("counters over the new map");
+    assert_eq!(counters.len(), reason::COUNT as usize);
+    let pkt = Packet::udp(CLIENT, 1, NODE, 2).build();
+    assert_eq!(guard.run(ProgramKind::Underlay, &pkt).0, XDP_PASS);
+    assert_eq!(guard.count(reason::PASS_TO_HOST), 1);
 }

@@ -205,10 +205,7 @@ impl Dataplane {
             path: pin_dir.to_owned(),
             source,
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-            .map_err(DataplaneError::LoadObject)?;
+        let mut ebpf = load_object(pin_dir)?;
         for kind in ProgramKind::ALL {
             let name = kind.name();
             let program = ebpf
@@ -716,6 +713,38 @@ impl Dataplane {
             packet: out,
             duration: result.duration,
         })
+    }
+}
+
+/// Loads the object against the maps pinned in `pin_dir`. A pinned map whose layout no longer
+/// matches the object (an upgrade changed the ABI) is unpinned and created afresh: the old
+/// programs keep their reference to it until their links are switched to the new programs, so
+/// only the state of that one map starts over.
+fn load_object(pin_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    let mut retired = 0;
+    loop {
+        match EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+        {
+            Ok(ebpf) => return Ok(ebpf),
+            Err(aya::EbpfError::MapError(MapError::IncompatiblePinnedMap {
+                name,
+                property,
+                expected,
+                actual,
+            })) if retired < names::ALL_MAPS.len() && names::ALL_MAPS.contains(&name.as_str()) => {
+                tracing::warn!(
+                    map = %name, property, expected, actual,
+                    "pinned map does not match this version; replacing it (its state starts over)"
+                );
+                let path = pin_dir.join(&name);
+                std::fs::remove_file(&path)
+                    .map_err(|source| DataplaneError::Unpin { path, source })?;
+                retired += 1;
+            }
+            Err(err) => return Err(DataplaneError::LoadObject(err)),
+        }
     }
 }
 
