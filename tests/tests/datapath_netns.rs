@@ -459,6 +459,20 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
             from.attached
         );
     }
+
+    // Tearing the node down removes the gateway device and the nftables table.
+    t.runtime.run(link::teardown_node()).expect("teardown node");
+    assert!(
+        !t.node
+            .ip(&["-o", "link", "show"])
+            .contains(link::GATEWAY_DEVICE)
+    );
+    let nft = t.node.run("nft", &["list", "table", "ip", link::NFT_TABLE]);
+    assert!(
+        !nft.status.success(),
+        "table {} still there",
+        link::NFT_TABLE
+    );
 }
 
 #[test]
@@ -602,4 +616,33 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
         "after restart: {}",
         String::from_utf8_lossy(&page.stderr)
     );
+
+    // Unpublishing: detach the uplink program and the node answers for itself again (nothing
+    // listens on 8080 there).
+    let dp = t.dp();
+    let uplink = t.uplink.clone();
+    t.runtime
+        .run(async move { dp.detach_node_ingress(&uplink).await })
+        .expect("detach node ingress");
+    assert!(!fetch(&t.client).status.success(), "no DNAT once detached");
+
+    // Removing a container: detach, forget the endpoint, unplumb. Its pins and veth go.
+    let c = t.c("c");
+    let (c_ip, ifindex, ifname) = (c.ip, c.link.host_ifindex, c.link.host_ifname.clone());
+    let dp = t.dp();
+    let name = ifname.clone();
+    t.runtime
+        .run(async move {
+            dp.detach_container(ifindex).await.expect("detach");
+            dp.remove_endpoint(c_ip).await.expect("remove endpoint");
+            link::unplumb_container(&name).await
+        })
+        .expect("remove container c");
+    for program in ["hm_from_container", "hm_to_container"] {
+        let pin = t.pin_dir.join(format!("link_{program}_{ifindex}"));
+        assert!(!pin.exists(), "{} left behind", pin.display());
+    }
+    let links = t.node.ip(&["-o", "link", "show"]);
+    assert!(!links.contains(&ifname), "{ifname} still there:\n{links}");
+    assert!(t.c("a").ping(b_ip), "the others keep working");
 }
