@@ -309,10 +309,8 @@ fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> Option<i32> {
     params.family = AF_INET;
     params.l4_protocol = flow.protocol;
     params.ifindex = ifindex(ctx);
-    #[allow(clippy::cast_possible_truncation)] // a packet on a veth is < 64 KiB or BIG TCP
-    {
-        params.__bindgen_anon_1.tot_len = (ctx.len() as usize - packet::IP_OFF) as u16;
-    }
+    // No `tot_len`: given one, the helper compares it with the route's MTU and answers
+    // FRAG_NEEDED for every GSO super-packet; without it, it checks the skb itself, GSO-aware.
     params.__bindgen_anon_3.ipv4_src = new_saddr;
     params.__bindgen_anon_4.ipv4_dst = flow.daddr;
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]

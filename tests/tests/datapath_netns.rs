@@ -42,6 +42,7 @@ use hivemind_tests::{
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const BIG_FILE: usize = 4 << 20;
 
 fn wire(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -99,6 +100,11 @@ impl Topology {
             .expect("setup node");
         let www = tempfile::tempdir().expect("www dir");
         std::fs::write(www.path().join("index.html"), "hello from a container\n").expect("index");
+        // Big enough for GSO super-packets, whose checksums the NAT rewrites must keep right.
+        let big: Vec<u8> = (0..BIG_FILE)
+            .map(|i| u8::try_from(i % 251).expect("< 251"))
+            .collect();
+        std::fs::write(www.path().join("big.bin"), big).expect("big file");
         let pin_dir = PathBuf::from("/sys/fs/bpf/hivemind").join(unique("netns"));
         let mut topology = Self {
             dataplane: None,
@@ -220,6 +226,32 @@ impl Topology {
             .map_or(0, |c| c.packets)
     }
 
+    /// Size of what curl in `netns` downloads from `url` (0 on failure).
+    fn fetch_size(&self, netns: &Netns, url: &str) -> usize {
+        let out = netns.run(
+            "curl",
+            &[
+                "-sS",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                url,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
     /// busybox httpd serving the test page on `port` inside container `name`.
     fn serve(&self, name: &str, port: u16) -> Process {
         let c = self.c(name);
@@ -336,12 +368,18 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
     );
     assert!(
         page.status.success(),
-        "wget a → b: {}",
+        "curl a → b: {}",
         String::from_utf8_lossy(&page.stderr)
     );
     assert_eq!(
         String::from_utf8_lossy(&page.stdout),
         "hello from a container\n"
+    );
+
+    assert_eq!(
+        t.fetch_size(&a.netns, &format!("http://{}:8080/big.bin", b.ip)),
+        BIG_FILE,
+        "4 MiB a → b"
     );
 
     // The node's gateway address, and the client beyond the uplink. The client has no route to
@@ -523,6 +561,12 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
     assert!(
         t.count(reason::FORWARDED_PORT_MAP) >= 2,
         "DNAT and reverse NAT counted"
+    );
+    let url = format!("http://{NODE_IP}:8080/big.bin");
+    assert_eq!(
+        t.fetch_size(&t.client, &url),
+        BIG_FILE,
+        "4 MiB through the published port"
     );
 
     // A ping keeps going while the dataplane is down and after a new one takes over.
