@@ -226,32 +226,6 @@ impl Topology {
             .map_or(0, |c| c.packets)
     }
 
-    /// Size of what curl in `netns` downloads from `url` (0 on failure).
-    fn fetch_size(&self, netns: &Netns, url: &str) -> usize {
-        let out = netns.run(
-            "curl",
-            &[
-                "-sS",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                url,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "curl {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
-    }
-
     /// busybox httpd serving the test page on `port` inside container `name`.
     fn serve(&self, name: &str, port: u16) -> Process {
         let c = self.c(name);
@@ -316,6 +290,32 @@ impl Drop for Topology {
     }
 }
 
+/// Size of what curl in `netns` downloads from `url` (0 on failure).
+fn fetch_size(netns: &Netns, url: &str) -> usize {
+    let out = netns.run(
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            url,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 fn key(identity: u32, peer: u32, protocol: u8, direction: u8) -> PolicyKey {
     PolicyKey {
         identity,
@@ -377,7 +377,7 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
     );
 
     assert_eq!(
-        t.fetch_size(&a.netns, &format!("http://{}:8080/big.bin", b.ip)),
+        fetch_size(&a.netns, &format!("http://{}:8080/big.bin", b.ip)),
         BIG_FILE,
         "4 MiB a → b"
     );
@@ -564,7 +564,7 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
     );
     let url = format!("http://{NODE_IP}:8080/big.bin");
     assert_eq!(
-        t.fetch_size(&t.client, &url),
+        fetch_size(&t.client, &url),
         BIG_FILE,
         "4 MiB through the published port"
     );
