@@ -525,18 +525,32 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
     let uplink = t.uplink.clone();
     t.runtime
         .run(async move {
-            dp.set_ports(vec![(
-                PortKey {
-                    port: 8080,
-                    protocol: 6,
-                    _pad: 0,
-                },
-                PortTarget {
-                    ip: wire(b_ip),
-                    port: 80,
-                    _pad: 0,
-                },
-            )])
+            dp.set_ports(vec![
+                (
+                    PortKey {
+                        port: 8080,
+                        protocol: 6,
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        ip: wire(b_ip),
+                        port: 80,
+                        _pad: 0,
+                    },
+                ),
+                (
+                    PortKey {
+                        port: 9000,
+                        protocol: 6,
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        ip: wire(b_ip),
+                        port: 9000,
+                        _pad: 0,
+                    },
+                ),
+            ])
             .await?;
             dp.attach_node_ingress(&uplink).await
         })
@@ -568,6 +582,33 @@ fn published_ports_and_restarts_keep_traffic_flowing() {
         BIG_FILE,
         "4 MiB through the published port"
     );
+    // And the other way: iperf3 pushes 8 MiB from the client through the DNAT (GSO packets
+    // arriving on the uplink); its control and data connections both use the published port.
+    let mut server = t.c("b").netns.command("iperf3");
+    server.args(["-s", "-1", "-p", "9000"]);
+    let _server = Process::spawn("iperf3 -s", &mut server, &t.www.path().join("iperf3.log"));
+    let upload = wait_for(
+        "iperf3 through the published port",
+        Duration::from_secs(15),
+        || {
+            let out = t.client.run(
+                "iperf3",
+                &[
+                    "-c",
+                    &NODE_IP.to_string(),
+                    "-p",
+                    "9000",
+                    "-n",
+                    "8M",
+                    "--connect-timeout",
+                    "1000",
+                ],
+            );
+            out.status.success().then_some(out)
+        },
+    );
+    let report = String::from_utf8_lossy(&upload.stdout);
+    assert!(report.contains("receiver"), "{report}");
 
     // A ping keeps going while the dataplane is down and after a new one takes over.
     let a = t.c("a");
