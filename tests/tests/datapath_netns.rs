@@ -396,6 +396,47 @@ fn containers_talk_reach_the_node_and_the_world_and_policy_applies() {
             .args(["list", "table", "ip", "hivemind"]),
     );
     assert!(nft.contains("masquerade"), "{nft}");
+    // The client's own view: a CGI on the client echoes the peer address it saw.
+    let cgi = t.www.path().join("cgi-bin");
+    std::fs::create_dir_all(&cgi).expect("cgi-bin");
+    let script = cgi.join("peer");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n",
+    )
+    .expect("cgi script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut httpd = t.client.command("busybox");
+    httpd
+        .args(["httpd", "-f", "-p", "8081", "-h"])
+        .arg(t.www.path());
+    let _client_httpd = Process::spawn(
+        "client httpd",
+        &mut httpd,
+        &t.www.path().join("client-httpd.log"),
+    );
+    let seen = wait_for("the client's CGI", Duration::from_secs(10), || {
+        let out = a.run(
+            "curl",
+            &[
+                "-sf",
+                "-m",
+                "2",
+                &format!("http://{CLIENT_IP}:8081/cgi-bin/peer"),
+            ],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    // busybox httpd listens dual-stack: "[::ffff:192.168.77.1]".
+    let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
+    assert_eq!(
+        seen,
+        NODE_IP.to_string(),
+        "the client sees the node's address, not a's"
+    );
 
     // b accepts only c: a → b is dropped; c → b, b → a (and its replies) and a → c still work.
     let mut events = t.dp().subscribe_events();
