@@ -16,6 +16,8 @@ mod containerd;
 mod etcd;
 pub mod image;
 mod netns;
+pub mod node;
+pub mod packet;
 mod process;
 mod registry;
 pub mod util;
