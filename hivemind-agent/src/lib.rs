@@ -3,7 +3,8 @@
 //! `hivemind agent` runs [`daemon`]; every other subcommand is a client in [`cli`] that talks to
 //! a running agent over gRPC. Inside the daemon each subsystem owns its state:
 //! [`store`] (desired state), [`runtime`] (containerd), [`net::dataplane`] (the eBPF programs and
-//! maps), and [`api`] serves them to the CLI (gRPC) and to browsers and scripts (REST).
+//! maps), [`policy`] (network policy YAML compiled to map entries), and [`api`] serves them to
+//! the CLI (gRPC) and to browsers and scripts (REST).
 
 pub mod api;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod model;
 pub mod net;
 pub mod paths;
+pub mod policy;
 pub mod reconcile;
 pub mod runtime;
 pub mod state;

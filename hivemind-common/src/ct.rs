@@ -3,7 +3,7 @@
 //! `HM_CT` (LRU hash): every flow the datapath allowed, keyed by its forward 5-tuple, so replies
 //! pass a default-deny direction as the stateful policies of Kubernetes and Cilium do.
 //! `HM_PORTS` (hash): published ports, `PortKey` → `PortTarget` (DNAT on the node's ingress).
-//! `HM_NAT` (LRU hash): reverse translations for DNAT-ed flows, keyed by the reply's 5-tuple as
+//! `HM_NAT` (LRU hash): reverse translations for `DNAT`ed flows, keyed by the reply's 5-tuple as
 //! the container sends it, so replies leave with the node's address and published port.
 
 pub const CT_MAX_ENTRIES: u32 = 131_072;

@@ -1,6 +1,9 @@
 //! Endpoints: every container address the node knows, local or on another node.
 //! Map `HM_ENDPOINTS`: key = IPv4 address (`u32`, wire byte order), value = [`Endpoint`].
 
+/// Capacity of `HM_ENDPOINTS`.
+pub const MAX_ENTRIES: u32 = 65_536;
+
 /// The endpoint is a container on this node, behind host-side veth `ifindex`.
 pub const FLAG_LOCAL: u32 = 1 << 0;
 /// The endpoint is a container on another node, reached through the overlay at `node_ip`.

@@ -8,7 +8,8 @@
 //! `u32::from_ne_bytes` (so the kernel side compares them without swapping); ports and other
 //! integers are host order unless a field's name ends in `_be`.
 #![no_std]
-// The ABI's explicit `_pad` fields must be public so both sides can build the structs.
+// Explicit padding is spelled `_pad` (STYLE.md) and must be public so both sides can build
+// values with struct literals.
 #![allow(clippy::pub_underscore_fields)]
 
 pub mod config;
@@ -47,29 +48,29 @@ pub mod identity {
 mod user {
     use crate::{config, ct, endpoint, event, policy};
 
-    // Every impl below rests on the same argument: the type is `#[repr(C)]`, made only of
-    // integers and byte arrays with explicit padding fields, so every bit pattern is a valid
-    // value and there are no implicit padding bytes.
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // Every impl below: the type is `#[repr(C)]`, made only of integers and byte
+    // arrays with explicit padding fields, so every bit pattern is a valid value and there are
+    // no implicit padding bytes.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Counter {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for endpoint::Endpoint {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for policy::PolicyKey {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for policy::PolicyValue {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::CtKey {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::CtValue {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::PortKey {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::PortTarget {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for ct::NatValue {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for event::VerdictEvent {}
-    // SAFETY: `#[repr(C)]`, integers and byte arrays only, explicit padding (see above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for config::Config {}
 }

@@ -41,3 +41,17 @@ pub const MAP_NAT: &str = "HM_NAT";
 pub const MAP_EVENTS: &str = "HM_EVENTS";
 /// One-slot array of [`crate::config::Config`].
 pub const MAP_CONFIG: &str = "HM_CONFIG";
+
+/// Every map the object defines (all pinned by name).
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_COUNTERS,
+    MAP_POLICY_COUNTERS,
+    MAP_ENDPOINTS,
+    MAP_POLICY,
+    MAP_CIDR_IDENTITY,
+    MAP_CT,
+    MAP_PORTS,
+    MAP_NAT,
+    MAP_EVENTS,
+    MAP_CONFIG,
+];

@@ -27,9 +27,12 @@ pub const FORWARDED_OVERLAY: u32 = 10;
 pub const RECEIVED_OVERLAY: u32 = 11;
 /// Dropped: a helper call failed (redirect, header rewrite).
 pub const DROPPED_INTERNAL: u32 = 12;
+/// Handed on to a local container by the host stack (traffic from the node, from outside,
+/// published ports after DNAT) once the container's ingress policy allowed it.
+pub const PASS_TO_CONTAINER: u32 = 13;
 
 /// Number of reason codes; the counters map has this many slots.
-pub const COUNT: u32 = 13;
+pub const COUNT: u32 = 14;
 
 /// Human and Prometheus label for a reason code.
 pub const fn label(reason: u32) -> &'static str {
@@ -47,6 +50,7 @@ pub const fn label(reason: u32) -> &'static str {
         FORWARDED_OVERLAY => "forwarded_overlay",
         RECEIVED_OVERLAY => "received_overlay",
         DROPPED_INTERNAL => "dropped_internal",
+        PASS_TO_CONTAINER => "pass_to_container",
         _ => "unknown",
     }
 }

@@ -8,10 +8,23 @@
 #![allow(clippy::needless_pass_by_value)]
 
 #[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
 mod programs;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+/// The programs call GPL-only helpers (`bpf_fib_lookup`), so the kernel needs a GPL-compatible
+/// license string on the object; the crate's source stays under the workspace license.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,46 +1,459 @@
+//! The programs. Each entry point is thin: it calls a `try_` function that returns a
+//! [`Verdict`] (action + reason), and [`conclude`] counts it, emits the event and returns the
+//! action — so every path, error paths included, ends in an explicit, counted verdict.
+
+use core::mem::size_of;
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
-    btf_maps::PerCpuArray,
-    macros::{btf_map, classifier, xdp},
+    EbpfContext as _,
+    bindings::{
+        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
+    macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use hivemind_common::{Counter, reason};
+use hivemind_common::{
+    config::FLAG_EVENTS_FORWARDED,
+    ct::{CtKey, PortKey},
+    endpoint::{Endpoint, FLAG_LOCAL},
+    event::{VERDICT_DROPPED, VERDICT_FORWARDED, VerdictEvent},
+    policy::{DIRECTION_EGRESS, DIRECTION_INGRESS},
+    reason,
+};
 
-// BTF-defined maps (the `.maps` section) so libbpf tools such as `bpftool prog loadall` accept
-// the object too, not only aya.
-#[btf_map(name = "HM_COUNTERS", pin_by_name)]
-static COUNTERS: PerCpuArray<Counter, { reason::COUNT as usize }> = PerCpuArray::new();
+use crate::{
+    maps::{ENDPOINTS, EVENTS, NAT, PORTS, config, count, count_policy},
+    packet::{self, Flow, PROTO_TCP, PROTO_UDP, ParseError, Parsed},
+    policy::{CtState, Decision, ct_create, ct_lookup, evaluate, forward_key, identity_of},
+};
+
+const AF_INET: u8 = 2;
+
+/// What a program decided, and everything its event reports.
+#[derive(Clone, Copy)]
+struct Verdict {
+    action: i32,
+    reason: u32,
+    direction: u8,
+    policy_id: u32,
+    src_identity: u32,
+    dst_identity: u32,
+    /// Report a forwarded packet (a new flow) when forwarded events are switched on.
+    new_flow: bool,
+}
+
+impl Verdict {
+    #[inline(always)]
+    const fn new(action: i32, reason: u32) -> Self {
+        Self {
+            action,
+            reason,
+            direction: 0,
+            policy_id: 0,
+            src_identity: 0,
+            dst_identity: 0,
+            new_flow: false,
+        }
+    }
+
+    #[inline(always)]
+    const fn drop(reason: u32) -> Self {
+        Self::new(TC_ACT_SHOT, reason)
+    }
+
+    #[inline(always)]
+    const fn pass(reason: u32) -> Self {
+        Self::new(TC_ACT_OK, reason)
+    }
+
+    /// This verdict (identities, direction, policy) turned into a drop for `reason`.
+    #[inline(always)]
+    const fn into_drop(mut self, reason: u32) -> Self {
+        self.action = Self::drop(reason).action;
+        self.reason = reason;
+        self.new_flow = false;
+        self
+    }
+
+    #[inline(always)]
+    const fn identities(mut self, src: u32, dst: u32) -> Self {
+        self.src_identity = src;
+        self.dst_identity = dst;
+        self
+    }
+}
 
 #[inline(always)]
-fn count(reason: u32, bytes: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU slot owned by this CPU for the duration of the program.
-        unsafe {
-            (*slot).packets += 1;
-            (*slot).bytes += u64::from(bytes);
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer of a TC program is its `__sk_buff`, valid for the whole run.
+    unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex }
+}
+
+/// Counts the verdict, emits its event, returns its action.
+#[inline(always)]
+fn conclude(ctx: &TcContext, flow: Option<&Flow>, verdict: &Verdict) -> i32 {
+    let len = ctx.len();
+    count(verdict.reason, len);
+    let dropped = reason::is_drop(verdict.reason);
+    if verdict.reason == reason::DROPPED_POLICY {
+        count_policy(verdict.policy_id, len);
+    }
+    if dropped || (verdict.new_flow && config().flags & FLAG_EVENTS_FORWARDED != 0) {
+        let mut event = VerdictEvent {
+            // SAFETY: a helper without arguments.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            verdict: if dropped {
+                VERDICT_DROPPED
+            } else {
+                VERDICT_FORWARDED
+            },
+            direction: verdict.direction,
+            reason: verdict.reason,
+            policy_id: verdict.policy_id,
+            ifindex: ifindex(ctx),
+            src_identity: verdict.src_identity,
+            dst_identity: verdict.dst_identity,
+            len,
+            ..VerdictEvent::default()
+        };
+        if let Some(flow) = flow {
+            event.saddr = flow.saddr;
+            event.daddr = flow.daddr;
+            event.sport = flow.sport;
+            event.dport = flow.dport;
+            event.protocol = flow.protocol;
+        }
+        // A full ring loses the event, never the packet.
+        let _ = EVENTS.output_untyped(&event, 0);
+    }
+    verdict.action
+}
+
+/// Applies one direction's decision. `Err` carries the drop verdict.
+#[inline(always)]
+fn check(
+    decision: Decision,
+    state: CtState,
+    direction: u8,
+    verdict: &mut Verdict,
+) -> Result<(), ()> {
+    match decision {
+        Decision::Open => Ok(()),
+        Decision::Allow(policy_id) => {
+            if verdict.policy_id == 0 {
+                verdict.policy_id = policy_id;
+            }
+            Ok(())
+        }
+        // Replies of allowed flows pass a default-deny direction; explicit denies still hold.
+        Decision::DefaultDeny if state == CtState::Reply => Ok(()),
+        Decision::DefaultDeny => {
+            verdict.direction = direction;
+            verdict.policy_id = 0;
+            Err(())
+        }
+        Decision::Deny(policy_id) => {
+            verdict.direction = direction;
+            verdict.policy_id = policy_id;
+            Err(())
         }
     }
 }
 
+#[inline(always)]
+fn parse_or_verdict(ctx: &TcContext) -> Result<Flow, Verdict> {
+    match packet::parse(ctx) {
+        Ok(Parsed::Ipv4(flow)) => Ok(flow),
+        Ok(Parsed::NotIpv4) => Err(Verdict::pass(reason::PASS_NOT_IPV4)),
+        Err(ParseError::Malformed) => Err(Verdict::drop(reason::DROPPED_MALFORMED)),
+        Err(ParseError::Fragment) => Err(Verdict::drop(reason::DROPPED_FRAGMENT)),
+    }
+}
+
+#[inline(always)]
+fn is_new_flow(flow: &Flow, state: CtState) -> bool {
+    state == CtState::New && (flow.protocol != PROTO_TCP || flow.syn)
+}
+
+// ---------------------------------------------------------------------------------------------
+// hm_from_container: TC ingress of a container's host-side veth (packets leaving the container).
+
 #[classifier]
 pub fn hm_from_container(ctx: TcContext) -> i32 {
-    count(reason::PASS_TO_HOST, ctx.len());
-    TC_ACT_OK
+    let (flow, verdict) = match parse_or_verdict(&ctx) {
+        Ok(flow) => (Some(flow), try_from_container(&ctx, &flow)),
+        Err(verdict) => (None, verdict),
+    };
+    conclude(&ctx, flow.as_ref(), &verdict)
 }
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext, flow: &Flow) -> Verdict {
+    let config = config();
+    // The source must be the endpoint bound to this interface.
+    let src = match ENDPOINTS.get_ptr(&flow.saddr) {
+        // SAFETY: a value pointer the lookup just returned, copied out at once.
+        Some(src) => unsafe { *src },
+        None => return Verdict::drop(reason::DROPPED_SPOOFED),
+    };
+    if src.flags & FLAG_LOCAL == 0 || src.ifindex != ifindex(ctx) {
+        return Verdict::drop(reason::DROPPED_SPOOFED);
+    }
+    // SAFETY: as above.
+    let dst: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.daddr).map(|p| unsafe { *p });
+    let peer = identity_of(flow.daddr, dst.as_ref(), &config);
+    let mut verdict = Verdict::pass(reason::PASS_TO_HOST).identities(src.identity, peer);
+    let state = ct_lookup(flow);
+
+    let egress = evaluate(
+        src.identity,
+        peer,
+        flow.protocol,
+        flow.dport,
+        DIRECTION_EGRESS,
+    );
+    if check(egress, state, DIRECTION_EGRESS, &mut verdict).is_err() {
+        return verdict.into_drop(reason::DROPPED_POLICY);
+    }
+
+    if let Some(dst) = dst.filter(|d| d.flags & FLAG_LOCAL != 0) {
+        let ingress = evaluate(
+            dst.identity,
+            src.identity,
+            flow.protocol,
+            flow.dport,
+            DIRECTION_INGRESS,
+        );
+        if check(ingress, state, DIRECTION_INGRESS, &mut verdict).is_err() {
+            return verdict.into_drop(reason::DROPPED_POLICY);
+        }
+        record(flow, state, &mut verdict);
+        return deliver_local(ctx, flow, &dst, verdict);
+    }
+
+    // Remote endpoints (FLAG_REMOTE) go through the overlay here once the cluster exists;
+    // until then they take the host path like any other destination.
+
+    record(flow, state, &mut verdict);
+    // A reply of a published-port flow: give it the node's address and published port back.
+    if let Some(nat) = NAT.get_ptr(&forward_key(flow)) {
+        // SAFETY: a value pointer the lookup just returned, copied out at once.
+        let nat = unsafe { *nat };
+        if packet::rewrite_src(ctx, flow, nat.orig_ip, nat.orig_port).is_err() {
+            return verdict.into_drop(reason::DROPPED_INTERNAL);
+        }
+        return match redirect_out(ctx, flow, nat.orig_ip) {
+            Some(action) => Verdict {
+                action,
+                reason: reason::FORWARDED_PORT_MAP,
+                ..verdict
+            },
+            None => verdict.into_drop(reason::DROPPED_INTERNAL),
+        };
+    }
+    verdict
+}
+
+/// Remembers an allowed new flow and marks it for a forwarded event.
+#[inline(always)]
+fn record(flow: &Flow, state: CtState, verdict: &mut Verdict) {
+    if state == CtState::New {
+        ct_create(flow);
+    }
+    verdict.new_flow = is_new_flow(flow, state);
+}
+
+/// Hands the packet straight to the destination container's `eth0`, as the router it thinks
+/// its gateway is would: TTL down, MACs of the last hop.
+#[inline(always)]
+fn deliver_local(ctx: &TcContext, flow: &Flow, dst: &Endpoint, verdict: Verdict) -> Verdict {
+    if flow.ttl <= 1 {
+        // Let the host stack answer with ICMP time exceeded.
+        return verdict;
+    }
+    if packet::decrement_ttl(ctx, flow).is_err()
+        || packet::set_macs(ctx, &dst.mac, &dst.gw_mac).is_err()
+    {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    // SAFETY: helper with plain integer arguments.
+    let mut action = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
+    if action != i64::from(TC_ACT_REDIRECT) {
+        // No peer redirect here: go through the host veth's egress instead.
+        // SAFETY: helper with plain integer arguments.
+        action = unsafe { bpf_redirect(dst.ifindex, 0) };
+    }
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    Verdict {
+        action: TC_ACT_REDIRECT,
+        reason: reason::FORWARDED_LOCAL,
+        ..verdict
+    }
+}
+
+/// Sends a reverse-NATed reply out of the interface the node routes its destination through;
+/// `None` when a rewrite or the redirect failed.
+/// Its source is now a node address, which the host stack would refuse as a martian on a
+/// container veth; so it skips the stack. Falls back to the stack if the FIB has no answer.
+#[inline(always)]
+fn redirect_out(ctx: &TcContext, flow: &Flow, new_saddr: u32) -> Option<i32> {
+    // SAFETY: an all-zero `bpf_fib_lookup` is a valid value (plain integers and unions of them).
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = flow.protocol;
+    params.ifindex = ifindex(ctx);
+    // No `tot_len`: given one, the helper compares it with the route's MTU and answers
+    // FRAG_NEEDED for every GSO super-packet; without it, it checks the skb itself, GSO-aware.
+    params.__bindgen_anon_3.ipv4_src = new_saddr;
+    params.__bindgen_anon_4.ipv4_dst = flow.daddr;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    // SAFETY: `params` lives on this stack frame for the whole call; the size is its own.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        if {
+            // SAFETY: on success the kernel filled in the MAC half of the union.
+            let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+            packet::set_macs(ctx, &macs.dmac, &macs.smac)
+        }
+        .is_err()
+        {
+            return None;
+        }
+        // SAFETY: helper with plain integer arguments.
+        let action = unsafe { bpf_redirect(params.ifindex, 0) };
+        return (action == i64::from(TC_ACT_REDIRECT)).then_some(TC_ACT_REDIRECT);
+    }
+    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // SAFETY: a NULL neighbour means "resolve the next hop from the route".
+        let action = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+        return (action == i64::from(TC_ACT_REDIRECT)).then_some(TC_ACT_REDIRECT);
+    }
+    // No route known to the FIB helper: let the host stack try.
+    Some(TC_ACT_OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// hm_to_container: TC egress of a container's host-side veth (packets the host stack routes
+// into the container).
 
 #[classifier]
 pub fn hm_to_container(ctx: TcContext) -> i32 {
-    count(reason::PASS_TO_HOST, ctx.len());
-    TC_ACT_OK
+    let (flow, verdict) = match parse_or_verdict(&ctx) {
+        Ok(flow) => (Some(flow), try_to_container(&flow)),
+        Err(verdict) => (None, verdict),
+    };
+    conclude(&ctx, flow.as_ref(), &verdict)
 }
+
+#[inline(always)]
+fn try_to_container(flow: &Flow) -> Verdict {
+    let config = config();
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let dst: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.daddr).map(|p| unsafe { *p });
+    let Some(dst) = dst.filter(|d| d.flags & FLAG_LOCAL != 0) else {
+        // Not addressed to a known container (broadcast and the like): nothing to enforce.
+        return Verdict::pass(reason::PASS_TO_CONTAINER);
+    };
+    // SAFETY: as above.
+    let src: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.saddr).map(|p| unsafe { *p });
+    let peer = identity_of(flow.saddr, src.as_ref(), &config);
+    let mut verdict = Verdict::pass(reason::PASS_TO_CONTAINER).identities(peer, dst.identity);
+    let state = ct_lookup(flow);
+    let ingress = evaluate(
+        dst.identity,
+        peer,
+        flow.protocol,
+        flow.dport,
+        DIRECTION_INGRESS,
+    );
+    if check(ingress, state, DIRECTION_INGRESS, &mut verdict).is_err() {
+        return verdict.into_drop(reason::DROPPED_POLICY);
+    }
+    record(flow, state, &mut verdict);
+    verdict
+}
+
+// ---------------------------------------------------------------------------------------------
+// hm_node_ingress: TC ingress of the node's uplink. Published ports (DNAT); all else untouched.
 
 #[classifier]
 pub fn hm_node_ingress(ctx: TcContext) -> i32 {
-    count(reason::PASS_TO_HOST, ctx.len());
-    TC_ACT_OK
+    let (flow, verdict) = match packet::parse(&ctx) {
+        Ok(Parsed::Ipv4(flow)) => (Some(flow), try_node_ingress(&ctx, &flow)),
+        Ok(Parsed::NotIpv4) => (None, Verdict::pass(reason::PASS_NOT_IPV4)),
+        // Not ours to judge: the host stack deals with what it receives.
+        Err(_) => (None, Verdict::pass(reason::PASS_TO_HOST)),
+    };
+    conclude(&ctx, flow.as_ref(), &verdict)
 }
 
+#[inline(always)]
+fn try_node_ingress(ctx: &TcContext, flow: &Flow) -> Verdict {
+    let untouched = Verdict::pass(reason::PASS_TO_HOST);
+    if flow.protocol != PROTO_TCP && flow.protocol != PROTO_UDP {
+        return untouched;
+    }
+    let config = config();
+    if config.node_ip != 0 && flow.daddr != config.node_ip {
+        return untouched;
+    }
+    let key = PortKey {
+        port: flow.dport,
+        protocol: flow.protocol,
+        _pad: 0,
+    };
+    let Some(target) = PORTS.get_ptr(&key) else {
+        return untouched;
+    };
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let target = unsafe { *target };
+    // The reply as the container will send it.
+    let reply = CtKey {
+        saddr: target.ip,
+        daddr: flow.saddr,
+        sport: target.port,
+        dport: flow.sport,
+        protocol: flow.protocol,
+        _pad: [0; 3],
+    };
+    if NAT.get_ptr(&reply).is_none() {
+        let value = hivemind_common::ct::NatValue {
+            orig_ip: flow.daddr,
+            orig_port: flow.dport,
+            _pad: 0,
+        };
+        let _ = NAT.insert(&reply, &value, 0);
+    }
+    if packet::rewrite_dst(ctx, flow, target.ip, target.port).is_err() {
+        return Verdict::drop(reason::DROPPED_INTERNAL);
+    }
+    let src_identity = identity_of(flow.saddr, None, &config);
+    let mut verdict = Verdict::pass(reason::FORWARDED_PORT_MAP).identities(src_identity, 0);
+    verdict.new_flow = flow.protocol != PROTO_TCP || flow.syn;
+    verdict
+}
+
+// ---------------------------------------------------------------------------------------------
+// hm_underlay: XDP on the underlay. VXLAN member filtering comes with the cluster.
+
 #[xdp]
-pub fn hm_underlay(_ctx: XdpContext) -> u32 {
+pub fn hm_underlay(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    #[allow(clippy::cast_possible_truncation)] // an XDP frame is at most a few pages
+    count(reason::PASS_TO_HOST, len as u32);
     xdp_action::XDP_PASS
 }

@@ -1,68 +1,68 @@
-//! A whole single-node setup: a namespace "host" with a registry holding the test image, a
-//! private containerd, and an agent that may pull from that registry over plain HTTP.
+//! A tokio runtime whose threads live inside a network namespace, for running the agent's
+//! `net` modules in-process as if the test were the agent on that node.
 
-use crate::{Agent, AgentOptions, Containerd, Netns, Registry};
+use std::{future::Future, sync::mpsc, thread::JoinHandle};
 
-/// Where the registry listens inside the node's namespace.
-pub const REGISTRY_ADDR: &str = "127.0.0.1:5000";
+use hivemind_agent::net::netns::NetnsGuard;
 
+use crate::Netns;
+
+/// A multi-thread runtime started from a thread that entered `netns`: its workers start in
+/// that namespace too (a thread inherits its creator's), so tasks spawned on it act there.
 #[derive(Debug)]
-pub struct SingleNode {
-    // Drop order: agent first (it stops nothing on exit, but must not outlive containerd's
-    // teardown mid-request), then containerd (kills leftover containers), registry, namespace.
-    pub agent: Agent,
-    pub containerd: Containerd,
-    pub registry: Registry,
-    pub netns: Netns,
-    /// The test image's reference in the node's registry.
-    pub image: String,
+pub struct NodeRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-impl SingleNode {
-    pub fn start() -> Self {
-        Self::start_with(&AgentOptions::default())
-    }
-
-    pub fn start_with(options: &AgentOptions) -> Self {
-        let netns = Netns::new("hmn");
-        let registry = Registry::start_in(&netns, REGISTRY_ADDR);
-        let image = registry.push_test_image("hivemind/test:1");
-        let containerd = Containerd::start();
-        let mut options = options.clone();
-        options.insecure_registries.push(REGISTRY_ADDR.to_owned());
-        let agent = Agent::start(&netns, &containerd, &options);
+impl NodeRuntime {
+    pub fn new(netns: &Netns) -> Self {
+        let path = std::path::PathBuf::from(netns.path());
+        let (handle_tx, handle_rx) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("node-runtime".into())
+            .spawn(move || {
+                let _inside = NetnsGuard::enter(&path).expect("enter the node namespace");
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("node runtime");
+                handle_tx
+                    .send(runtime.handle().clone())
+                    .expect("send the runtime handle");
+                let _ = stop_rx.recv();
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            })
+            .expect("spawn the node runtime thread");
+        let handle = handle_rx.recv().expect("node runtime started");
         Self {
-            agent,
-            containerd,
-            registry,
-            netns,
-            image,
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
-    /// containerd's namespace for the agent's containers.
-    pub fn ns(&self) -> &'static str {
-        "hivemind"
+    /// Runs `future` on the node's runtime (inside the namespace) and waits for its output.
+    pub fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = self.handle.spawn(future);
+        self.handle
+            .block_on(task)
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
     }
+}
 
-    /// Container ids containerd has in the agent's namespace.
-    pub fn containerd_containers(&self) -> Vec<String> {
-        self.containerd.containers(self.ns())
-    }
-
-    /// Ids of running tasks, from containerd.
-    pub fn running_tasks(&self) -> Vec<String> {
-        String::from_utf8_lossy(
-            &self
-                .containerd
-                .ctr(&["-n", self.ns(), "tasks", "ls"])
-                .stdout,
-        )
-        .lines()
-        .skip(1)
-        .filter(|line| line.split_whitespace().nth(2) == Some("RUNNING"))
-        .filter_map(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

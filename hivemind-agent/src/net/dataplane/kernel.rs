@@ -1,0 +1,822 @@
+//! [`Dataplane`]: the loaded object, its maps and its links, with synchronous typed operations.
+//! The owner task in `mod.rs` drives one of these; tests and benchmarks may drive one directly.
+//! Nothing here hands an aya type out.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::{CStr, CString},
+    io,
+    net::Ipv4Addr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::Key, of_maps::ArrayOfMaps,
+    },
+    programs::{
+        LinkOrder, Program, SchedClassifier, TcAttach, TcAttachType, TestRun as _, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use hivemind_common::{
+    Counter,
+    config::Config,
+    ct::{CtKey, CtValue, NatValue, PortKey, PortTarget},
+    endpoint::Endpoint,
+    event::VerdictEvent,
+    names,
+    policy::{MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},
+    reason,
+};
+
+use super::{DataplaneError, bpffs, sys};
+use crate::proto;
+
+/// The object built by `build.rs` from `hivemind-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hivemind"));
+
+/// Kernel name of the inner policy maps the agent creates (at most 15 bytes).
+const RULES_MAP_NAME: &str = "HM_POLICY_RULES";
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The programs, as the agent names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProgramKind {
+    FromContainer,
+    ToContainer,
+    NodeIngress,
+    Underlay,
+}
+
+impl ProgramKind {
+    pub const ALL: [Self; 4] = [
+        Self::FromContainer,
+        Self::ToContainer,
+        Self::NodeIngress,
+        Self::Underlay,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FromContainer => names::PROG_FROM_CONTAINER,
+            Self::ToContainer => names::PROG_TO_CONTAINER,
+            Self::NodeIngress => names::PROG_NODE_INGRESS,
+            Self::Underlay => names::PROG_UNDERLAY_XDP,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The TCX hook a TC program attaches to.
+    const fn hook(self) -> Option<TcAttachType> {
+        match self {
+            Self::FromContainer | Self::NodeIngress => Some(TcAttachType::Ingress),
+            Self::ToContainer => Some(TcAttachType::Egress),
+            Self::Underlay => None,
+        }
+    }
+
+    const fn hook_name(self) -> &'static str {
+        match self {
+            Self::ToContainer => "egress",
+            Self::FromContainer | Self::NodeIngress => "ingress",
+            Self::Underlay => "xdp",
+        }
+    }
+}
+
+/// Packets and bytes for one reason code, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonCounter {
+    pub reason: u32,
+    pub label: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A program the kernel runs on an interface's TCX hook, whoever attached it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// "ingress" or "egress".
+    pub hook: &'static str,
+    pub id: u32,
+    pub name: String,
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// The program's return value (`TC_ACT_*` or `XDP_*`).
+    pub action: i32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+    /// Average run time per repetition, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// A TCX link this dataplane owns, pinned at `<pin dir>/link_<program>_<ifindex>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LinkKey {
+    program: ProgramKind,
+    ifindex: u32,
+}
+
+impl LinkKey {
+    fn pin_name(self) -> String {
+        format!("link_{}_{}", self.program.name(), self.ifindex)
+    }
+
+    fn parse(file_name: &str) -> Option<Self> {
+        let rest = file_name.strip_prefix("link_")?;
+        let (program, ifindex) = rest.rsplit_once('_')?;
+        Some(Self {
+            program: ProgramKind::from_name(program)?,
+            ifindex: ifindex.parse().ok()?,
+        })
+    }
+}
+
+struct Maps {
+    endpoints: BpfHashMap<MapData, u32, Endpoint>,
+    policy: ArrayOfMaps<MapData, MapData>,
+    cidr: LpmTrie<MapData, [u8; 4], u32>,
+    /// A second handle on `HM_CIDR_IDENTITY` (opened from its pin) for batched updates, which
+    /// aya's typed map does not offer.
+    cidr_raw: MapData,
+    ports: BpfHashMap<MapData, PortKey, PortTarget>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, Counter>,
+    policy_counters: PerCpuArray<MapData, Counter>,
+    ct: BpfHashMap<MapData, CtKey, CtValue>,
+    nat: BpfHashMap<MapData, CtKey, NatValue>,
+}
+
+/// The loaded programs, every map handle and every link.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    maps: Maps,
+    links: BTreeMap<LinkKey, FdLink>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("pin_dir", &self.pin_dir)
+            .field("links", &self.links.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn wire(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+impl Dataplane {
+    /// Loads every program (a verifier rejection fails here, at start), reuses the maps and
+    /// links pinned under `pin_dir` by an earlier run, and points those links at the programs
+    /// just loaded (an atomic `BPF_LINK_UPDATE` each: traffic never sees a gap).
+    pub fn load(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        bpffs::prepare(pin_dir).map_err(|source| DataplaneError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        let mut ebpf = load_object(pin_dir)?;
+        for kind in ProgramKind::ALL {
+            let name = kind.name();
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?;
+            let path = pin_dir.join(format!("prog_{name}"));
+            // The pin names the program this agent runs; an older one stays alive as long as
+            // something (a link not yet updated) still uses it.
+            let _ = std::fs::remove_file(&path);
+            let pinned = match program {
+                Program::SchedClassifier(p) => p
+                    .load()
+                    .map_err(|source| DataplaneError::LoadProgram { name, source })
+                    .map(|()| p.pin(&path)),
+                Program::Xdp(p) => p
+                    .load()
+                    .map_err(|source| DataplaneError::LoadProgram { name, source })
+                    .map(|()| p.pin(&path)),
+                _ => Ok(Ok(())),
+            }?;
+            pinned.map_err(|source| DataplaneError::Pin { path, source })?;
+            tracing::debug!(program = name, "loaded");
+        }
+        let maps = Maps {
+            endpoints: take(&mut ebpf, names::MAP_ENDPOINTS)?,
+            policy: take(&mut ebpf, names::MAP_POLICY)?,
+            cidr: take(&mut ebpf, names::MAP_CIDR_IDENTITY)?,
+            cidr_raw: MapData::from_pin(pin_dir.join(names::MAP_CIDR_IDENTITY))
+                .map_err(map_err(names::MAP_CIDR_IDENTITY))?,
+            ports: take(&mut ebpf, names::MAP_PORTS)?,
+            config: take(&mut ebpf, names::MAP_CONFIG)?,
+            counters: take(&mut ebpf, names::MAP_COUNTERS)?,
+            policy_counters: take(&mut ebpf, names::MAP_POLICY_COUNTERS)?,
+            ct: take(&mut ebpf, names::MAP_CT)?,
+            nat: take(&mut ebpf, names::MAP_NAT)?,
+        };
+        let events = Some(take(&mut ebpf, names::MAP_EVENTS)?);
+        let mut dataplane = Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            maps,
+            links: BTreeMap::new(),
+            events,
+        };
+        dataplane.adopt_pinned_links()?;
+        tracing::info!(pin_dir = %pin_dir.display(), programs = ProgramKind::ALL.len(), links = dataplane.links.len(), "eBPF dataplane loaded");
+        Ok(dataplane)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn classifier(&mut self, kind: ProgramKind) -> Result<&mut SchedClassifier, DataplaneError> {
+        let name = kind.name();
+        match self.ebpf.program_mut(name) {
+            Some(Program::SchedClassifier(p)) => Ok(p),
+            _ => Err(DataplaneError::MissingProgram(name)),
+        }
+    }
+
+    /// Takes over the links an earlier run pinned: each is updated in place to run the program
+    /// this run loaded. Links whose interface is gone are unpinned.
+    fn adopt_pinned_links(&mut self) -> Result<(), DataplaneError> {
+        let entries =
+            std::fs::read_dir(&self.pin_dir).map_err(|source| DataplaneError::PinDir {
+                path: self.pin_dir.clone(),
+                source,
+            })?;
+        let mut found: Vec<(LinkKey, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let key = LinkKey::parse(e.file_name().to_str()?)?;
+                Some((key, e.path()))
+            })
+            .collect();
+        found.sort();
+        for (key, path) in found {
+            match self.adopt(key, &path) {
+                Ok(link) => {
+                    tracing::info!(
+                        program = key.program.name(),
+                        ifindex = key.ifindex,
+                        "reusing pinned link"
+                    );
+                    self.links.insert(key, link);
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "dropping a stale pinned link");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt(&mut self, key: LinkKey, path: &Path) -> Result<FdLink, DataplaneError> {
+        let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        })?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            DataplaneError::Link {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let program = self.classifier(key.program)?;
+        let attach = |source| DataplaneError::Attach {
+            program: key.program.name(),
+            ifindex: key.ifindex,
+            source,
+        };
+        let id = program.attach_to_link(link).map_err(attach)?;
+        let link = program.take_link(id).map_err(attach)?;
+        FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Attaches `kind` to `ifindex` through a pinned TCX link, unless it already is.
+    fn attach(&mut self, kind: ProgramKind, ifindex: u32) -> Result<(), DataplaneError> {
+        let key = LinkKey {
+            program: kind,
+            ifindex,
+        };
+        if self.links.contains_key(&key) {
+            return Ok(());
+        }
+        let Some(attach_type) = kind.hook() else {
+            return Err(DataplaneError::MissingProgram(kind.name()));
+        };
+        let program = self.classifier(kind)?;
+        let attach_err = |source| DataplaneError::Attach {
+            program: kind.name(),
+            ifindex,
+            source,
+        };
+        let id = program
+            .attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type,
+                    order: LinkOrder::default(),
+                },
+            )
+            .map_err(attach_err)?;
+        let link = program.take_link(id).map_err(attach_err)?;
+        let path = self.pin_dir.join(key.pin_name());
+        let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&path);
+        let pinned = link
+            .pin(&path)
+            .map_err(|source| DataplaneError::Pin { path, source })?;
+        self.links.insert(key, FdLink::from(pinned));
+        tracing::debug!(program = kind.name(), ifindex, "attached");
+        Ok(())
+    }
+
+    /// Unpins and closes a link: the kernel detaches the program.
+    fn detach(&mut self, kind: ProgramKind, ifindex: u32) -> Result<(), DataplaneError> {
+        let key = LinkKey {
+            program: kind,
+            ifindex,
+        };
+        let path = self.pin_dir.join(key.pin_name());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Unpin { path, source }),
+        }
+        drop(self.links.remove(&key));
+        Ok(())
+    }
+
+    /// `hm_from_container` on the host veth's ingress, `hm_to_container` on its egress.
+    pub fn attach_container(&mut self, host_ifindex: u32) -> Result<(), DataplaneError> {
+        self.attach(ProgramKind::FromContainer, host_ifindex)?;
+        self.attach(ProgramKind::ToContainer, host_ifindex)
+    }
+
+    pub fn detach_container(&mut self, host_ifindex: u32) -> Result<(), DataplaneError> {
+        self.detach(ProgramKind::FromContainer, host_ifindex)?;
+        self.detach(ProgramKind::ToContainer, host_ifindex)
+    }
+
+    /// `hm_node_ingress` on the uplink's ingress (published ports).
+    pub fn attach_node_ingress(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        self.attach(ProgramKind::NodeIngress, ifindex)
+    }
+
+    pub fn detach_node_ingress(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        self.detach(ProgramKind::NodeIngress, ifindex)
+    }
+
+    pub fn upsert_endpoint(
+        &mut self,
+        ip: Ipv4Addr,
+        endpoint: Endpoint,
+    ) -> Result<(), DataplaneError> {
+        self.maps
+            .endpoints
+            .insert(&wire(ip), &endpoint, 0)
+            .map_err(map_err(names::MAP_ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DataplaneError> {
+        match self.maps.endpoints.remove(&wire(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(map_err(names::MAP_ENDPOINTS)(err)),
+        }
+    }
+
+    /// Installs a complete new rule set. The rules go into a fresh inner map that replaces
+    /// slot 0 of `HM_POLICY` in one update, so a packet sees the old set or the new one, never
+    /// a mix. CIDR identities the new rules need are added before the swap; those no longer
+    /// wanted are removed after it, so no address resolves to nothing in between.
+    pub fn replace_policy(
+        &mut self,
+        entries: &[(PolicyKey, PolicyValue)],
+        cidrs: &[(ipnet::Ipv4Net, u32)],
+    ) -> Result<(), DataplaneError> {
+        let max = usize::try_from(MAX_RULE_ENTRIES).unwrap_or(usize::MAX);
+        if entries.len() > max {
+            return Err(DataplaneError::TooManyRules {
+                count: entries.len(),
+                max,
+            });
+        }
+        let inner = MapData::create(
+            aya_obj::Map::new_from_params(
+                BPF_MAP_TYPE_HASH,
+                u32::try_from(size_of::<PolicyKey>()).unwrap_or(0),
+                u32::try_from(size_of::<PolicyValue>()).unwrap_or(0),
+                MAX_RULE_ENTRIES,
+                BPF_F_NO_PREALLOC,
+            ),
+            RULES_MAP_NAME,
+            None,
+        )
+        .map_err(map_err(RULES_MAP_NAME))?;
+        sys::update_batch(inner.fd().as_fd(), entries).map_err(|source| DataplaneError::Batch {
+            map: RULES_MAP_NAME,
+            source,
+        })?;
+
+        let wanted: BTreeMap<[u8; 4], (u32, u32)> = cidrs
+            .iter()
+            .map(|(net, identity)| {
+                (
+                    net.network().octets(),
+                    (u32::from(net.prefix_len()), *identity),
+                )
+            })
+            .collect();
+        let keyed: Vec<(Key<[u8; 4]>, u32)> = cidrs
+            .iter()
+            .map(|(net, identity)| {
+                (
+                    Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                    *identity,
+                )
+            })
+            .collect();
+        let stale: Vec<Key<[u8; 4]>> = self
+            .maps
+            .cidr
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                wanted
+                    .get(&key.data())
+                    .is_none_or(|(prefix, _)| *prefix != key.prefix_len())
+            })
+            .collect();
+        if let Err(err) = sys::update_batch(self.maps.cidr_raw.fd().as_fd(), &keyed) {
+            // Kernels without batch ops on LPM tries: one syscall per prefix.
+            tracing::debug!(error = %err, "batched CIDR update refused; updating one by one");
+            for (key, identity) in &keyed {
+                self.maps
+                    .cidr
+                    .insert(key, identity, 0)
+                    .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
+            }
+        }
+
+        self.maps
+            .policy
+            .set(0, &inner, 0)
+            .map_err(map_err(names::MAP_POLICY))?;
+
+        for key in &stale {
+            match self.maps.cidr.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_err(names::MAP_CIDR_IDENTITY)(err)),
+            }
+        }
+        tracing::debug!(
+            rules = entries.len(),
+            cidrs = cidrs.len(),
+            "policy replaced"
+        );
+        Ok(())
+    }
+
+    /// Makes `HM_PORTS` exactly `ports`.
+    pub fn set_ports(&mut self, ports: &[(PortKey, PortTarget)]) -> Result<(), DataplaneError> {
+        let wanted: BTreeSet<(u16, u8)> = ports.iter().map(|(k, _)| (k.port, k.protocol)).collect();
+        for (key, target) in ports {
+            self.maps
+                .ports
+                .insert(key, target, 0)
+                .map_err(map_err(names::MAP_PORTS))?;
+        }
+        let stale: Vec<PortKey> = self
+            .maps
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.port, k.protocol)))
+            .collect();
+        for key in stale {
+            let _ = self.maps.ports.remove(&key);
+        }
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<(), DataplaneError> {
+        self.maps
+            .config
+            .set(0, &config, 0)
+            .map_err(map_err(names::MAP_CONFIG))
+    }
+
+    pub fn config(&self) -> Result<Config, DataplaneError> {
+        self.maps
+            .config
+            .get(&0, 0)
+            .map_err(map_err(names::MAP_CONFIG))
+    }
+
+    /// Every reason's packets and bytes, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
+        (0..reason::COUNT)
+            .map(|reason| {
+                let sum = sum_per_cpu(&self.maps.counters, reason, names::MAP_COUNTERS)?;
+                Ok(ReasonCounter {
+                    reason,
+                    label: reason::label(reason),
+                    packets: sum.packets,
+                    bytes: sum.bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Policy drops by policy id (0: default deny), only ids that dropped something.
+    pub fn policy_counters(&self) -> Result<BTreeMap<u32, Counter>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for id in 0..MAX_POLICIES {
+            let sum = sum_per_cpu(&self.maps.policy_counters, id, names::MAP_POLICY_COUNTERS)?;
+            if sum.packets > 0 {
+                out.insert(id, sum);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of tracked flows (`HM_CT`) and reverse translations (`HM_NAT`).
+    pub fn tracked(&self) -> (usize, usize) {
+        (
+            self.maps.ct.keys().flatten().count(),
+            self.maps.nat.keys().flatten().count(),
+        )
+    }
+
+    /// Forgets every tracked flow and translation (tests and benchmarks start clean with it).
+    pub fn flush_conntrack(&mut self) {
+        let keys: Vec<CtKey> = self.maps.ct.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.maps.ct.remove(&key);
+        }
+        let keys: Vec<CtKey> = self.maps.nat.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.maps.nat.remove(&key);
+        }
+    }
+
+    /// The ring buffer, for the one reader task. `None` once taken.
+    pub(super) fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Reads the events waiting in the ring buffer (when no reader task took it).
+    pub fn drain_events(&mut self) -> Vec<VerdictEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = self.events.as_mut() {
+            while let Some(item) = ring.next() {
+                if let Some(event) = super::events::decode(&item) {
+                    out.push(event);
+                }
+            }
+        }
+        out
+    }
+
+    /// What the kernel runs on `ifname`'s TCX hooks, ingress first, in run order — the truth
+    /// to compare [`Self::status`] with (Debian 12's bpftool does not list TCX yet).
+    pub fn tcx_programs(&self, ifname: &str) -> Result<Vec<AttachedProgram>, DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        let mut out = Vec::new();
+        for (hook, attach_type) in [
+            ("ingress", TcAttachType::Ingress),
+            ("egress", TcAttachType::Egress),
+        ] {
+            let (_, programs) =
+                SchedClassifier::query_tcx(ifindex, attach_type).map_err(|source| {
+                    DataplaneError::Query {
+                        ifname: ifname.to_owned(),
+                        source,
+                    }
+                })?;
+            out.extend(programs.iter().map(|p| AttachedProgram {
+                hook,
+                id: p.id(),
+                name: p.name_as_str().unwrap_or_default().to_owned(),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Programs with their kernel ids and where each is attached.
+    pub fn status(&self) -> proto::DataplaneStatus {
+        let programs = ProgramKind::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                let program = self.ebpf.program(kind.name())?;
+                let attached = self
+                    .links
+                    .keys()
+                    .filter(|k| k.program == kind)
+                    .map(|k| {
+                        let ifname =
+                            if_indextoname(k.ifindex).unwrap_or_else(|| format!("if{}", k.ifindex));
+                        format!("{ifname}/{}", kind.hook_name())
+                    })
+                    .collect();
+                Some(proto::ProgramStatus {
+                    name: kind.name().to_owned(),
+                    kind: match program {
+                        Program::SchedClassifier(_) => "tc",
+                        Program::Xdp(_) => "xdp",
+                        _ => "other",
+                    }
+                    .into(),
+                    id: program.info().map_or(0, |info| info.id()),
+                    attached,
+                })
+            })
+            .collect();
+        proto::DataplaneStatus {
+            pin_path: self.pin_dir.display().to_string(),
+            programs,
+        }
+    }
+
+    /// Runs `kind` once per `repeat` on `packet` with `BPF_PROG_TEST_RUN` (the maps are the
+    /// live ones). TC programs see the test skb on the loopback device (ifindex 1).
+    pub fn test_run(
+        &self,
+        kind: ProgramKind,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        let name = kind.name();
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        };
+        let result = match program {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => return Err(DataplaneError::MissingProgram(name)),
+        }
+        .map_err(|source| DataplaneError::TestRun {
+            program: name,
+            source,
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(RunResult {
+            action: i32::from_ne_bytes(result.return_value.to_ne_bytes()),
+            packet: out,
+            duration: result.duration,
+        })
+    }
+}
+
+/// Loads the object against the maps pinned in `pin_dir`. A pinned map whose layout no longer
+/// matches the object (an upgrade changed the ABI) is unpinned and created afresh: the old
+/// programs keep their reference to it until their links are switched to the new programs, so
+/// only the state of that one map starts over.
+fn load_object(pin_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    let mut retired = 0;
+    loop {
+        match EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+        {
+            Ok(ebpf) => return Ok(ebpf),
+            Err(aya::EbpfError::MapError(MapError::IncompatiblePinnedMap {
+                name,
+                property,
+                expected,
+                actual,
+            })) if retired < names::ALL_MAPS.len() && names::ALL_MAPS.contains(&name.as_str()) => {
+                tracing::warn!(
+                    map = %name, property, expected, actual,
+                    "pinned map does not match this version; replacing it (its state starts over)"
+                );
+                let path = pin_dir.join(&name);
+                std::fs::remove_file(&path)
+                    .map_err(|source| DataplaneError::Unpin { path, source })?;
+                retired += 1;
+            }
+            Err(err) => return Err(DataplaneError::LoadObject(err)),
+        }
+    }
+}
+
+fn sum_per_cpu(
+    map: &PerCpuArray<MapData, Counter>,
+    index: u32,
+    name: &'static str,
+) -> Result<Counter, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_err(name))?;
+    Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    }))
+}
+
+fn if_nametoindex(name: &str) -> Result<u32, DataplaneError> {
+    let c = CString::new(name).map_err(|_| DataplaneError::Interface {
+        name: name.to_owned(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(DataplaneError::Interface {
+            name: name.to_owned(),
+            source: io::Error::last_os_error(),
+        })
+    } else {
+        Ok(index)
+    }
+}
+
+fn if_indextoname(index: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let rc = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if rc.is_null() {
+        return None;
+    }
+    CStr::from_bytes_until_nul(&buf)
+        .ok()
+        .map(|s| s.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LinkKey, ProgramKind};
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        for program in [
+            ProgramKind::FromContainer,
+            ProgramKind::ToContainer,
+            ProgramKind::NodeIngress,
+        ] {
+            let key = LinkKey {
+                program,
+                ifindex: 4711,
+            };
+            assert_eq!(LinkKey::parse(&key.pin_name()), Some(key));
+        }
+        assert_eq!(
+            LinkKey::parse("link_hm_from_container_7").map(|k| (k.program, k.ifindex)),
+            Some((ProgramKind::FromContainer, 7))
+        );
+        for other in [
+            "HM_CT",
+            "prog_hm_from_container",
+            "link_hm_unknown_3",
+            "link_hm_to_container_x",
+        ] {
+            assert_eq!(LinkKey::parse(other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Interfaces, addresses, routes and neighbours, over rtnetlink.
+//!
+//! Everything acts in the network namespace of the calling thread (the node's, for the agent),
+//! except the container side of [`plumb_container`], done inside the container's namespace.
+//! Each operation runs on a dedicated OS thread with its own current-thread runtime and its
+//! own netlink sockets: a netlink socket belongs to the namespace it was opened in, and
+//! `setns` must not touch a shared tokio worker.
+//!
+//! Layout (no bridge; the eBPF programs deliver by redirect):
+//! - node: dummy `hivemind0` (a port-less bridge where the kernel lacks the dummy driver) holding the gateway address (`/32`), `ip_forward` on, nftables
+//!   table `hivemind` masquerading the container subnet towards anything outside the cluster
+//!   CIDR; per container a route `<ip>/32 dev hmXXXXXXXX` and a permanent neighbour entry;
+//! - container: `eth0` with `<ip>/32`, `<gateway> dev eth0 scope link`, `default via
+//!   <gateway>`, and a permanent neighbour entry gateway → host veth MAC (no ARP).
+
+use std::{
+    fs::File,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use futures_util::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        link::{LinkAttribute, LinkMessage},
+        neighbour::NeighbourState,
+        route::RouteScope,
+    },
+};
+
+use super::netns::{NetnsGuard, WorkerDied, on_dedicated_thread};
+
+/// The dummy device that holds the node's gateway address.
+pub const GATEWAY_DEVICE: &str = "hivemind0";
+/// The nftables table (family `ip`) the agent owns.
+pub const NFT_TABLE: &str = "hivemind";
+const CONTAINER_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("netlink: {op}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("interface {0} not found")]
+    NotFound(String),
+    #[error("network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write {path}")]
+    Sysctl {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run nft")]
+    NftSpawn(#[source] std::io::Error),
+    #[error("nft refused the {table} table: {stderr}")]
+    Nft { table: &'static str, stderr: String },
+    #[error("netlink runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Worker(#[from] WorkerDied),
+}
+
+fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+    let op = op.into();
+    move |source| LinkError::Netlink { op, source }
+}
+
+/// The errno of a netlink error reply, if it is one.
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+        _ => None,
+    }
+}
+
+/// What [`setup_node`] made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeNet {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub cluster_cidr: Ipv4Net,
+    /// Index of `hivemind0`.
+    pub gateway_ifindex: u32,
+}
+
+/// What [`plumb_container`] made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerLink {
+    /// Host side of the veth pair, `hm` + 8 hex characters of the container id.
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    /// MAC of the container's `eth0`.
+    pub container_mac: [u8; 6],
+}
+
+/// The host-side veth name of a container: `hm` + the first 8 hex characters of its id (ids
+/// shorter than that, or not hex, are hashed into 8 hex characters instead).
+pub fn host_ifname(container_id: &str) -> String {
+    let hex: String = container_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() == 8 {
+        return format!("hm{hex}");
+    }
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let hash = container_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("hm{hash:08x}")
+}
+
+/// Runs `work` with a netlink handle on a dedicated thread (in the caller's namespace).
+async fn with_netlink<T, F, Fut>(name: &str, work: F) -> Result<T, LinkError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, LinkError>>,
+{
+    on_dedicated_thread(name, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LinkError::Runtime)?;
+        runtime.block_on(async move {
+            let handle = connect()?;
+            work(handle).await
+        })
+    })
+    .await?
+}
+
+/// A netlink connection in the calling thread's current namespace; its task runs on the
+/// current runtime.
+fn connect() -> Result<Handle, LinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Runtime)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(None),
+        Err(err) => Err(netlink(format!("get link {name}"))(err)),
+    }
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<(u32, [u8; 6]), LinkError> {
+    let link = find_link(handle, name)
+        .await?
+        .ok_or_else(|| LinkError::NotFound(name.to_owned()))?;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok((link.header.index, mac))
+}
+
+async fn delete_if_present(handle: &Handle, name: &str) -> Result<bool, LinkError> {
+    let Some(link) = find_link(handle, name).await? else {
+        return Ok(false);
+    };
+    match handle.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(false),
+        Err(err) => Err(netlink(format!("delete link {name}"))(err)),
+    }
+}
+
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LinkError> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink(format!("add address {ip}/{prefix}")))
+}
+
+async fn add_route(
+    handle: &Handle,
+    route: RouteMessageBuilder<Ipv4Addr>,
+    what: &str,
+) -> Result<(), LinkError> {
+    match handle.route().add(route.build()).replace().execute().await {
+        Ok(()) => Ok(()),
+        Err(err) => Err(netlink(format!("add route {what}"))(err)),
+    }
+}
+
+async fn add_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<(), LinkError> {
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(ip))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink(format!("add neighbour {ip}")))
+}
+
+async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), LinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("set {what} up")))
+}
+
+/// Prepares the node's namespace: `hivemind0` with `gateway/32`, IPv4 forwarding, and the
+/// masquerade rule for container traffic leaving the cluster CIDR. Idempotent.
+pub async fn setup_node(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    cluster_cidr: Ipv4Net,
+) -> Result<NodeNet, LinkError> {
+    let subnet = subnet.trunc();
+    let cluster_cidr = cluster_cidr.trunc();
+    with_netlink("hm-setup-node", move |handle| async move {
+        if find_link(&handle, GATEWAY_DEVICE).await?.is_none() {
+            add_gateway_device(&handle).await?;
+        }
+        let (index, _) = link_by_name(&handle, GATEWAY_DEVICE).await?;
+        add_address(&handle, index, gateway, 32).await?;
+        set_up(&handle, index, GATEWAY_DEVICE).await?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+            LinkError::Sysctl {
+                path: "/proc/sys/net/ipv4/ip_forward",
+                source,
+            }
+        })?;
+        nft(&format!(
+            "add table ip {NFT_TABLE}\n\
+             delete table ip {NFT_TABLE}\n\
+             table ip {NFT_TABLE} {{\n\
+               chain postrouting {{\n\
+                 type nat hook postrouting priority srcnat; policy accept;\n\
+                 ip saddr {subnet} ip daddr != {cluster_cidr} masquerade\n\
+               }}\n\
+             }}\n"
+        ))?;
+        tracing::info!(%subnet, %gateway, %cluster_cidr, "node network ready");
+        Ok(NodeNet {
+            subnet,
+            gateway,
+            cluster_cidr,
+            gateway_ifindex: index,
+        })
+    })
+    .await
+}
+
+/// A dummy device; on kernels built without the dummy driver (EOPNOTSUPP), a bridge without
+/// ports, which holds a local address just as well (nothing is ever enslaved to it).
+async fn add_gateway_device(handle: &Handle) -> Result<(), LinkError> {
+    match handle
+        .link()
+        .add(LinkDummy::new(GATEWAY_DEVICE).build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(err) if errno(&err) == Some(libc::EOPNOTSUPP) => {
+            tracing::info!(
+                "no dummy driver in this kernel; {GATEWAY_DEVICE} is a bridge without ports"
+            );
+            handle
+                .link()
+                .add(LinkBridge::new(GATEWAY_DEVICE).build())
+                .execute()
+                .await
+                .map_err(netlink(format!("add bridge {GATEWAY_DEVICE}")))
+        }
+        Err(err) => Err(netlink(format!("add dummy {GATEWAY_DEVICE}"))(err)),
+    }
+}
+
+/// Removes what [`setup_node`] made (forwarding stays on: other software may rely on it).
+pub async fn teardown_node() -> Result<(), LinkError> {
+    with_netlink("hm-teardown-node", |handle| async move {
+        nft(&format!(
+            "add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
+        ))?;
+        delete_if_present(&handle, GATEWAY_DEVICE).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Applies an nft script atomically (one transaction).
+fn nft(script: &str) -> Result<(), LinkError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LinkError::NftSpawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(LinkError::NftSpawn)?;
+    }
+    let out = child.wait_with_output().map_err(LinkError::NftSpawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LinkError::Nft {
+            table: NFT_TABLE,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Gives the container whose namespace is `netns_path` its `eth0`: a veth pair whose host side
+/// stays in the caller's namespace, addresses, routes, permanent neighbour entries on both
+/// sides, the MTU, and both ends up. A leftover pair of the same name is replaced.
+pub async fn plumb_container(
+    netns_path: &Path,
+    container_id: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<ContainerLink, LinkError> {
+    let netns_path = netns_path.to_owned();
+    let host = host_ifname(container_id);
+    with_netlink("hm-plumb", move |handle| async move {
+        // A temporary name for the container end while it is still in the node's namespace.
+        let peer = format!("hmp{}", &host[2..]);
+        delete_if_present(&handle, &host).await?;
+        delete_if_present(&handle, &peer).await?;
+        handle
+            .link()
+            .add(LinkVeth::new(&host, &peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(netlink(format!("add veth {host}")))?;
+        let (host_index, host_mac) = link_by_name(&handle, &host).await?;
+        let (peer_index, _) = link_by_name(&handle, &peer).await?;
+        let netns = File::open(&netns_path).map_err(|source| LinkError::Netns {
+            path: netns_path.clone(),
+            source,
+        })?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!(
+                "move {peer} into {}",
+                netns_path.display()
+            )))?;
+        set_up(&handle, host_index, &host).await?;
+
+        let container_mac = {
+            let _inside = NetnsGuard::enter(&netns_path).map_err(|source| LinkError::Netns {
+                path: netns_path.clone(),
+                source,
+            })?;
+            plumb_inside(&peer, ip, gateway, mtu, host_mac).await?
+        };
+
+        add_route(
+            &handle,
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(ip, 32)
+                .output_interface(host_index)
+                .scope(RouteScope::Link),
+            &format!("{ip}/32 dev {host}"),
+        )
+        .await?;
+        add_neighbour(&handle, host_index, ip, container_mac).await?;
+        tracing::debug!(%ip, host_ifname = %host, "container plumbed");
+        Ok(ContainerLink {
+            host_ifname: host,
+            host_ifindex: host_index,
+            host_mac,
+            container_mac,
+        })
+    })
+    .await
+}
+
+/// The container side, run with the thread inside the container's namespace. Opens its own
+/// netlink socket there.
+async fn plumb_inside(
+    peer: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    mtu: u32,
+    host_mac: [u8; 6],
+) -> Result<[u8; 6], LinkError> {
+    let handle = connect()?;
+    let (lo, _) = link_by_name(&handle, "lo").await?;
+    set_up(&handle, lo, "lo").await?;
+    let (index, mac) = link_by_name(&handle, peer).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(CONTAINER_IFNAME.to_owned())
+                .mtu(mtu)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink(format!("rename {peer} to {CONTAINER_IFNAME}")))?;
+    set_up(&handle, index, CONTAINER_IFNAME).await?;
+    add_address(&handle, index, ip, 32).await?;
+    add_route(
+        &handle,
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(gateway, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link),
+        &format!("{gateway} dev {CONTAINER_IFNAME} scope link"),
+    )
+    .await?;
+    add_route(
+        &handle,
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index),
+        &format!("default via {gateway}"),
+    )
+    .await?;
+    add_neighbour(&handle, index, gateway, host_mac).await?;
+    Ok(mac)
+}
+
+/// Deletes a container's veth pair (both ends; routes and neighbours go with it). Nothing to
+/// do if it is already gone.
+pub async fn unplumb_container(host_ifname: &str) -> Result<(), LinkError> {
+    let host = host_ifname.to_owned();
+    with_netlink("hm-unplumb", move |handle| async move {
+        delete_if_present(&handle, &host).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_ifname;
+
+    #[test]
+    fn host_ifnames_are_hm_plus_eight_hex() {
+        assert_eq!(host_ifname("1a2b3c4d5e6f"), "hm1a2b3c4d");
+        assert_eq!(host_ifname("ABCDEF0123"), "hmabcdef01");
+        let odd = host_ifname("web-1");
+        assert_eq!(odd.len(), 10);
+        assert!(odd[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(odd, host_ifname("web-1"), "stable");
+        assert!(host_ifname("0123456789abcdef").len() <= 15, "fits IFNAMSIZ");
+    }
+}

@@ -1,0 +1,92 @@
+//! Every map the programs share, BTF-defined (the `.maps` section) so libbpf tools accept the
+//! object too, and pinned by name under the agent's pin directory so they outlive the agent.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use hivemind_common::{
+    Counter,
+    config::Config,
+    ct::{
+        CT_MAX_ENTRIES, CtKey, CtValue, NAT_MAX_ENTRIES, NatValue, PORTS_MAX_ENTRIES, PortKey,
+        PortTarget,
+    },
+    endpoint::{self, Endpoint},
+    event::EVENTS_BYTES,
+    policy::{CIDR_MAX_ENTRIES, MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},
+    reason,
+};
+
+/// Packets and bytes by reason code.
+#[btf_map(name = "HM_COUNTERS", pin_by_name)]
+pub static COUNTERS: PerCpuArray<Counter, { reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Policy drops by policy id (slot 0: default deny, no policy named).
+#[btf_map(name = "HM_POLICY_COUNTERS", pin_by_name)]
+pub static POLICY_COUNTERS: PerCpuArray<Counter, { MAX_POLICIES as usize }> = PerCpuArray::new();
+
+/// Container address (wire order) → endpoint.
+#[btf_map(name = "HM_ENDPOINTS", pin_by_name)]
+pub static ENDPOINTS: HashMap<u32, Endpoint, { endpoint::MAX_ENTRIES as usize }> = HashMap::new();
+
+/// The rule set the agent built, in slot 0. The inner map is not preallocated: the agent keeps
+/// two of them alive for a moment while it swaps, and most rule sets are small.
+pub type Rules =
+    HashMap<PolicyKey, PolicyValue, { MAX_RULE_ENTRIES as usize }, { BPF_F_NO_PREALLOC as usize }>;
+
+#[btf_map(name = "HM_POLICY", pin_by_name)]
+pub static POLICY: ArrayOfMaps<Rules, 1> = ArrayOfMaps::new();
+
+/// CIDR → identity, for peers that are not endpoints.
+#[btf_map(name = "HM_CIDR_IDENTITY", pin_by_name)]
+pub static CIDR_IDENTITY: LpmTrie<[u8; 4], u32, { CIDR_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+/// Allowed flows by forward 5-tuple.
+#[btf_map(name = "HM_CT", pin_by_name)]
+pub static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Published ports.
+#[btf_map(name = "HM_PORTS", pin_by_name)]
+pub static PORTS: HashMap<PortKey, PortTarget, { PORTS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Reverse translations of published-port flows, keyed by the reply as the container sends it.
+#[btf_map(name = "HM_NAT", pin_by_name)]
+pub static NAT: LruHashMap<CtKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+#[btf_map(name = "HM_EVENTS", pin_by_name)]
+pub static EVENTS: RingBuf<(), { EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "HM_CONFIG", pin_by_name)]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// The agent's switches; all zero until it writes them.
+#[inline(always)]
+pub fn config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn add(counter: *mut Counter, bytes: u32) {
+    // SAFETY: a per-CPU slot returned by the map lookup; this program owns it on this CPU
+    // until it returns (no preemption inside a BPF program run).
+    unsafe {
+        (*counter).packets += 1;
+        (*counter).bytes += u64::from(bytes);
+    }
+}
+
+#[inline(always)]
+pub fn count(reason: u32, bytes: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(reason) {
+        add(slot, bytes);
+    }
+}
+
+#[inline(always)]
+pub fn count_policy(policy_id: u32, bytes: u32) {
+    if let Some(slot) = POLICY_COUNTERS.get_ptr_mut(policy_id) {
+        add(slot, bytes);
+    }
+}
