@@ -1,6 +1,9 @@
 //! Apps on the real containerd with images from the harness registry: every CLI command, the
 //! reconcile loop, crashes of containers and of the agent, volumes, and bad input.
 
+// Each test is one scenario that reads top to bottom.
+#![allow(clippy::too_many_lines)]
+
 use std::{path::Path, process::Command, time::Duration};
 
 use hivemind_tests::{

@@ -1,6 +1,6 @@
 //! `hivemind app ...`.
 
-use std::{io::IsTerminal as _, io::Write as _, process::ExitCode};
+use std::{fmt::Write as _, io::IsTerminal as _, io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -12,7 +12,7 @@ use crate::proto;
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
     /// Deploy an image as an app (pulls it, starts its replicas).
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List apps.
     #[command(alias = "list")]
     Ls,
@@ -77,7 +77,7 @@ pub struct DeployArgs {
     /// Publish a port HOST:CONTAINER[/tcp|udp] (repeatable).
     #[arg(long = "port", short = 'p', value_name = "HOST:CONTAINER[/PROTO]")]
     ports: Vec<String>,
-    /// Mount a named volume VOLUME:/path[:ro] (repeatable).
+    /// Mount a named volume, `VOLUME:/path[:ro]` (repeatable).
     #[arg(long = "volume", short = 'v', value_name = "VOLUME:/PATH[:ro]")]
     volumes: Vec<String>,
     /// Label KEY=VALUE, used by network policies (repeatable).
@@ -248,17 +248,19 @@ impl ProgressLine {
     }
 
     fn show(&mut self, progress: &proto::PullProgress) {
+        const WIDTH: usize = 30;
         if !self.enabled {
             return;
         }
-        let line = if progress.total > 0 {
-            let width = 30u64;
-            let filled = (progress.done.min(progress.total) * width / progress.total) as usize;
+        let filled = (progress.done.min(progress.total) * WIDTH as u64)
+            .checked_div(progress.total)
+            .map(|f| usize::try_from(f).unwrap_or(WIDTH));
+        let line = if let Some(filled) = filled {
             format!(
                 "{:<8} [{}{}] {} / {}  {}",
                 progress.phase,
                 "#".repeat(filled),
-                "-".repeat(width as usize - filled),
+                "-".repeat(WIDTH - filled),
                 output::bytes(progress.done),
                 output::bytes(progress.total),
                 progress.detail
@@ -363,7 +365,10 @@ fn container_details(c: &proto::ContainerInfo) -> String {
     rows.push(("Volumes", dash(&c.volumes.join(", "))));
     rows.push(("Env", dash(&c.env.join(" "))));
     rows.push(("Log", dash(&c.log_path)));
-    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect();
+    let mut out = String::new();
+    for (key, value) in &rows {
+        let _ = writeln!(out, "{key:<10} {value}");
+    }
     out.push_str("\nHistory\n");
     let mut history = output::Table::new(&["time", "state", "exit", "message"]);
     for change in &c.history {

@@ -49,6 +49,13 @@ pub enum LifecycleError {
     NoCommand { image: String },
 }
 
+/// A create that failed: the container (whose record is marked failed) and why.
+#[derive(Debug)]
+pub struct FailedCreate {
+    pub id: String,
+    pub error: Box<LifecycleError>,
+}
+
 /// Owns the per-container directories under `<data dir>/containers/<id>`.
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
@@ -94,11 +101,7 @@ impl Lifecycle {
     /// Makes and starts a new container for `app`'s `slot`. The record is written first (so a
     /// crash leaves a record the reconciler cleans up, never an unknown container); on failure
     /// everything is undone and the record is marked failed with the reason.
-    pub async fn create(
-        &self,
-        app: &AppSpec,
-        slot: u32,
-    ) -> Result<ContainerRecord, (ContainerRecord, LifecycleError)> {
+    pub async fn create(&self, app: &AppSpec, slot: u32) -> Result<ContainerRecord, FailedCreate> {
         let id = format!("{}-{}", app.name, random_suffix());
         let mut record = ContainerRecord {
             id: id.clone(),
@@ -122,22 +125,28 @@ impl Lifecycle {
             None,
             format!("created for slot {slot}"),
         );
-        if let Err(err) = self.state.put_container(&record).await {
-            return Err((record, err.into()));
-        }
+        let failed = |error: LifecycleError| FailedCreate {
+            id: id.clone(),
+            error: Box::new(error),
+        };
+        self.state
+            .put_container(&record)
+            .await
+            .map_err(|err| failed(err.into()))?;
         match self.make(app, &mut record).await {
             Ok(()) => {
                 record.transition(ContainerState::Running, None, "started");
-                if let Err(err) = self.state.put_container(&record).await {
-                    return Err((record, err.into()));
-                }
+                self.state
+                    .put_container(&record)
+                    .await
+                    .map_err(|err| failed(err.into()))?;
                 Ok(record)
             }
             Err(err) => {
                 self.undo(&id).await;
                 record.transition(ContainerState::Failed, None, err.to_string());
                 let _ = self.state.put_container(&record).await;
-                Err((record, err))
+                Err(failed(err))
             }
         }
     }
@@ -149,7 +158,7 @@ impl Lifecycle {
     ) -> Result<(), LifecycleError> {
         let id = record.id.clone();
         let image = self.runtime.ensure_image(&app.image, false, None).await?;
-        record.image_digest = image.digest.clone();
+        record.image_digest.clone_from(&image.digest);
         let netns_path = self.netns.create(&id)?;
         let mut mounts = self.write_etc_files(&id)?;
         for volume in &app.volumes {
@@ -262,10 +271,10 @@ impl Lifecycle {
     /// Removes network namespaces that belong to no known container.
     pub fn sweep_namespaces(&self, known: &[ContainerRecord]) {
         for id in self.netns.list() {
-            if !known.iter().any(|r| r.id == id) {
-                if let Err(err) = self.netns.remove(&id) {
-                    tracing::warn!("{err}");
-                }
+            if !known.iter().any(|r| r.id == id)
+                && let Err(err) = self.netns.remove(&id)
+            {
+                tracing::warn!("{err}");
             }
         }
     }
@@ -327,8 +336,11 @@ fn without_loopback_resolvers(resolv_conf: &str) -> String {
                     .next()
                     .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
         })
-        .map(|line| format!("{line}\n"))
-        .collect()
+        .fold(String::new(), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
 }
 
 /// Image env, then the app's env overriding it; PATH defaulted; HOSTNAME set.
@@ -340,7 +352,7 @@ fn merge_env(
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut set = |key: &str, value: &str| {
         if let Some(slot) = merged.iter_mut().find(|(k, _)| k == key) {
-            slot.1 = value.to_owned();
+            value.clone_into(&mut slot.1);
         } else {
             merged.push((key.to_owned(), value.to_owned()));
         }

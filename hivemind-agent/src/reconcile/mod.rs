@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::{mpsc, oneshot};
 
-pub use lifecycle::{Lifecycle, LifecycleError};
+pub use lifecycle::{FailedCreate, Lifecycle, LifecycleError};
 use plan::{Action, Backoff};
 
 use crate::{
@@ -154,14 +154,20 @@ impl Reconciler {
     }
 
     fn schedule_restart(&mut self, record: &ContainerRecord) {
-        let ran_ms = now_ms().saturating_sub(record.started_at_ms.unwrap_or(0));
-        let failures = self.failures.entry(record.id.clone()).or_insert(0);
+        self.schedule_backoff(&record.id, record.started_at_ms);
+    }
+
+    /// The container may next be restarted or replaced after a delay that grows with its
+    /// consecutive quick failures.
+    fn schedule_backoff(&mut self, id: &str, started_at_ms: Option<u64>) {
+        let ran_ms = now_ms().saturating_sub(started_at_ms.unwrap_or(0));
+        let failures = self.failures.entry(id.to_owned()).or_insert(0);
         if ran_ms >= HEALTHY_RUN_MS {
             *failures = 0;
         }
         let delay = plan::backoff_delay_ms(*failures);
         *failures += 1;
-        self.backoff.insert(record.id.clone(), now_ms() + delay);
+        self.backoff.insert(id.to_owned(), now_ms() + delay);
     }
 
     /// One pass: observe containerd, reconcile records with it, plan, act.
@@ -331,9 +337,9 @@ impl Reconciler {
         for (app, result) in created {
             match result {
                 Ok(record) => report.created.push(record),
-                Err((record, err)) => {
-                    report.failures.push((app, err));
-                    self.schedule_restart(&record);
+                Err(failed) => {
+                    report.failures.push((app, *failed.error));
+                    self.schedule_backoff(&failed.id, None);
                 }
             }
         }

@@ -225,7 +225,7 @@ mod tests {
             record("a", "web", 0, 1, ContainerState::Running),
             record("b", "web", 1, 1, ContainerState::Creating),
         ];
-        assert!(run(&[app("web", 2, 1)], &records).is_empty());
+        assert_eq!(run(&[app("web", 2, 1)], &records), Vec::<Action>::new());
     }
 
     #[test]
@@ -252,7 +252,10 @@ mod tests {
         let records = [record("a", "web", 0, 1, ContainerState::Exited)];
         let mut backoff = Backoff::new();
         backoff.insert("a".into(), 5_000);
-        assert!(plan(&[app("web", 1, 1)], &records, all_slots, &backoff, 1_000).is_empty());
+        assert_eq!(
+            plan(&[app("web", 1, 1)], &records, all_slots, &backoff, 1_000),
+            Vec::<Action>::new()
+        );
         assert_eq!(
             plan(&[app("web", 1, 1)], &records, all_slots, &backoff, 5_000),
             vec![Action::Restart { id: "a".into() }]
@@ -268,7 +271,7 @@ mod tests {
         ];
         let web = app("web", 2, 2);
         assert_eq!(
-            run(&[web.clone()], &records),
+            run(std::slice::from_ref(&web), &records),
             vec![Action::Create {
                 app: "web".into(),
                 slot: 0
@@ -277,7 +280,10 @@ mod tests {
 
         // Slot 0's replacement is starting: nothing else happens yet.
         records.push(record("c", "web", 0, 2, ContainerState::Creating));
-        assert!(run(&[web.clone()], &records).is_empty());
+        assert_eq!(
+            run(std::slice::from_ref(&web), &records),
+            Vec::<Action>::new()
+        );
 
         // It runs: the old one goes and slot 1 is next.
         records[2].state = ContainerState::Running;

@@ -31,13 +31,13 @@ impl AgentService {
         let _change = self.inner.changes.lock().await;
 
         let existing = parts.state.app(&spec.name).await?;
-        if let Some((current, _)) = &existing {
-            if !request.update {
-                return Err(ApiError::conflict(format!(
-                    "app {} already exists (image {}, {} replicas); to change its image or settings, deploy again with --update",
-                    current.name, current.image, current.replicas
-                )));
-            }
+        if let Some((current, _)) = &existing
+            && !request.update
+        {
+            return Err(ApiError::conflict(format!(
+                "app {} already exists (image {}, {} replicas); to change its image or settings, deploy again with --update",
+                current.name, current.image, current.replicas
+            )));
         }
         self.check_volumes_exist(&spec).await?;
         self.check_no_clash(&spec).await?;

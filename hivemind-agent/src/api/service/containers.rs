@@ -162,7 +162,9 @@ async fn stream_log(
         tokio::time::sleep(FOLLOW_POLL).await;
         idle_polls += 1;
         // Once a second while idle: stop when the container is gone.
-        if idle_polls % 5 == 0 && matches!(service.parts().state.container(id).await, Ok(None)) {
+        if idle_polls.is_multiple_of(5)
+            && matches!(service.parts().state.container(id).await, Ok(None))
+        {
             return Ok(());
         }
         let _ = position;
