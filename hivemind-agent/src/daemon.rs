@@ -9,7 +9,7 @@ use crate::{
         service::{AgentService, Parts},
     },
     config::AgentConfig,
-    net::dataplane,
+    net::{dataplane, network::NodeNetwork},
     paths,
     reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
@@ -39,6 +39,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Err(err) => tracing::warn!("{err}"),
     }
 
+    let node_ip = match config.node_ip {
+        Some(std::net::IpAddr::V4(ip)) => Some(ip),
+        Some(std::net::IpAddr::V6(ip)) => anyhow::bail!("--node-ip {ip}: the overlay is IPv4 only"),
+        None => None,
+    };
+    let network = NodeNetwork::start(
+        state.clone(),
+        dataplane.clone(),
+        &config.node_name,
+        config.cluster_cidr,
+        config.underlay_iface.as_deref(),
+        node_ip,
+    )
+    .await
+    .context("setting up the node's container network")?;
+
     let volumes = VolumeDirs::new(config.data_dir.volumes());
     let lifecycle = Lifecycle::new(
         runtime.clone(),
@@ -47,6 +63,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.data_dir.containers(),
         volumes.clone(),
         NetnsDir::new(paths::netns_dir(&config.node_name)),
+        network.clone(),
     );
     let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
 
@@ -55,6 +72,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         state,
         runtime,
         dataplane,
+        network,
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),

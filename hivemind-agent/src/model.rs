@@ -10,6 +10,8 @@ pub mod keys {
     pub const APPS: &str = "/hivemind/apps/";
     pub const CONTAINERS: &str = "/hivemind/containers/";
     pub const VOLUMES: &str = "/hivemind/volumes/";
+    pub const IDENTITIES: &str = "/hivemind/identities/";
+    pub const POLICIES: &str = "/hivemind/policies/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -19,6 +21,12 @@ pub mod keys {
     }
     pub fn volume(name: &str) -> String {
         format!("{VOLUMES}{name}")
+    }
+    pub fn identity(app: &str) -> String {
+        format!("{IDENTITIES}{app}")
+    }
+    pub fn policy(name: &str) -> String {
+        format!("{POLICIES}{name}")
     }
 }
 
@@ -205,6 +213,19 @@ pub struct VolumeRecord {
     pub name: String,
     pub node: String,
     pub created_at_ms: u64,
+}
+
+/// A network policy as applied: its YAML document (one per record) and the small id the
+/// datapath's entries and counters carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub id: u32,
+    /// The policy as one YAML document (normalised: re-serialised from the parsed form).
+    pub yaml: String,
+    /// The file (or API request) it came from.
+    pub source: String,
+    pub applied_at_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

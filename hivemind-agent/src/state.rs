@@ -2,7 +2,7 @@
 //! and the JSON encoding. Writes that must not race use compare-and-swap transactions.
 
 use crate::{
-    model::{AppSpec, ContainerRecord, VolumeRecord, keys},
+    model::{AppSpec, ContainerRecord, PolicyRecord, VolumeRecord, keys},
     store::{Compare, Op, Revision, Store, StoreError, Txn},
 };
 
@@ -131,6 +131,93 @@ impl State {
 
     pub async fn delete_volume(&self, name: &str) -> Result<bool, StoreError> {
         self.store.delete(&keys::volume(name)).await
+    }
+
+    // --- policies ---
+
+    pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<PolicyRecord>(keys::POLICIES)
+            .await?
+            .0
+            .into_iter()
+            .map(|entry| entry.value)
+            .collect())
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<PolicyRecord>(&keys::policy(name))
+            .await?
+            .map(|entry| entry.value))
+    }
+
+    /// Writes a whole set of policies in one transaction: all of them or none.
+    pub async fn put_policies(&self, records: &[PolicyRecord]) -> Result<(), StoreError> {
+        let success = records
+            .iter()
+            .map(|r| Op::Put {
+                key: keys::policy(&r.name),
+                value: json(r),
+                lease: 0,
+            })
+            .collect();
+        self.store
+            .txn(Txn {
+                compare: Vec::new(),
+                success,
+                failure: Vec::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        self.store.delete(&keys::policy(name)).await
+    }
+
+    // --- identities (one per app, for policies) ---
+
+    /// The app's security identity, allocated on first use: the lowest free number from
+    /// `identity::FIRST_APP`.
+    pub async fn app_identity(&self, app: &str) -> Result<u32, StoreError> {
+        let key = keys::identity(app);
+        loop {
+            if let Some(entry) = self.store.get_json::<u32>(&key).await? {
+                return Ok(entry.value);
+            }
+            let taken: std::collections::BTreeSet<u32> =
+                self.identities().await?.into_values().collect();
+            let next = (hivemind_common::identity::FIRST_APP..)
+                .find(|id| !taken.contains(id))
+                .unwrap_or(hivemind_common::identity::FIRST_APP);
+            if self.create_if_absent(key.clone(), json(&next)).await? {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Every app identity, by app name.
+    pub async fn identities(&self) -> Result<std::collections::BTreeMap<String, u32>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<u32>(keys::IDENTITIES)
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|entry| {
+                Some((
+                    entry.key.strip_prefix(keys::IDENTITIES)?.to_owned(),
+                    entry.value,
+                ))
+            })
+            .collect())
+    }
+
+    pub async fn release_identity(&self, app: &str) -> Result<(), StoreError> {
+        self.store.delete(&keys::identity(app)).await.map(|_| ())
     }
 
     async fn create_if_absent(&self, key: String, value: Vec<u8>) -> Result<bool, StoreError> {

@@ -29,4 +29,4 @@ pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{Netns, list as netns_list, veth};
 pub use process::Process;
 pub use registry::Registry;
-pub use single_node::{REGISTRY_ADDR, SingleNode};
+pub use single_node::{NODE_IP, REGISTRY_ADDR, SingleNode, WORLD_IP, World};

@@ -7,6 +7,7 @@ use super::service::AgentService;
 pub fn router(service: AgentService) -> Router {
     Router::new()
         .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(service)
 }
 
@@ -19,4 +20,26 @@ async fn health(State(service): State<AgentService>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(reply))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(service): State<AgentService>) -> impl IntoResponse {
+    match service.metrics_text().await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            err.message,
+        ),
+    }
 }

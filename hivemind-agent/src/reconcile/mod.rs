@@ -81,6 +81,9 @@ pub struct Reconciler {
     backoff: Backoff,
     /// Consecutive quick exits per container.
     failures: HashMap<String, u32>,
+    /// The apps (name, identity, labels) the loaded policies were compiled for; a change
+    /// means the policies must be compiled and loaded again before new containers start.
+    policy_basis: Vec<(String, u32, std::collections::BTreeMap<String, String>)>,
 }
 
 impl Reconciler {
@@ -91,6 +94,7 @@ impl Reconciler {
             node,
             backoff: Backoff::new(),
             failures: HashMap::new(),
+            policy_basis: Vec::new(),
         }
     }
 
@@ -170,14 +174,55 @@ impl Reconciler {
         self.backoff.insert(id.to_owned(), now_ms() + delay);
     }
 
-    /// One pass: observe containerd, reconcile records with it, plan, act.
+    /// One pass: observe containerd, reconcile records with it, make sure the policies cover
+    /// every app, plan, act, publish ports.
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
         let apps = self.state.apps().await?;
         let listed = self.lifecycle.runtime().list_containers().await?;
         let records = self.observe(&apps, listed).await?;
+        self.cover_policies(&apps, &records).await?;
         let now = now_ms();
         let actions = plan::plan(&apps, &records, owned_slots, &self.backoff, now);
-        Ok(self.act(&apps, records, actions).await)
+        let report = self.act(&apps, records, actions).await;
+        let records: Vec<ContainerRecord> = self
+            .state
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|r| r.node == self.node)
+            .collect();
+        if let Err(err) = self.lifecycle.network().sync_ports(&apps, &records).await {
+            tracing::warn!("publishing ports: {err}");
+        }
+        Ok(report)
+    }
+
+    /// Gives every app its identity and, when the set of apps (or their labels) changed since
+    /// the policies were last compiled, compiles and loads them again — before any container
+    /// of a new app gets its endpoint, so no container ever runs unpoliced. Identities of apps
+    /// that are gone (with their containers) are released.
+    async fn cover_policies(
+        &mut self,
+        apps: &[AppSpec],
+        records: &[ContainerRecord],
+    ) -> Result<(), ReconcileError> {
+        let mut basis = Vec::with_capacity(apps.len());
+        for app in apps {
+            let identity = self.state.app_identity(&app.name).await?;
+            basis.push((app.name.clone(), identity, app.selector_labels()));
+        }
+        for app in self.state.identities().await?.into_keys() {
+            if !apps.iter().any(|a| a.name == app) && !records.iter().any(|r| r.app == app) {
+                self.state.release_identity(&app).await?;
+            }
+        }
+        if basis != self.policy_basis {
+            match self.lifecycle.network().load_policies().await {
+                Ok(_) => self.policy_basis = basis,
+                Err(err) => tracing::error!("loading policies: {err}"),
+            }
+        }
+        Ok(())
     }
 
     /// Brings the records of this node in line with what containerd reports: adopts

@@ -675,6 +675,8 @@ impl Dataplane {
         proto::DataplaneStatus {
             pin_path: self.pin_dir.display().to_string(),
             programs,
+            // The network fields are the node network's to fill (api::service::health).
+            ..proto::DataplaneStatus::default()
         }
     }
 
