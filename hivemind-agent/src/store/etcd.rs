@@ -1,4 +1,6 @@
-//! The cluster backend: an etcd cluster through `etcd-client` (plain HTTP/2; no TLS yet).
+//! The cluster backend: an etcd cluster through `etcd-client`, over plain HTTP/2 (`http://`
+//! endpoints, `--etcd-endpoints`) or TLS with a client certificate (the member a Hivemind
+//! cluster runs on every node).
 //!
 //! The API is etcd's own, so this is mostly translation. What it adds: a deadline on every call
 //! (a balanced channel with no reachable endpoint would otherwise wait forever), typed errors
@@ -8,14 +10,15 @@
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use etcd_client::{
-    Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
-    EventType, GetOptions, KvClient, PutOptions, TxnOp, WatchOptions,
+    Certificate, Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions,
+    DeleteOptions, EventType, GetOptions, Identity, KvClient, MemberAddOptions, PutOptions,
+    TlsOptions, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    Compare, Event, EventKind, KeyValue, LeaseId, Op, Revision, StoreError, Txn, TxnOutcome,
-    WatchStream,
+    Compare, EtcdTls, Event, EventKind, KeyValue, LeaseId, Member, MemberStatus, Op, Revision,
+    StoreError, Txn, TxnOutcome, WatchStream,
 };
 use crate::proto;
 
@@ -33,6 +36,7 @@ pub(super) struct EtcdStore {
     client: Client,
     /// For messages: the endpoints as given, comma-separated.
     endpoints: Arc<str>,
+    tls: bool,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -71,6 +75,16 @@ fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+fn member(m: &etcd_client::Member) -> Member {
+    Member {
+        id: m.id(),
+        name: m.name().to_owned(),
+        peer_urls: m.peer_urls().to_vec(),
+        client_urls: m.client_urls().to_vec(),
+        is_learner: m.is_learner(),
+    }
+}
+
 fn compare(compare: &Compare) -> EtcdCompare {
     match compare {
         // etcd's create revision of a missing key is 0.
@@ -101,20 +115,34 @@ fn txn_op(op: Op) -> TxnOp {
 type WatchTx = mpsc::Sender<Result<Event, StoreError>>;
 
 impl EtcdStore {
-    pub(super) async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        // Built without etcd-client's TLS features: say so instead of a transport error.
-        if let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://")) {
+    pub(super) async fn connect(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
+        // TLS needs the cluster's certificates; without them an https endpoint cannot work.
+        if tls.is_none()
+            && let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://"))
+        {
             return Err(StoreError::EtcdTls {
                 endpoint: endpoint.clone(),
             });
         }
         let joined: Arc<str> = endpoints.join(",").into();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             // Notice a dead connection under an idle watch.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            let mut config = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            options = options.with_tls(config);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| StoreError::Etcd {
@@ -125,6 +153,7 @@ impl EtcdStore {
         let store = Self {
             client,
             endpoints: joined,
+            tls: tls.is_some(),
         };
         // The channel connects lazily: prove now that etcd answers, so a wrong endpoint fails
         // the agent's start instead of its first request.
@@ -446,6 +475,61 @@ impl EtcdStore {
         }
     }
 
+    pub(super) async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let mut cluster = self.client.cluster_client();
+        let response = self.call("list members", cluster.member_list()).await?;
+        Ok(response.members().iter().map(member).collect())
+    }
+
+    pub(super) async fn add_learner(
+        &self,
+        peer_url: &str,
+    ) -> Result<(Member, Vec<Member>), StoreError> {
+        let mut cluster = self.client.cluster_client();
+        let response = self
+            .call(
+                "add member",
+                cluster.member_add(
+                    vec![peer_url.to_owned()],
+                    Some(MemberAddOptions::new().with_is_learner()),
+                ),
+            )
+            .await?;
+        let added = response.member().map(member).ok_or(StoreError::EtcdAnswer {
+            op: "add member",
+            missing: "the new member",
+        })?;
+        Ok((added, response.member_list().iter().map(member).collect()))
+    }
+
+    pub(super) async fn promote_member(&self, id: u64) -> Result<(), StoreError> {
+        let mut cluster = self.client.cluster_client();
+        self.call("promote member", cluster.member_promote(id))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let mut cluster = self.client.cluster_client();
+        self.call("remove member", cluster.member_remove(id))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn member_status(&self) -> Result<MemberStatus, StoreError> {
+        let mut maintenance = self.client.maintenance_client();
+        let status = self
+            .call_within("member status", PROBE_TIMEOUT, maintenance.status())
+            .await?;
+        Ok(MemberStatus {
+            member_id: status.header().map_or(0, etcd_client::ResponseHeader::member_id),
+            leader: status.leader(),
+            raft_index: status.raft_index(),
+            raft_applied_index: status.raft_applied_index(),
+            is_learner: status.is_learner(),
+        })
+    }
+
     pub(super) async fn status(&self) -> proto::StoreStatus {
         let mut maintenance = self.client.maintenance_client();
         let error = self
@@ -455,7 +539,11 @@ impl EtcdStore {
             .map(|err| error_chain(&err));
         proto::StoreStatus {
             backend: "etcd".into(),
-            location: self.endpoints.to_string(),
+            location: if self.tls {
+                format!("{} (TLS)", self.endpoints)
+            } else {
+                self.endpoints.to_string()
+            },
             ok: error.is_none(),
             error: error.unwrap_or_default(),
         }

@@ -146,8 +146,17 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
-    #[error("etcd endpoint {endpoint}: TLS is not supported yet; use http://")]
+    #[error(
+        "etcd endpoint {endpoint}: TLS needs the cluster's certificates, which only an etcd member run by Hivemind (--cluster-init, hivemind join) has; use http:// for an external etcd"
+    )]
     EtcdTls { endpoint: String },
+    #[error("etcd's answer to {op} lacks {missing}")]
+    EtcdAnswer {
+        op: &'static str,
+        missing: &'static str,
+    },
+    #[error("{op} needs the etcd store; this agent keeps its state in redb")]
+    NotEtcd { op: &'static str },
     #[error("etcd {op} timed out after {timeout:?} (endpoints {endpoints})")]
     EtcdTimeout {
         op: &'static str,
@@ -192,6 +201,62 @@ pub enum StoreError {
     Closed,
 }
 
+/// What a TLS connection to etcd needs: the cluster CA and this node's client certificate.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The name to expect in the server's certificate, if not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("EtcdTls")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A member of the etcd cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started for the first time.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Empty until the member has started for the first time.
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// What the member behind the store's endpoint says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub member_id: u64,
+    /// The leader's member id; 0 while there is none.
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    pub is_learner: bool,
+}
+
+impl StoreError {
+    /// etcd's own words, when the error is an answer from etcd (for callers that retry on
+    /// specific conditions, such as promoting a learner that is still catching up).
+    pub fn etcd_message(&self) -> &str {
+        match self {
+            Self::Etcd {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            } => status.message(),
+            _ => "",
+        }
+    }
+}
+
 /// The longest lease accepted; far beyond any use, small enough for every clock's arithmetic.
 const MAX_TTL: Duration = Duration::from_hours(365 * 24);
 
@@ -221,12 +286,58 @@ impl Store {
         })
     }
 
-    /// Connects to an etcd cluster (`http://HOST:PORT` endpoints; no TLS yet) and checks that
-    /// it answers.
+    /// Connects to an etcd cluster (`http://HOST:PORT` endpoints) and checks that it answers.
     pub async fn connect_etcd(endpoints: &[String]) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Etcd(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
+            backend: Backend::Etcd(Arc::new(etcd::EtcdStore::connect(endpoints, None).await?)),
         })
+    }
+
+    /// Connects to an etcd cluster over TLS with a client certificate (`https://` endpoints)
+    /// and checks that it answers.
+    pub async fn connect_etcd_tls(endpoints: &[String], tls: &EtcdTls) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Etcd(Arc::new(
+                etcd::EtcdStore::connect(endpoints, Some(tls)).await?,
+            )),
+        })
+    }
+
+    /// True when the state lives in etcd.
+    pub fn is_etcd(&self) -> bool {
+        matches!(self.backend, Backend::Etcd(_))
+    }
+
+    fn etcd(&self, op: &'static str) -> Result<&etcd::EtcdStore, StoreError> {
+        match &self.backend {
+            Backend::Etcd(s) => Ok(s),
+            Backend::Redb(_) => Err(StoreError::NotEtcd { op }),
+        }
+    }
+
+    /// The etcd cluster's members. [`StoreError::NotEtcd`] on redb.
+    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        self.etcd("listing members")?.members().await
+    }
+
+    /// Adds a non-voting member that will run at `peer_url`; returns it and the new member list.
+    pub async fn add_learner(&self, peer_url: &str) -> Result<(Member, Vec<Member>), StoreError> {
+        self.etcd("adding a member")?.add_learner(peer_url).await
+    }
+
+    /// Makes a learner a voter. etcd refuses while the learner is still catching up
+    /// ([`StoreError::etcd_message`] says so); callers retry.
+    pub async fn promote_member(&self, id: u64) -> Result<(), StoreError> {
+        self.etcd("promoting a member")?.promote_member(id).await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        self.etcd("removing a member")?.remove_member(id).await
+    }
+
+    /// The status of the member the store talks to (the first endpoint that answers).
+    pub async fn member_status(&self) -> Result<MemberStatus, StoreError> {
+        self.etcd("member status")?.member_status().await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
