@@ -11,8 +11,12 @@ use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 const SUBNETS: &str = "/hivemind/ipam/subnets/";
 const ADDRESSES: &str = "/hivemind/ipam/addresses/";
-/// How often a claim is retried when another claimant wins the same block or address.
-const CLAIM_ATTEMPTS: usize = 16;
+/// How often a claim is retried when another claimant wins the same block or address. Every
+/// lost race means someone else's claim succeeded, so retries are bounded by the number of
+/// blocks (256 in a /16) or addresses (253 in a /24) anyway; this only guards against a store
+/// that misbehaves. (With 16, twenty containers starting at once on a loaded machine could
+/// exhaust it.)
+const CLAIM_ATTEMPTS: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -119,6 +123,19 @@ pub async fn claim_address(
         what: "address",
         attempts: CLAIM_ATTEMPTS,
     })
+}
+
+/// Gives the node's /24 back, if `node` still holds it (a join that was undone).
+pub async fn release_subnet(store: &Store, subnet: Ipv4Net, node: &str) -> Result<(), IpamError> {
+    let key = subnet_key(subnet);
+    store
+        .txn(Txn {
+            compare: vec![Compare::Value(key.clone(), node.as_bytes().to_vec())],
+            success: vec![Op::Delete { key }],
+            failure: Vec::new(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// Addresses of `subnet` and who holds them.
@@ -230,6 +247,17 @@ mod tests {
                 .await
                 .expect("subnet");
             assert_eq!(other, net("10.244.1.0/24"));
+            release_subnet(&store, other, "n1")
+                .await
+                .expect("not n1's: untouched");
+            release_subnet(&store, other, "n2").await.expect("release");
+            assert_eq!(
+                claim_subnet(&store, net("10.244.0.0/16"), "n3")
+                    .await
+                    .expect("subnet"),
+                other,
+                "a released subnet is free again"
+            );
             first = claim_address(&store, subnet, "n1", "web-a")
                 .await
                 .expect("ip");
