@@ -343,6 +343,9 @@ pub async fn setup_node(
         }
         let (index, _) = link_by_name(&handle, GATEWAY_DEVICE).await?;
         add_address(&handle, index, gateway, 32).await?;
+        // A node that joined a cluster has another subnet than it had alone: drop the old
+        // gateway address, which is now another node's.
+        remove_other_addresses(&handle, index, gateway).await?;
         set_up(&handle, index, GATEWAY_DEVICE).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
             LinkError::Sysctl {
@@ -369,6 +372,41 @@ pub async fn setup_node(
         })
     })
     .await
+}
+
+async fn remove_other_addresses(
+    handle: &Handle,
+    index: u32,
+    keep: Ipv4Addr,
+) -> Result<(), LinkError> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut stale = Vec::new();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(netlink("list addresses"))?
+    {
+        let other = message.attributes.iter().any(|a| {
+            matches!(a, packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip != keep)
+        });
+        if other {
+            stale.push(message);
+        }
+    }
+    for message in stale {
+        tracing::info!(?message.attributes, "removing a stale gateway address");
+        handle
+            .address()
+            .del(message)
+            .execute()
+            .await
+            .map_err(netlink("remove a stale gateway address"))?;
+    }
+    Ok(())
 }
 
 /// A dummy device; on kernels built without the dummy driver (EOPNOTSUPP), a bridge without

@@ -155,6 +155,11 @@ impl NodeNetwork {
         self.inner.gateway
     }
 
+    /// The node's underlay address (`--node-ip`, else the uplink's), if known.
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.inner.node_ip
+    }
+
     /// Gives container `id` of `app` an address and an `eth0` in its namespace, and tells
     /// the dataplane about it. Undone by [`NodeNetwork::detach`].
     pub async fn attach(
