@@ -62,6 +62,10 @@ pub struct AgentArgs {
     /// Start a local etcd member and become the first node of a cluster.
     #[arg(long, env = "HIVEMIND_CLUSTER_INIT")]
     pub cluster_init: bool,
+    /// TCP port of this node's cluster endpoint (node-to-node gRPC, mutual TLS) on its
+    /// underlay address [default: 7443].
+    #[arg(long, env = "HIVEMIND_CLUSTER_PORT", value_name = "N")]
+    pub cluster_port: Option<String>,
     /// Use an existing etcd cluster instead of the embedded store.
     #[arg(
         long,
@@ -89,6 +93,7 @@ struct FileConfig {
     underlay_iface: Option<String>,
     cluster_cidr: Option<String>,
     vxlan_port: Option<u16>,
+    cluster_port: Option<u16>,
     insecure_registries: Vec<String>,
     cluster_init: bool,
     etcd_endpoints: Vec<String>,
@@ -114,6 +119,7 @@ pub struct AgentConfig {
     pub underlay_iface: Option<String>,
     pub cluster_cidr: Ipv4Net,
     pub vxlan_port: u16,
+    pub cluster_port: u16,
     pub insecure_registries: Vec<String>,
     pub cluster_init: bool,
     pub etcd_endpoints: Vec<String>,
@@ -204,6 +210,13 @@ impl AgentConfig {
             None => file.vxlan_port.unwrap_or(4789),
         };
 
+        let cluster_port = match args.cluster_port {
+            Some(port) => parse_port("--cluster-port", &port)?,
+            None => file
+                .cluster_port
+                .unwrap_or(crate::cluster::DEFAULT_CLUSTER_PORT),
+        };
+
         let containerd_namespace = args
             .containerd_namespace
             .or(file.containerd_namespace)
@@ -244,6 +257,7 @@ impl AgentConfig {
             underlay_iface: args.underlay_iface.or(file.underlay_iface),
             cluster_cidr,
             vxlan_port,
+            cluster_port,
             insecure_registries,
             cluster_init,
             etcd_endpoints,
@@ -414,6 +428,7 @@ mod tests {
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(config.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(config.vxlan_port, 4789);
+        assert_eq!(config.cluster_port, 7443);
         assert_eq!(config.containerd_namespace, "hivemind");
     }
 
@@ -463,6 +478,10 @@ mod tests {
             (
                 Box::new(|a: &mut AgentArgs| a.vxlan_port = Some("0".into())),
                 "--vxlan-port",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.cluster_port = Some("70000".into())),
+                "--cluster-port",
             ),
             (
                 Box::new(|a: &mut AgentArgs| a.node_name = Some("Bad_Name".into())),

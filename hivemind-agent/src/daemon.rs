@@ -1,9 +1,11 @@
-//! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT.
+//! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT, or until
+//! a join asks it to restart into the cluster.
 
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
+    cluster::{self, Cluster},
     api::{
         grpc, rest,
         service::{AgentService, Parts},
@@ -11,21 +13,44 @@ use crate::{
     config::AgentConfig,
     net::{dataplane, network::NodeNetwork},
     paths,
-    reconcile::{Lifecycle, Reconciler},
+    reconcile::{Lifecycle, Ownership, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
     state::State,
-    store::Store,
     volumes::VolumeDirs,
 };
 
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// A join completed: the process should re-execute itself (the new agent adopts the
+    /// running etcd member and keeps its state in the cluster).
+    Restart,
+}
 
-    let store = if config.etcd_endpoints.is_empty() {
-        Store::open_redb(&config.data_dir.store_db())?
-    } else {
-        Store::connect_etcd(&config.etcd_endpoints).await?
-    };
+pub async fn run(config: AgentConfig) -> anyhow::Result<Outcome> {
+    tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
+    let (store, cluster) = cluster::bootstrap::boot(&config)
+        .await
+        .context("setting up the store")?;
+    let outcome = serve(config, &cluster, store).await;
+    // The local etcd member stops with the agent, except across a restart into the cluster.
+    cluster.shutdown(matches!(outcome, Ok(Outcome::Restart)));
+    outcome
+}
+
+async fn serve(
+    mut config: AgentConfig,
+    cluster: &Cluster,
+    store: crate::store::Store,
+) -> anyhow::Result<Outcome> {
+    if let Some(settings) = cluster.config() {
+        config.cluster_cidr = settings.cluster_cidr;
+        config.vxlan_port = settings.vxlan_port;
+        config.cluster_port = settings.cluster_port;
+        config.node_ip = Some(settings.node_ip.into());
+    }
     let state = State::new(store);
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
     let runtime = Runtime::new(
@@ -65,7 +90,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         NetnsDir::new(paths::netns_dir(&config.node_name)),
         network.clone(),
     );
-    let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
+    let liveness = cluster
+        .register(network.subnet(), network.node_ip())
+        .await
+        .context("registering the node")?;
+    let ownership = match cluster.mode() {
+        cluster::Mode::Cluster(_) => Ownership::Assigned {
+            unassigned_to: cluster.default_slot_owner().await,
+        },
+        cluster::Mode::Single | cluster::Mode::ExternalEtcd => Ownership::All,
+    };
+    let reconciler =
+        Reconciler::new(lifecycle, state.clone(), config.node_name.clone(), ownership).spawn();
 
     let service = AgentService::new(Parts {
         node_name: config.node_name.clone(),
@@ -76,6 +112,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),
+        cluster: cluster.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -91,8 +128,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let rest_listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.api_addr))?;
-    tracing::info!(socket = %config.socket.display(), api = %config.api_addr, "serving");
+    let cluster_listener = match (cluster.cluster_address(), cluster.tls()) {
+        (Some(address), Some(tls)) => Some((
+            tokio::net::TcpListener::bind(&address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--cluster-port)"))?,
+            tls.clone(),
+            address,
+        )),
+        _ => None,
+    };
+    tracing::info!(socket = %config.socket.display(), api = %config.api_addr, cluster = ?cluster.cluster_address(), "serving");
 
+    let cluster_task = cluster_listener.map(|(listener, tls, address)| {
+        let service = service.clone();
+        let shutdown = stopped();
+        tokio::spawn(async move {
+            let served = grpc::serve_cluster(listener, &tls, service, shutdown).await;
+            if let Err(err) = &served {
+                tracing::error!(%address, "cluster endpoint: {err}");
+            }
+            served
+        })
+    });
     let grpc_task = tokio::spawn(grpc::serve(grpc_listener, service.clone(), stopped()));
     let rest_task = tokio::spawn({
         let shutdown = stopped();
@@ -103,8 +161,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     });
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let mut restart = cluster.restart_requested();
+    let outcome = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            Outcome::Stopped
+        }
+        _ = restart.wait_for(|restart| *restart) => {
+            tracing::info!("joined a cluster; restarting into it");
+            Outcome::Restart
+        }
+    };
     let _ = stop_tx.send(true);
     grpc_task
         .await
@@ -114,9 +182,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .await
         .context("REST server task")?
         .context("REST server")?;
+    if let Some(task) = cluster_task {
+        task.await
+            .context("cluster endpoint task")?
+            .context("cluster endpoint")?;
+    }
+    liveness.stop().await;
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("stopped");
-    Ok(())
+    Ok(outcome)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -43,11 +43,29 @@ fn run_agent(args: config::AgentArgs) -> ExitCode {
         }
     };
     match runtime.block_on(daemon::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(daemon::Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(daemon::Outcome::Restart) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            let err = reexec();
+            eprintln!("hivemind agent: cannot restart into the cluster: {err}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("hivemind agent: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Replaces this process with a fresh agent with the same arguments and environment (after a
+/// join; `cluster.json` now makes it a cluster node). Returns only if exec fails.
+fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "hivemind".into());
+    std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec()
 }

@@ -37,6 +37,37 @@ impl DataDir {
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")
     }
+
+    /// The cluster this node belongs to (written last when it inits or joins one: while it is
+    /// absent, the node is not in a cluster).
+    pub fn cluster_config(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+
+    /// The cluster CA's certificate and this node's certificate and key.
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+
+    /// The local etcd member's data (`etcd --data-dir`).
+    pub fn etcd(&self) -> PathBuf {
+        self.root.join("etcd")
+    }
+
+    /// The local etcd member's process id, so a restarted agent finds the member it started.
+    pub fn etcd_pid(&self) -> PathBuf {
+        self.root.join("etcd.pid")
+    }
+
+    /// The local etcd member's output.
+    pub fn etcd_log(&self) -> PathBuf {
+        self.root.join("etcd.log")
+    }
+
+    /// Where `state.redb` goes once its contents moved into the cluster's etcd.
+    pub fn store_db_backup(&self) -> PathBuf {
+        self.root.join("state.redb.pre-cluster")
+    }
 }
 
 /// Where the agent mounts its containers' network namespaces.

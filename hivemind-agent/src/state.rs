@@ -220,6 +220,34 @@ impl State {
         self.store.delete(&keys::identity(app)).await.map(|_| ())
     }
 
+    // --- replica assignments (written by the scheduler) ---
+
+    /// Which node runs each replica slot: (app, slot) → node. Keys that do not parse are
+    /// skipped.
+    pub async fn assignments(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, u32), String>, StoreError> {
+        let prefix = crate::cluster::keys::ASSIGNMENTS;
+        Ok(self
+            .store
+            .range(prefix)
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|kv| {
+                let (app, slot) = kv.key.strip_prefix(prefix)?.split_once('/')?;
+                let node: String = serde_json::from_slice(&kv.value).ok()?;
+                Some(((app.to_owned(), slot.parse().ok()?), node))
+            })
+            .collect())
+    }
+
+    /// Assigns replica `slot` of `app` to `node` (for the scheduler).
+    pub async fn assign(&self, app: &str, slot: u32, node: &str) -> Result<(), StoreError> {
+        let key = format!("{}{app}/{slot}", crate::cluster::keys::ASSIGNMENTS);
+        self.store.put_json(&key, node).await.map(|_| ())
+    }
+
     async fn create_if_absent(&self, key: String, value: Vec<u8>) -> Result<bool, StoreError> {
         let outcome = self
             .store

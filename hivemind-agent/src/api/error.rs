@@ -2,6 +2,7 @@
 //! one place each) and a message for people.
 
 use crate::{
+    cluster::{ClusterError, join::JoinError},
     reconcile::{LifecycleError, ReconcileError},
     runtime::{RuntimeError, image::ImageError},
     store::StoreError,
@@ -111,6 +112,37 @@ impl From<LifecycleError> for ApiError {
                 Self::invalid(format!("the container could not start: {err}"))
             }
         }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(err: ClusterError) -> Self {
+        match err {
+            ClusterError::Store(e) => e.into(),
+            ClusterError::NotClustered => Self::invalid(err.to_string()),
+            ClusterError::Missing { .. } | ClusterError::Pki(_) => {
+                Self::new(ErrorKind::Internal, err.to_string())
+            }
+        }
+    }
+}
+
+impl From<JoinError> for ApiError {
+    fn from(err: JoinError) -> Self {
+        let kind = match &err {
+            JoinError::AlreadyClustered { .. } | JoinError::NotEmpty { .. } | JoinError::Busy => {
+                ErrorKind::Conflict
+            }
+            JoinError::ExternalEtcd
+            | JoinError::NoNodeIp
+            | JoinError::Token(_)
+            | JoinError::Refused { .. } => ErrorKind::Invalid,
+            JoinError::Connect(crate::cluster::client::PinnedError::Unreachable { .. })
+            | JoinError::NoAnswer { .. } => ErrorKind::Unavailable,
+            JoinError::Connect(_) => ErrorKind::Invalid,
+            JoinError::Failed { .. } | JoinError::Store(_) => ErrorKind::Internal,
+        };
+        Self::new(kind, err.to_string())
     }
 }
 

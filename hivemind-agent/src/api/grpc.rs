@@ -1,19 +1,28 @@
-//! gRPC for the CLI, on a Unix socket. Thin: each method calls the service and maps errors
-//! through `From<ApiError> for Status`.
+//! gRPC for the CLI, on a Unix socket, and for the other nodes of a cluster, on the cluster
+//! port with mutual TLS. Thin: each method calls the service and maps errors through
+//! `From<ApiError> for Status`.
 
 use std::{io, path::Path, pin::Pin};
 
-use tokio::{net::UnixListener, sync::mpsc};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::mpsc,
+};
 use tokio_stream::{
     Stream, StreamExt as _,
     wrappers::{ReceiverStream, UnixListenerStream},
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 use super::service::AgentService;
-use crate::proto::{
-    self, agent_server::AgentServer, apps_server::AppsServer, containers_server::ContainersServer,
-    monitor_server::MonitorServer, policies_server::PoliciesServer, volumes_server::VolumesServer,
+use crate::{
+    cluster::{self, Cluster},
+    proto::{
+        self, agent_server::AgentServer, apps_server::AppsServer,
+        cluster_peer_server::ClusterPeerServer, cluster_server::ClusterServer,
+        containers_server::ContainersServer, monitor_server::MonitorServer,
+        policies_server::PoliciesServer, volumes_server::VolumesServer,
+    },
 };
 
 type Streaming<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -223,6 +232,57 @@ impl proto::monitor_server::Monitor for AgentService {
     }
 }
 
+#[tonic::async_trait]
+impl proto::cluster_server::Cluster for AgentService {
+    async fn list_nodes(
+        &self,
+        _request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesReply>, Status> {
+        Ok(Response::new(AgentService::list_nodes(self).await?))
+    }
+
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        Ok(Response::new(
+            AgentService::join(self, &request.into_inner()).await?,
+        ))
+    }
+
+    async fn token(
+        &self,
+        _request: Request<proto::TokenRequest>,
+    ) -> Result<Response<proto::TokenReply>, Status> {
+        Ok(Response::new(self.join_token().await?))
+    }
+}
+
+/// The node-to-node side of joining, served on the cluster port only.
+#[derive(Clone, Debug)]
+pub struct PeerService(pub Cluster);
+
+#[tonic::async_trait]
+impl proto::cluster_peer_server::ClusterPeer for PeerService {
+    async fn admit(
+        &self,
+        request: Request<proto::AdmitRequest>,
+    ) -> Result<Response<proto::AdmitReply>, Status> {
+        Ok(Response::new(self.0.admit(request.into_inner()).await?))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<proto::AbortRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        let name = request.get_ref().node_name.clone();
+        self.0.abort(request.into_inner()).await?;
+        Ok(Response::new(proto::ActionReply {
+            message: format!("the admission of {name} was undone"),
+        }))
+    }
+}
+
 /// Binds the socket (replacing a stale one left by a killed agent) with mode 0660: root and
 /// the socket's group may drive the agent.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -251,7 +311,59 @@ pub async fn serve(
         .add_service(ContainersServer::new(service.clone()))
         .add_service(VolumesServer::new(service.clone()))
         .add_service(PoliciesServer::new(service.clone()))
-        .add_service(MonitorServer::new(service))
+        .add_service(MonitorServer::new(service.clone()))
+        .add_service(ClusterServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// The cluster endpoint: TLS with this node's certificate. `ClusterPeer` (joining) takes any
+/// caller; every other service requires a client certificate of the cluster CA, so another
+/// node can call this node's services — e.g. `Containers.Info` and `Logs` for the containers
+/// running here — through [`cluster::ClusterClient`].
+pub async fn serve_cluster(
+    listener: TcpListener,
+    tls: &cluster::NodeTls,
+    service: AgentService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let nodes_only = cluster::require_node_certificate;
+    tonic::transport::Server::builder()
+        .tls_config(cluster::server_tls(tls))?
+        .add_service(ClusterPeerServer::new(PeerService(
+            service.cluster().clone(),
+        )))
+        .add_service(InterceptedService::new(
+            AgentServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            AppsServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            ContainersServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            VolumesServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            PoliciesServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            MonitorServer::new(service.clone()),
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(service),
+            nodes_only,
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

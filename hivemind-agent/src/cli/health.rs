@@ -50,6 +50,20 @@ fn render(reply: &proto::HealthReply) -> String {
             rt.socket, rt.namespace
         );
     }
+    if let Some(cluster) = &reply.cluster
+        && cluster.mode == "cluster"
+    {
+        let ready = reply.nodes.iter().filter(|n| n.ready).count();
+        let _ = writeln!(
+            out,
+            "Cluster    {} ({} of {} nodes ready), endpoint {}, etcd {}",
+            cluster.cluster_id,
+            ready,
+            reply.nodes.len(),
+            or_dash(&cluster.cluster_address),
+            or_dash(&cluster.etcd_role)
+        );
+    }
     if let Some(dp) = &reply.dataplane {
         let _ = writeln!(
             out,
@@ -82,6 +96,10 @@ fn render(reply: &proto::HealthReply) -> String {
             ]);
         }
         out += &table.render();
+    }
+    if !reply.nodes.is_empty() {
+        out.push('\n');
+        out += &super::cluster::render_nodes(&reply.nodes);
     }
     out
 }

@@ -3,6 +3,7 @@
 
 mod app;
 mod client;
+mod cluster;
 mod health;
 mod monitor;
 mod output;
@@ -38,7 +39,7 @@ pub struct GlobalArgs {
     /// The agent to talk to: unix:PATH or https://HOST:PORT.
     #[arg(long, global = true, env = "HIVEMIND_ADDR", default_value_t = format!("unix:{}", paths::DEFAULT_SOCKET))]
     pub addr: String,
-    /// Bearer token for remote agents.
+    /// Bearer token for remote agents; for `hivemind join`, the join token.
     #[arg(long, global = true, env = "HIVEMIND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Output format.
@@ -71,6 +72,14 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Stream the datapath's verdicts live: who talks to whom, what was dropped and why.
     Monitor(monitor::MonitorArgs),
+    /// Join this node to a cluster through any of its nodes (run on the new node).
+    Join(cluster::JoinArgs),
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(cluster::NodeCommand),
+    /// Cluster-wide settings: the join token.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
@@ -92,6 +101,9 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Volume(command) => volume::run(global, command).await,
             Command::Policy(command) => policy::run(global, command).await,
             Command::Monitor(args) => monitor::run(global, args).await,
+            Command::Join(args) => cluster::join(global, args).await,
+            Command::Node(command) => cluster::node(global, command).await,
+            Command::Cluster(command) => cluster::cluster(global, command).await,
             Command::Agent(_) => unreachable!("main runs the agent itself"),
         }
     });

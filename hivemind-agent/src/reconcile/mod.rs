@@ -8,7 +8,10 @@
 mod lifecycle;
 pub mod plan;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::{mpsc, oneshot};
@@ -84,11 +87,51 @@ pub struct Reconciler {
     /// The apps (name, identity, labels) the loaded policies were compiled for; a change
     /// means the policies must be compiled and loaded again before new containers start.
     policy_basis: Vec<(String, u32, std::collections::BTreeMap<String, String>)>,
+    ownership: Ownership,
+}
+
+/// Which replica slots this node runs: the seam between the reconciler (which runs what it
+/// owns) and the scheduler (which decides who owns what).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Every slot of every app: a single node (and agents sharing an external etcd, as
+    /// before clusters existed).
+    All,
+    /// The slots assigned to this node under `/hivemind/assignments/<app>/<slot>` (value: the
+    /// node's name as a JSON string). A slot nobody assigned belongs to `unassigned_to`: the
+    /// cluster's first node, until the scheduler assigns every slot.
+    Assigned { unassigned_to: Option<String> },
+}
+
+/// The slots this node owns in one pass.
+#[derive(Debug)]
+struct Owned<'a> {
+    node: &'a str,
+    ownership: &'a Ownership,
+    /// (app, slot) → node.
+    assignments: BTreeMap<(String, u32), String>,
+}
+
+impl Owned<'_> {
+    fn slots(&self, app: &AppSpec) -> Vec<u32> {
+        match self.ownership {
+            Ownership::All => (0..app.replicas).collect(),
+            Ownership::Assigned { unassigned_to } => (0..app.replicas)
+                .filter(|slot| {
+                    match self.assignments.get(&(app.name.clone(), *slot)) {
+                        Some(node) => node == self.node,
+                        None => unassigned_to.as_deref() == Some(self.node),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Reconciler {
-    pub fn new(lifecycle: Lifecycle, state: State, node: String) -> Self {
+    pub fn new(lifecycle: Lifecycle, state: State, node: String, ownership: Ownership) -> Self {
         Self {
+            ownership,
             lifecycle,
             state,
             node,
@@ -179,10 +222,20 @@ impl Reconciler {
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
         let apps = self.state.apps().await?;
         let listed = self.lifecycle.runtime().list_containers().await?;
-        let records = self.observe(&apps, listed).await?;
+        let assignments = match self.ownership {
+            Ownership::All => BTreeMap::new(),
+            Ownership::Assigned { .. } => self.state.assignments().await?,
+        };
+        let (node, ownership) = (self.node.clone(), self.ownership.clone());
+        let owned = Owned {
+            node: &node,
+            ownership: &ownership,
+            assignments,
+        };
+        let records = self.observe(&apps, listed, &owned).await?;
         self.cover_policies(&apps, &records).await?;
         let now = now_ms();
-        let actions = plan::plan(&apps, &records, owned_slots, &self.backoff, now);
+        let actions = plan::plan(&apps, &records, |app| owned.slots(app), &self.backoff, now);
         let report = self.act(&apps, records, actions).await;
         let records: Vec<ContainerRecord> = self
             .state
@@ -232,6 +285,7 @@ impl Reconciler {
         &mut self,
         apps: &[AppSpec],
         listed: Vec<ListedContainer>,
+        owned: &Owned<'_>,
     ) -> Result<Vec<ContainerRecord>, ReconcileError> {
         let mut records: Vec<ContainerRecord> = self
             .state
@@ -288,7 +342,7 @@ impl Reconciler {
             if kept.iter().any(|r| r.id == container.id) {
                 continue;
             }
-            if let Some(record) = adoptable(apps, container, &self.node) {
+            if let Some(record) = adoptable(apps, container, &self.node, owned) {
                 tracing::info!(container = %record.id, app = %record.app, "adopting a running container");
                 self.state.put_container(&record).await?;
                 kept.push(record);
@@ -392,19 +446,19 @@ impl Reconciler {
     }
 }
 
-/// Replica slots this node runs. Single node: all of them.
-fn owned_slots(app: &AppSpec) -> Vec<u32> {
-    (0..app.replicas).collect()
-}
-
-/// A record for a labelled containerd container, if its app still wants that slot.
-fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Option<ContainerRecord> {
+/// A record for a labelled containerd container, if its app still wants that slot here.
+fn adoptable(
+    apps: &[AppSpec],
+    container: &ListedContainer,
+    node: &str,
+    owned: &Owned<'_>,
+) -> Option<ContainerRecord> {
     let app = apps
         .iter()
         .find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
     let slot: u32 = container.labels.get(labels::SLOT)?.parse().ok()?;
     let generation: u64 = container.labels.get(labels::GENERATION)?.parse().ok()?;
-    if !owned_slots(app).contains(&slot) {
+    if !owned.slots(app).contains(&slot) {
         return None;
     }
     let running = container.task.is_some_and(|t| t.running);
@@ -432,6 +486,60 @@ fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Optio
     };
     record.transition(state, None, "adopted after an agent restart");
     Some(record)
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    fn app(name: &str, replicas: u32) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            image: "i".into(),
+            service: None,
+            replicas,
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            labels: BTreeMap::new(),
+            memory_bytes: None,
+            cpu_millis: None,
+            stop_timeout_secs: 10,
+            generation: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn slots_follow_assignments_and_the_default_owner() {
+        let web = app("web", 3);
+        let all = Ownership::All;
+        let owned = Owned {
+            node: "n2",
+            ownership: &all,
+            assignments: BTreeMap::new(),
+        };
+        assert_eq!(owned.slots(&web), vec![0, 1, 2]);
+
+        let assigned = Ownership::Assigned {
+            unassigned_to: Some("n1".into()),
+        };
+        let assignments: BTreeMap<_, _> = [
+            (("web".to_owned(), 0), "n2".to_owned()),
+            (("web".to_owned(), 1), "n3".to_owned()),
+        ]
+        .into();
+        let on = |node| Owned {
+            node,
+            ownership: &assigned,
+            assignments: assignments.clone(),
+        };
+        assert_eq!(on("n1").slots(&web), vec![2], "unassigned slots go to n1");
+        assert_eq!(on("n2").slots(&web), vec![0]);
+        assert_eq!(on("n3").slots(&web), vec![1]);
+        assert_eq!(on("n4").slots(&app("db", 2)), Vec::<u32>::new());
+    }
 }
 
 fn is_unreachable(err: &ReconcileError) -> bool {

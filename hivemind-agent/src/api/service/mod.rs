@@ -2,6 +2,7 @@
 //! API's messages (`crate::proto`) or an [`ApiError`](super::error::ApiError).
 
 mod apps;
+mod cluster;
 mod containers;
 mod convert;
 mod metrics;
@@ -12,6 +13,7 @@ mod volumes;
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use crate::{
+    cluster::Cluster,
     net::{dataplane::DataplaneHandle, network::NodeNetwork},
     proto,
     reconcile::ReconcilerHandle,
@@ -37,6 +39,8 @@ pub struct Parts {
     pub volumes: VolumeDirs,
     /// `<data dir>/containers`: per-container logs and files.
     pub containers_dir: PathBuf,
+    /// Membership, the node registry and calls to other nodes.
+    pub cluster: Cluster,
 }
 
 #[derive(Debug)]
@@ -64,6 +68,11 @@ impl AgentService {
         &self.inner.parts
     }
 
+    /// The cluster side: [`Cluster::client`] reaches other nodes' services.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.parts.cluster
+    }
+
     pub async fn health(&self) -> proto::HealthReply {
         let parts = self.parts();
         let mut dataplane = parts.dataplane.status().await.unwrap_or_default();
@@ -81,6 +90,8 @@ impl AgentService {
             store: Some(parts.state.store().status().await),
             runtime: Some(parts.runtime.status().await),
             dataplane: Some(dataplane),
+            nodes: parts.cluster.list_nodes().await.unwrap_or_default(),
+            cluster: Some(parts.cluster.status().await),
         }
     }
 }

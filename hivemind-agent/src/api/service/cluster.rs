@@ -1,0 +1,38 @@
+//! Cluster membership: the node list, joining, the join token.
+
+use super::AgentService;
+use crate::{api::error::ApiError, proto};
+
+impl AgentService {
+    pub async fn list_nodes(&self) -> Result<proto::ListNodesReply, ApiError> {
+        Ok(proto::ListNodesReply {
+            nodes: self.parts().cluster.list_nodes().await?,
+        })
+    }
+
+    /// Joins this node to the cluster `host` belongs to; the agent restarts into it after
+    /// answering.
+    pub async fn join(&self, request: &proto::JoinRequest) -> Result<proto::JoinReply, ApiError> {
+        if request.host.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "the node to join through is missing: pass --host <any node's address>",
+            ));
+        }
+        if request.token.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "the join token is missing: pass --token, set HIVEMIND_TOKEN or use --token-file; get it with `hivemind cluster token` on a node of the cluster",
+            ));
+        }
+        // No deploy, scale or removal while the node's store is about to change under it.
+        let _change = self.inner.changes.lock().await;
+        Ok(self
+            .parts()
+            .cluster
+            .join(&request.host, &request.token)
+            .await?)
+    }
+
+    pub async fn join_token(&self) -> Result<proto::TokenReply, ApiError> {
+        Ok(self.parts().cluster.token().await?)
+    }
+}
