@@ -134,6 +134,51 @@ impl Agent {
         self.launch();
     }
 
+    /// Adds arguments for the next (re)start, e.g. `--cluster-init`.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+    }
+
+    /// The pid of the etcd member this agent runs (from `<data-dir>/etcd.pid`), if it runs.
+    pub fn etcd_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.data_dir().join("etcd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let ours = self.data_dir().join("etcd").display().to_string();
+        (crate::util::pid_alive(pid)
+            && String::from_utf8_lossy(&cmdline).contains(&ours))
+        .then_some(pid)
+    }
+
+    /// SIGKILLs the agent's etcd member (it outlives a killed agent by design).
+    pub fn kill_etcd(&self) {
+        if let Some(pid) = self.etcd_pid() {
+            crate::util::kill_pid(pid);
+        }
+    }
+
+    /// The agent's etcd log.
+    pub fn etcd_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// `hivemind ARGS` with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(hivemind_bin());
+        command
+            .arg("--addr")
+            .arg(format!("unix:{}", self.socket.display()))
+            .args(args)
+            .env_remove("HIVEMIND_TOKEN");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        run(&mut command)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Process::pid)
     }
@@ -209,6 +254,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        // A stopped agent stops its etcd member; one that was killed leaves it running.
+        self.kill_etcd();
         let _ = std::fs::remove_dir_all(self.pin_dir());
     }
 }

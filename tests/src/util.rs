@@ -75,6 +75,21 @@ pub fn pid_alive(pid: u32) -> bool {
     })
 }
 
+/// SIGKILL `pid` and wait (up to 5 s) until it is gone.
+pub fn kill_pid(pid: u32) {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers.
+    unsafe {
+        libc::kill(raw, libc::SIGKILL);
+    }
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(20));
+    }
+}
+
 /// Mount points at or below `dir`, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().into_owned();

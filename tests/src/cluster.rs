@@ -1,0 +1,161 @@
+//! Multi-node setups: node namespaces on one "underlay" (a bridge in a hub namespace), each
+//! with its own containerd and agent, and the agents' etcd members inside the namespaces.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use crate::{
+    Agent, AgentOptions, Containerd, Netns,
+    util::{check, unique, wait_for},
+};
+
+/// The underlay's network; node `i` (from 1) is `192.0.2.(10+i)`.
+pub const UNDERLAY_PREFIX: &str = "192.0.2.";
+
+/// A bridge in a hub namespace that node namespaces plug into, like hosts on one switch.
+#[derive(Debug)]
+pub struct Underlay {
+    hub: Netns,
+    bridge: String,
+}
+
+impl Underlay {
+    pub fn new() -> Self {
+        let hub = Netns::new("hmhub");
+        let bridge = "br0".to_owned();
+        hub.ip(&["link", "add", &bridge, "type", "bridge"]);
+        hub.ip(&["link", "set", &bridge, "up"]);
+        Self { hub, bridge }
+    }
+
+    /// A new node namespace plugged into the bridge with `ip`/24 on its `eth0`.
+    pub fn host(&self, ip: &str) -> Netns {
+        let node = Netns::new("hmcn");
+        let hub_side = unique("hb");
+        check(Command::new("ip").args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            node.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hub_side,
+            "netns",
+            self.hub.name(),
+        ]));
+        self.hub
+            .ip(&["link", "set", &hub_side, "master", &self.bridge]);
+        self.hub.ip(&["link", "set", &hub_side, "up"]);
+        node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+        node
+    }
+}
+
+impl Default for Underlay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One node: a namespace on the underlay, a containerd and an agent.
+#[derive(Debug)]
+pub struct ClusterNode {
+    // Drop order: agent (stops its etcd member), containerd, namespace.
+    pub agent: Agent,
+    pub containerd: Containerd,
+    pub netns: Netns,
+    pub ip: String,
+}
+
+impl ClusterNode {
+    /// Node `index` (1-based) named `name`, its agent on `--node-ip` / `--underlay-iface eth0`
+    /// plus `extra` arguments. Not in a cluster yet unless `extra` has `--cluster-init`.
+    pub fn start(
+        underlay: &Underlay,
+        index: u8,
+        name: &str,
+        extra: &[&str],
+        options: &AgentOptions,
+    ) -> Self {
+        let ip = format!("{UNDERLAY_PREFIX}{}", 10 + index);
+        let netns = underlay.host(&ip);
+        Self::start_in(netns, &ip, name, extra, options)
+    }
+
+    /// A node in an existing namespace.
+    pub fn start_in(
+        netns: Netns,
+        ip: &str,
+        name: &str,
+        extra: &[&str],
+        options: &AgentOptions,
+    ) -> Self {
+        let containerd = Containerd::start();
+        let mut options = options.clone();
+        options.node_name = Some(name.to_owned());
+        options.extra_args.extend(
+            ["--node-ip", ip, "--underlay-iface", "eth0"]
+                .iter()
+                .chain(extra)
+                .map(|a| (*a).to_owned()),
+        );
+        let agent = Agent::start(&netns, &containerd, &options);
+        Self {
+            agent,
+            containerd,
+            netns,
+            ip: ip.to_owned(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.agent.node_name()
+    }
+
+    /// `HOST:PORT` of its cluster endpoint.
+    pub fn cluster_address(&self) -> String {
+        format!("{}:7443", self.ip)
+    }
+
+    /// `hivemind cluster token` on this node.
+    pub fn token(&self) -> String {
+        self.agent.cli_ok(&["cluster", "token"]).trim().to_owned()
+    }
+
+    /// `hivemind -o json node ls`.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        self.agent
+            .cli_json(&["node", "ls"])
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("node ls is not an array"))
+    }
+
+    /// The node entry named `name` in this node's `node ls`.
+    pub fn node(&self, name: &str) -> Option<serde_json::Value> {
+        self.nodes().into_iter().find(|n| n["name"] == name)
+    }
+
+    /// Waits until this node sees `name` as ready (`true`) or not (`false`).
+    pub fn wait_ready(&self, name: &str, ready: bool, timeout: Duration) {
+        let what = format!("{} to see {name} ready={ready}", self.name());
+        wait_for(&what, timeout, || {
+            let out = self.agent.cli(&["-o", "json", "node", "ls"]);
+            let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .find(|n| n["name"] == name)
+                .filter(|n| n["ready"].as_bool().unwrap_or(false) == ready)
+                .map(drop)
+        });
+    }
+
+    /// Its data dir's `pki`.
+    pub fn pki(&self) -> PathBuf {
+        self.agent.data_dir().join("pki")
+    }
+}
