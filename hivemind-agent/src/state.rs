@@ -190,7 +190,7 @@ impl State {
             }
             let taken: std::collections::BTreeSet<u32> =
                 self.identities().await?.into_values().collect();
-            let next = (hivemind_common::identity::FIRST_APP..)
+            let next = (hivemind_common::identity::FIRST_APP..=u32::MAX)
                 .find(|id| !taken.contains(id))
                 .unwrap_or(hivemind_common::identity::FIRST_APP);
             if self.create_if_absent(key.clone(), json(&next)).await? {

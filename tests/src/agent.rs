@@ -148,9 +148,8 @@ impl Agent {
             .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let ours = self.data_dir().join("etcd").display().to_string();
-        (crate::util::pid_alive(pid)
-            && String::from_utf8_lossy(&cmdline).contains(&ours))
-        .then_some(pid)
+        (crate::util::pid_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&ours))
+            .then_some(pid)
     }
 
     /// SIGKILLs the agent's etcd member (it outlives a killed agent by design).

@@ -44,6 +44,9 @@ fn tls(node: &ClusterNode) -> NodeTls {
 }
 
 /// The store of `node`'s etcd member, used from inside its namespace with its certificate.
+/// Members (id, name, learner), node record keys, subnet claim keys.
+type Snapshot = (Vec<(u64, String, bool)>, Vec<String>, Vec<String>);
+
 struct EtcdView {
     runtime: NodeRuntime,
     store: Store,
@@ -110,8 +113,8 @@ impl EtcdView {
             .expect("a leader")
     }
 
-    /// What a join may not change: members, node records, subnet claims, liveness keys.
-    fn snapshot(&self) -> (Vec<(u64, String, bool)>, Vec<String>, Vec<String>) {
+    /// What a join may not change: members, node records, subnet claims.
+    fn snapshot(&self) -> Snapshot {
         let members = self
             .members()
             .into_iter()
@@ -148,7 +151,9 @@ fn running(node: &ClusterNode, app: &str) -> usize {
     node.agent
         .cli_json(&["app", "containers", "--app", app])
         .as_array()
-        .map_or(0, |all| all.iter().filter(|c| c["state"] == "running").count())
+        .map_or(0, |all| {
+            all.iter().filter(|c| c["state"] == "running").count()
+        })
 }
 
 #[test]
@@ -193,7 +198,10 @@ fn cluster_forms_shares_state_and_survives_faults() {
     assert_eq!(health["cluster"]["mode"], "cluster", "{health}");
     assert_eq!(health["cluster"]["etcd_role"], "voter", "{health}");
     let data = n1.agent.data_dir();
-    assert!(!data.join("state.redb").exists(), "redb is no longer the store");
+    assert!(
+        !data.join("state.redb").exists(),
+        "redb is no longer the store"
+    );
     assert!(
         data.join("state.redb.pre-cluster").exists(),
         "kept as a backup"
@@ -288,7 +296,7 @@ fn cluster_forms_shares_state_and_survives_faults() {
     assert_eq!(n3.token(), token);
     // Joined nodes run nothing until the scheduler assigns them slots; node 1 still runs both.
     assert_eq!(running(&n1, "web"), 2);
-    assert!(n2.containerd.containers("hivemind").is_empty());
+    assert_eq!(n2.containerd.containers("hivemind"), Vec::<String>::new());
     let etcd = EtcdView::of(&n1);
     assert_eq!(etcd.members().len(), 3);
     assert!(etcd.members().iter().all(|m| !m.is_learner));
@@ -331,7 +339,10 @@ fn cluster_forms_shares_state_and_survives_faults() {
     n3.agent.kill();
     let killed = Instant::now();
     n1.wait_ready(n3.name(), false, NOT_READY_WITHIN);
-    eprintln!("node 3 not ready {:?} after its agent died", killed.elapsed());
+    eprintln!(
+        "node 3 not ready {:?} after its agent died",
+        killed.elapsed()
+    );
     assert!(
         killed.elapsed() >= Duration::from_secs(5),
         "not ready too early ({:?}): the lease TTL is 10 s",
@@ -370,13 +381,21 @@ fn cluster_forms_shares_state_and_survives_faults() {
         killed.elapsed()
     );
     for node in &nodes {
-        assert!(node.agent.cli_ok(&["volume", "ls"]).contains("after-leader"));
+        assert!(
+            node.agent
+                .cli_ok(&["volume", "ls"])
+                .contains("after-leader")
+        );
     }
     survivor.wait_ready(down.name(), false, NOT_READY_WITHIN);
     // It comes back: its member rejoins and catches up.
     down.agent.start_again();
     survivor.wait_ready(down.name(), true, Duration::from_secs(30));
-    assert!(down.agent.cli_ok(&["volume", "ls"]).contains("after-leader"));
+    assert!(
+        down.agent
+            .cli_ok(&["volume", "ls"])
+            .contains("after-leader")
+    );
     drop(registry);
 }
 
@@ -419,15 +438,20 @@ fn cluster_bad_joins_change_nothing() {
             .collect();
         hivemind_tests::Agent::start(&netns, &containerd, &options)
     };
-    let refuse = |agent: &hivemind_tests::Agent, args: &[&str], env: &[(&str, &str)], want: &str| {
-        let out = agent.cli_env(args, env);
-        let err = stderr(&out);
-        assert!(!out.status.success(), "{args:?} must fail:\n{}", stdout(&out));
-        assert!(err.contains(want), "{args:?}: expected {want:?} in:\n{err}");
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-        assert_single(agent);
-        assert_eq!(etcd.snapshot(), before, "{args:?} changed the cluster");
-    };
+    let refuse =
+        |agent: &hivemind_tests::Agent, args: &[&str], env: &[(&str, &str)], want: &str| {
+            let out = agent.cli_env(args, env);
+            let err = stderr(&out);
+            assert!(
+                !out.status.success(),
+                "{args:?} must fail:\n{}",
+                stdout(&out)
+            );
+            assert!(err.contains(want), "{args:?}: expected {want:?} in:\n{err}");
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+            assert_single(agent);
+            assert_eq!(etcd.snapshot(), before, "{args:?} changed the cluster");
+        };
     let (hash, secret) = token
         .strip_prefix("HM10")
         .and_then(|t| t.split_once("::"))
@@ -492,7 +516,11 @@ fn cluster_bad_joins_change_nothing() {
     j.cli_ok(&["volume", "create", "mine"]);
     let out = j.cli(&["join", "--host", host, "--token", &token]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("this node has 1 volume"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this node has 1 volume"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(etcd.snapshot(), before);
     drop(j);
 
@@ -540,5 +568,9 @@ fn cluster_bad_joins_change_nothing() {
     );
     // A member cannot join again.
     let out = j.cli(&["join", "--host", host, "--token", &token]);
-    assert!(stderr(&out).contains("already in cluster"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already in cluster"),
+        "{}",
+        stderr(&out)
+    );
 }

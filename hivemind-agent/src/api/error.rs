@@ -133,13 +133,13 @@ impl From<JoinError> for ApiError {
             JoinError::AlreadyClustered { .. } | JoinError::NotEmpty { .. } | JoinError::Busy => {
                 ErrorKind::Conflict
             }
+            JoinError::Connect(crate::cluster::client::PinnedError::Unreachable { .. })
+            | JoinError::NoAnswer { .. } => ErrorKind::Unavailable,
             JoinError::ExternalEtcd
             | JoinError::NoNodeIp
             | JoinError::Token(_)
-            | JoinError::Refused { .. } => ErrorKind::Invalid,
-            JoinError::Connect(crate::cluster::client::PinnedError::Unreachable { .. })
-            | JoinError::NoAnswer { .. } => ErrorKind::Unavailable,
-            JoinError::Connect(_) => ErrorKind::Invalid,
+            | JoinError::Refused { .. }
+            | JoinError::Connect(_) => ErrorKind::Invalid,
             JoinError::Failed { .. } | JoinError::Store(_) => ErrorKind::Internal,
         };
         Self::new(kind, err.to_string())

@@ -18,10 +18,10 @@ const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Args, Debug)]
 pub struct JoinArgs {
     /// Any node of the cluster: HOST or HOST:PORT of its cluster endpoint (port 7443 unless
-    /// it runs with another --cluster-port).
+    /// it runs with another `--cluster-port`).
     #[arg(long, value_name = "ADDR")]
     pub host: String,
-    /// Read the join token from this file (instead of --token or HIVEMIND_TOKEN).
+    /// Read the join token from this file instead of --token.
     #[arg(long, env = "HIVEMIND_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -116,7 +116,7 @@ async fn wait_for_restart(global: &GlobalArgs, node: &str) -> anyhow::Result<usi
                         }
                         last = "the node is not ready yet".into();
                     }
-                    Err(status) => last = status.message().to_owned(),
+                    Err(status) => status.message().clone_into(&mut last),
                 }
             }
             Err(err) => last = err.to_string(),
@@ -177,7 +177,13 @@ pub fn render_nodes(nodes: &[proto::NodeInfo]) -> String {
             (true, _) => "yes",
             (false, _) => "NO",
         };
-        let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
         table.row(vec![
             if n.local {
                 format!("{} (this node)", n.name)

@@ -140,7 +140,12 @@ pub async fn boot(config: &AgentConfig) -> Result<(Store, Cluster), BootError> {
         }
         let (store, tls, member) = start_member(data_dir, &cluster).await?;
         finish_commit(data_dir)?;
-        let mut parts = parts(Mode::Cluster(cluster.clone()), store.clone(), Some(tls), member);
+        let mut parts = parts(
+            Mode::Cluster(cluster.clone()),
+            store.clone(),
+            Some(tls),
+            member,
+        );
         // The cluster's settings win over this start's flags.
         parts.cluster_cidr = cluster.cluster_cidr;
         parts.vxlan_port = cluster.vxlan_port;
@@ -152,13 +157,21 @@ pub async fn boot(config: &AgentConfig) -> Result<(Store, Cluster), BootError> {
     if config.cluster_init {
         let node_ip = node_ip.ok_or(BootError::NoNodeIp)?;
         let (cluster, store, tls, member) = init(config, node_ip).await?;
-        let mut parts = parts(Mode::Cluster(cluster), store.clone(), Some(tls), Some(member));
+        let mut parts = parts(
+            Mode::Cluster(cluster),
+            store.clone(),
+            Some(tls),
+            Some(member),
+        );
         parts.node_ip = Some(node_ip);
         return Ok((store, Cluster::new(parts)));
     }
     if config.etcd_endpoints.is_empty() {
         let store = Store::open_redb(&data_dir.store_db())?;
-        Ok((store.clone(), Cluster::new(parts(Mode::Single, store, None, None))))
+        Ok((
+            store.clone(),
+            Cluster::new(parts(Mode::Single, store, None, None)),
+        ))
     } else {
         let store = Store::connect_etcd(&config.etcd_endpoints).await?;
         Ok((
@@ -375,7 +388,10 @@ async fn init(
         let moved = migrate(&data_dir.store_db(), &store).await?;
         store.put_json(keys::CLUSTER, &record).await?;
         cluster.save(data_dir)?;
-        tracing::info!(keys = moved, "cluster initialised; the node's state moved into etcd");
+        tracing::info!(
+            keys = moved,
+            "cluster initialised; the node's state moved into etcd"
+        );
         Ok::<_, BootError>(store)
     }
     .await;

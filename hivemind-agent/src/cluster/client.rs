@@ -87,11 +87,12 @@ impl ClusterClient {
     /// `proto::containers_client::ContainersClient::new(channel)`.
     pub async fn connect(&self, node: &str) -> Result<Channel, ClientError> {
         let tls = self.tls.as_ref().ok_or(ClientError::NotClustered)?;
-        let record = nodes::node(&self.store, node)
-            .await?
-            .ok_or_else(|| ClientError::UnknownNode {
-                node: node.to_owned(),
-            })?;
+        let record =
+            nodes::node(&self.store, node)
+                .await?
+                .ok_or_else(|| ClientError::UnknownNode {
+                    node: node.to_owned(),
+                })?;
         if record.cluster_address.is_empty() {
             return Err(ClientError::NoEndpoint {
                 node: node.to_owned(),
@@ -203,28 +204,27 @@ pub async fn connect_pinned(address: &str, ca_hash: &str) -> Result<Channel, Pin
         .or_else(|_| ServerName::try_from("hivemind"))
         .map_err(|err| unreachable(format!("invalid host {host:?}: {err}")))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = match tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-        .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => {
-            if verifier.mismatch.lock().is_ok_and(|m| *m) {
-                return Err(PinnedError::OtherCa {
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                if verifier.mismatch.lock().is_ok_and(|m| *m) {
+                    return Err(PinnedError::OtherCa {
+                        address: address.to_owned(),
+                    });
+                }
+                return Err(PinnedError::NotHivemind {
                     address: address.to_owned(),
+                    reason: format!("the TLS handshake failed ({err})"),
                 });
             }
-            return Err(PinnedError::NotHivemind {
-                address: address.to_owned(),
-                reason: format!("the TLS handshake failed ({err})"),
-            });
-        }
-        Err(_) => {
-            return Err(PinnedError::NotHivemind {
-                address: address.to_owned(),
-                reason: "no TLS handshake within 10s".into(),
-            });
-        }
-    };
+            Err(_) => {
+                return Err(PinnedError::NotHivemind {
+                    address: address.to_owned(),
+                    reason: "no TLS handshake within 10s".into(),
+                });
+            }
+        };
     // Hand the established stream to tonic once; the URI is only used for HTTP/2 headers.
     let slot = Arc::new(Mutex::new(Some(TokioIo::new(stream))));
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {

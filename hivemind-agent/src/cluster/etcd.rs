@@ -289,7 +289,9 @@ fn adoptable(data_dir: &DataDir) -> Option<u32> {
     let is_etcd = args
         .first()
         .is_some_and(|a| Path::new(&*String::from_utf8_lossy(a)).ends_with("etcd"));
-    let same_dir = args.windows(2).any(|w| w[0] == b"--data-dir" && w[1] == ours.as_bytes());
+    let same_dir = args
+        .windows(2)
+        .any(|w| w[0] == b"--data-dir" && w[1] == ours.as_bytes());
     (is_etcd && same_dir && alive(pid)).then_some(pid)
 }
 

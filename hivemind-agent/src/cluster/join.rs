@@ -175,9 +175,7 @@ impl Cluster {
             .store
             .get_json::<TokenRecord>(keys::JOIN_TOKEN)
             .await?
-            .ok_or(AdmitError::Missing {
-                what: "join token",
-            })?;
+            .ok_or(AdmitError::Missing { what: "join token" })?;
         let token = pki::JoinToken::parse(&record.value.token)?;
         if token.secret_matches(secret) {
             Ok(())
@@ -205,83 +203,14 @@ impl Cluster {
             })?
             .value;
 
-        let name = request.node_name.clone();
-        if !is_dns_label(&name) {
-            return Err(AdmitError::Invalid {
-                what: "node name",
-                value: name,
-            });
-        }
-        let ip: Ipv4Addr = request.node_ip.parse().map_err(|_| AdmitError::Invalid {
-            what: "node address",
-            value: request.node_ip.clone(),
-        })?;
-        if request.cluster_cidr.parse::<Ipv4Net>().ok() != Some(cluster.cluster_cidr) {
-            return Err(AdmitError::CidrMismatch {
-                theirs: request.cluster_cidr.clone(),
-                ours: cluster.cluster_cidr,
-            });
-        }
-        if request.vxlan_port != u32::from(cluster.vxlan_port) {
-            return Err(AdmitError::VxlanMismatch {
-                theirs: request.vxlan_port,
-                ours: cluster.vxlan_port,
-            });
-        }
-        let cluster_port = u16::try_from(request.cluster_port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| AdmitError::Invalid {
-                what: "cluster port",
-                value: request.cluster_port.to_string(),
-            })?;
-        let public_key = pki::NodePublicKey::from_raw(request.public_key.clone())?;
-
-        // The name and address must be free; an earlier, unfinished attempt of the same node
-        // (same name and address, still joining, not live) is replaced.
-        let all = nodes::nodes(store).await?;
-        if let Some(other) = all
-            .values()
-            .find(|n| n.name != name && n.underlay_ip == Some(ip))
-        {
-            return Err(AdmitError::AddressInUse {
-                ip,
-                node: other.name.clone(),
-            });
-        }
-        let revision = match nodes::node_with_revision(store, &name).await? {
-            None => 0,
-            Some((record, revision))
-                if record.state == NodeState::Joining
-                    && record.underlay_ip == Some(ip)
-                    && !nodes::is_ready(store, &name).await? =>
-            {
-                tracing::info!(node = %name, "replacing an unfinished join of the same node");
-                revision
-            }
-            Some(_) => return Err(AdmitError::NameInUse { name }),
-        };
+        let Joiner {
+            name,
+            ip,
+            cluster_port,
+            public_key,
+        } = check_joiner(&request, &cluster)?;
+        let (revision, members) = self.check_name_and_address(&name, ip).await?;
         let peer_url = etcd::peer_url(ip);
-        let members = store.members().await?;
-        if members
-            .iter()
-            .any(|m| m.name == name && !m.peer_urls.contains(&peer_url))
-        {
-            return Err(AdmitError::NameInUse { name });
-        }
-        for stale in members.iter().filter(|m| m.peer_urls.contains(&peer_url)) {
-            tracing::info!(node = %name, member = format!("{:x}", stale.id), "removing the etcd member of an unfinished join");
-            store
-                .remove_member(stale.id)
-                .await
-                .map_err(AdmitError::AddMember)?;
-        }
-        let members: Vec<Member> = store
-            .members()
-            .await?
-            .into_iter()
-            .filter(|m| !m.peer_urls.contains(&peer_url))
-            .collect();
         let etcd_member = members.len() < MAX_MEMBERS;
 
         let mut record = NodeRecord {
@@ -342,6 +271,61 @@ impl Cluster {
                 Err(err)
             }
         }
+    }
+
+    /// The name and address must be free; an earlier, unfinished attempt of the same node
+    /// (same name and address, still joining, not live) is replaced: its record's revision is
+    /// returned (0: no record) and its etcd member removed. Also returns the other members.
+    async fn check_name_and_address(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(u64, Vec<Member>), AdmitError> {
+        let store = &self.inner.store;
+        let all = nodes::nodes(store).await?;
+        if let Some(other) = all
+            .values()
+            .find(|n| n.name != name && n.underlay_ip == Some(ip))
+        {
+            return Err(AdmitError::AddressInUse {
+                ip,
+                node: other.name.clone(),
+            });
+        }
+        let revision = match nodes::node_with_revision(store, name).await? {
+            None => 0,
+            Some((record, revision))
+                if record.state == NodeState::Joining
+                    && record.underlay_ip == Some(ip)
+                    && !nodes::is_ready(store, name).await? =>
+            {
+                tracing::info!(node = %name, "replacing an unfinished join of the same node");
+                revision
+            }
+            Some(_) => return Err(AdmitError::NameInUse { name: name.into() }),
+        };
+        let peer_url = etcd::peer_url(ip);
+        let members = store.members().await?;
+        if members
+            .iter()
+            .any(|m| m.name == name && !m.peer_urls.contains(&peer_url))
+        {
+            return Err(AdmitError::NameInUse { name: name.into() });
+        }
+        for stale in members.iter().filter(|m| m.peer_urls.contains(&peer_url)) {
+            tracing::info!(node = %name, member = format!("{:x}", stale.id), "removing the etcd member of an unfinished join");
+            store
+                .remove_member(stale.id)
+                .await
+                .map_err(AdmitError::AddMember)?;
+        }
+        let members = store
+            .members()
+            .await?
+            .into_iter()
+            .filter(|m| !m.peer_urls.contains(&peer_url))
+            .collect();
+        Ok((revision, members))
     }
 
     /// Undoes an admission (`ClusterPeer.Abort`): only of a node that is still joining.
@@ -632,6 +616,57 @@ impl Undo {
     }
 }
 
+/// A joiner's settings, checked against the cluster's.
+struct Joiner {
+    name: String,
+    ip: Ipv4Addr,
+    cluster_port: u16,
+    public_key: pki::NodePublicKey,
+}
+
+fn check_joiner(
+    request: &proto::AdmitRequest,
+    cluster: &ClusterRecord,
+) -> Result<Joiner, AdmitError> {
+    let name = request.node_name.clone();
+    if !is_dns_label(&name) {
+        return Err(AdmitError::Invalid {
+            what: "node name",
+            value: name,
+        });
+    }
+    let ip: Ipv4Addr = request.node_ip.parse().map_err(|_| AdmitError::Invalid {
+        what: "node address",
+        value: request.node_ip.clone(),
+    })?;
+    if request.cluster_cidr.parse::<Ipv4Net>().ok() != Some(cluster.cluster_cidr) {
+        return Err(AdmitError::CidrMismatch {
+            theirs: request.cluster_cidr.clone(),
+            ours: cluster.cluster_cidr,
+        });
+    }
+    if request.vxlan_port != u32::from(cluster.vxlan_port) {
+        return Err(AdmitError::VxlanMismatch {
+            theirs: request.vxlan_port,
+            ours: cluster.vxlan_port,
+        });
+    }
+    let cluster_port = u16::try_from(request.cluster_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| AdmitError::Invalid {
+            what: "cluster port",
+            value: request.cluster_port.to_string(),
+        })?;
+    let public_key = pki::NodePublicKey::from_raw(request.public_key.clone())?;
+    Ok(Joiner {
+        name,
+        ip,
+        cluster_port,
+        public_key,
+    })
+}
+
 /// Apps, volumes and policies on a node that wants to join: refused, with what to do.
 async fn check_empty(state: &State) -> Result<(), JoinError> {
     let apps = state.apps().await?.len();
@@ -744,7 +779,11 @@ async fn promote(voters: &Store, id: u64) -> Result<(), StoreError> {
         match voters.promote_member(id).await {
             Ok(()) => return Ok(()),
             // An earlier attempt got through but its answer was lost.
-            Err(err) if err.etcd_message().contains("can only promote a learner member") => {
+            Err(err)
+                if err
+                    .etcd_message()
+                    .contains("can only promote a learner member") =>
+            {
                 if !err.etcd_message().contains("in sync") {
                     return Ok(());
                 }

@@ -56,7 +56,9 @@ pub mod keys {
 pub enum ClusterError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("this node is not in a cluster: there is no join token (start the first node with --cluster-init)")]
+    #[error(
+        "this node is not in a cluster: there is no join token (start the first node with --cluster-init)"
+    )]
     NotClustered,
     #[error("the cluster's {what} is missing from the store")]
     Missing { what: &'static str },
@@ -443,9 +445,7 @@ impl Cluster {
             .store
             .get_json::<TokenRecord>(keys::JOIN_TOKEN)
             .await?
-            .ok_or(ClusterError::Missing {
-                what: "join token",
-            })?;
+            .ok_or(ClusterError::Missing { what: "join token" })?;
         let token = pki::JoinToken::parse(&record.value.token)?;
         Ok(proto::TokenReply {
             ca_hash: token.ca_hash.clone(),

@@ -203,11 +203,7 @@ impl LivenessHandle {
     }
 }
 
-async fn keep_alive(
-    store: Store,
-    name: String,
-    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
-) {
+async fn keep_alive(store: Store, name: String, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
     let key = liveness_key(&name);
     let value = Liveness {
         since_ms: now_ms(),
@@ -236,13 +232,19 @@ async fn keep_alive(
         let result = match lease {
             Some(id) => match store.keep_alive(id).await {
                 Err(StoreError::LeaseExpired { .. } | StoreError::LeaseNotFound { .. }) => {
-                    tracing::warn!("the liveness lease expired (the store was unreachable); registering again");
+                    tracing::warn!(
+                        "the liveness lease expired (the store was unreachable); registering again"
+                    );
                     lease = None;
-                    register(&store, &key, &value).await.map(|id| lease = Some(id))
+                    register(&store, &key, &value)
+                        .await
+                        .map(|id| lease = Some(id))
                 }
                 other => other,
             },
-            None => register(&store, &key, &value).await.map(|id| lease = Some(id)),
+            None => register(&store, &key, &value)
+                .await
+                .map(|id| lease = Some(id)),
         };
         match result {
             Ok(()) if warned => {

@@ -341,7 +341,8 @@ impl JoinToken {
             .strip_prefix(TOKEN_PREFIX)
             .ok_or(PkiError::TokenFormat)?;
         let (hash, secret) = rest.split_once("::").ok_or(PkiError::TokenFormat)?;
-        let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex_of =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_of(hash, 64) || secret.len() < 16 || secret.contains(char::is_whitespace) {
             return Err(PkiError::TokenFormat);
         }
@@ -357,7 +358,10 @@ impl JoinToken {
             Sha256::digest(self.secret.as_bytes()),
             Sha256::digest(secret.as_bytes()),
         );
-        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
 }
 

@@ -40,8 +40,9 @@ pub enum NetworkError {
     Store(#[from] StoreError),
     #[error("stored policy {name} no longer parses: {errors}")]
     StoredPolicy { name: String, errors: PolicyErrors },
+    /// Boxed: the policy error is large and this one is rare.
     #[error("the policies need more map entries than the datapath holds: {0}")]
-    Capacity(policy::PolicyError),
+    Capacity(Box<policy::PolicyError>),
 }
 
 /// What `hivemind health` shows about the node's network.
@@ -285,7 +286,9 @@ impl NodeNetwork {
         let apps = inner.state.apps().await?;
         let identities = inner.state.identities().await?;
         let (compiled, count) = compile_records(&records, &apps, &identities)?;
-        compiled.check_capacity().map_err(NetworkError::Capacity)?;
+        compiled
+            .check_capacity()
+            .map_err(|err| NetworkError::Capacity(Box::new(err)))?;
         let mut published = inner.updates.lock().await;
         inner
             .dataplane

@@ -117,12 +117,12 @@ impl Owned<'_> {
         match self.ownership {
             Ownership::All => (0..app.replicas).collect(),
             Ownership::Assigned { unassigned_to } => (0..app.replicas)
-                .filter(|slot| {
-                    match self.assignments.get(&(app.name.clone(), *slot)) {
+                .filter(
+                    |slot| match self.assignments.get(&(app.name.clone(), *slot)) {
                         Some(node) => node == self.node,
                         None => unassigned_to.as_deref() == Some(self.node),
-                    }
-                })
+                    },
+                )
                 .collect(),
         }
     }
@@ -488,6 +488,28 @@ fn adoptable(
     Some(record)
 }
 
+fn is_unreachable(err: &ReconcileError) -> bool {
+    matches!(err, ReconcileError::Runtime(e) if e.is_unreachable())
+}
+
+/// Forwards containerd's task-exit events, resubscribing whenever the stream ends.
+async fn watch_exits(runtime: crate::runtime::Runtime, exits: mpsc::Sender<TaskExit>) {
+    loop {
+        match runtime.task_exits().await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(exit) = stream.next().await {
+                    if exits.send(exit).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => tracing::debug!("event subscription: {err}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[cfg(test)]
 mod ownership_tests {
     use super::*;
@@ -539,27 +561,5 @@ mod ownership_tests {
         assert_eq!(on("n2").slots(&web), vec![0]);
         assert_eq!(on("n3").slots(&web), vec![1]);
         assert_eq!(on("n4").slots(&app("db", 2)), Vec::<u32>::new());
-    }
-}
-
-fn is_unreachable(err: &ReconcileError) -> bool {
-    matches!(err, ReconcileError::Runtime(e) if e.is_unreachable())
-}
-
-/// Forwards containerd's task-exit events, resubscribing whenever the stream ends.
-async fn watch_exits(runtime: crate::runtime::Runtime, exits: mpsc::Sender<TaskExit>) {
-    loop {
-        match runtime.task_exits().await {
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(exit) = stream.next().await {
-                    if exits.send(exit).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(err) => tracing::debug!("event subscription: {err}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -495,10 +495,13 @@ impl EtcdStore {
                 ),
             )
             .await?;
-        let added = response.member().map(member).ok_or(StoreError::EtcdAnswer {
-            op: "add member",
-            missing: "the new member",
-        })?;
+        let added = response
+            .member()
+            .map(member)
+            .ok_or(StoreError::EtcdAnswer {
+                op: "add member",
+                missing: "the new member",
+            })?;
         Ok((added, response.member_list().iter().map(member).collect()))
     }
 
@@ -522,7 +525,9 @@ impl EtcdStore {
             .call_within("member status", PROBE_TIMEOUT, maintenance.status())
             .await?;
         Ok(MemberStatus {
-            member_id: status.header().map_or(0, etcd_client::ResponseHeader::member_id),
+            member_id: status
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::member_id),
             leader: status.leader(),
             raft_index: status.raft_index(),
             raft_applied_index: status.raft_applied_index(),
