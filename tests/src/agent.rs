@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub containerd_socket: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub extra_args: Vec<String>,
+    /// Extra environment variables of the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,7 @@ pub struct Agent {
     socket: PathBuf,
     dir: TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -73,6 +76,7 @@ impl Agent {
             socket,
             dir,
             args,
+            env: options.env.clone(),
         };
         agent.launch();
         agent
@@ -87,6 +91,7 @@ impl Agent {
             .arg(hivemind_bin());
         command
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HIVEMIND_LOG", "info,hivemind_agent=debug");
         self.process = Some(Process::spawn("hivemind agent", &mut command, &log));
         self.wait_ready();

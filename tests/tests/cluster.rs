@@ -13,11 +13,8 @@ use std::{
 };
 
 use hivemind_agent::{
-    cluster::{
-        NodeTls,
-        client::{self, connect_node},
-    },
-    proto::{self, cluster_client::ClusterClient},
+    cluster::{ClusterClient as ClusterNodes, NodeTls, client},
+    proto::{self, cluster_client::ClusterClient, containers_client::ContainersClient},
     store::{EtcdTls, Member, Store},
 };
 use hivemind_tests::{
@@ -301,22 +298,63 @@ fn cluster_forms_shares_state_and_survives_faults() {
     assert_eq!(etcd.members().len(), 3);
     assert!(etcd.members().iter().all(|m| !m.is_learner));
 
-    // The node endpoint: another node's certificate gets in; a caller without one does not.
+    // A fourth node, joined through node 2 (any node admits): no etcd member, it uses the
+    // three voters.
+    let n4 = ClusterNode::start(&underlay, 4, &unique("n"), &[], &AgentOptions::default());
+    let out = join(&n4, &n2.ip, &token);
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        n4.agent.log()
+    );
+    let fourth = n1.node(n4.name()).expect("n4 listed");
+    assert_eq!(fourth["ready"], true, "{fourth}");
+    assert_eq!(fourth["etcd_role"], "", "{fourth}");
+    assert!(
+        n4.agent.etcd_pid().is_none(),
+        "no member on the fourth node"
+    );
+    let health = n4.agent.cli_json(&["health"]);
+    assert_eq!(health["store"]["backend"], "etcd", "{health}");
+    assert_eq!(etcd.members().len(), 3, "still three members");
+    assert!(n4.agent.cli_ok(&["volume", "ls"]).contains("data"));
+    drop(n4);
+
+    // The node endpoint: node 3 reads a container of node 1 through ClusterClient (mutual
+    // TLS; the node is looked up in the registry); a caller without a certificate gets
+    // nothing.
+    let container = n1.agent.cli_json(&["app", "containers", "--app", "web"])[0]["id"]
+        .as_str()
+        .expect("a container id")
+        .to_owned();
     let inside_n3 = NodeRuntime::new(&n3.netns);
-    let (n3_tls, n1_name, n1_address) = (tls(&n3), n1.name().to_owned(), n1.cluster_address());
-    let listed = inside_n3.run(async move {
-        let channel = connect_node(&n3_tls, &n1_name, &n1_address)
+    let (n3_tls, n1_name) = (tls(&n3), n1.name().to_owned());
+    let info = inside_n3.run(async move {
+        let store = Store::connect_etcd_tls(
+            &["https://127.0.0.1:2379".to_owned()],
+            &EtcdTls {
+                ca_pem: n3_tls.ca_pem.clone(),
+                cert_pem: n3_tls.cert_pem.clone(),
+                key_pem: n3_tls.key_pem.clone(),
+                domain: None,
+            },
+        )
+        .await
+        .expect("node 3's store");
+        let nodes = ClusterNodes::new(store, Some(n3_tls));
+        let channel = nodes.connect(&n1_name).await.expect("mutual TLS to node 1");
+        ContainersClient::new(channel)
+            .info(proto::ContainerRequest {
+                container_id: container,
+            })
             .await
-            .expect("mutual TLS to node 1");
-        ClusterClient::new(channel)
-            .list_nodes(proto::ListNodesRequest {})
-            .await
-            .expect("ListNodes as a node")
+            .expect("Containers.Info on node 1")
             .into_inner()
-            .nodes
-            .len()
     });
-    assert_eq!(listed, 3);
+    assert_eq!(info.node, n1.name());
+    assert_eq!(info.state, "running");
     let ca_hash = token
         .strip_prefix("HM10")
         .and_then(|t| t.split_once("::"))
@@ -333,6 +371,7 @@ fn cluster_forms_shares_state_and_survives_faults() {
             .expect_err("no certificate, no service")
     });
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    drop(inside_n3);
 
     // Node 3's agent dies: it turns not ready within the lease TTL, and back when restarted.
     let mut n3 = n3;
@@ -539,6 +578,28 @@ fn cluster_bad_joins_change_nothing() {
         &["join", "--host", host, "--token", &token],
         &[],
         "differs from the cluster's 10.244.0.0/16",
+    );
+    drop(j);
+
+    // A failure after admission (the joiner's etcd member cannot start) is undone on both
+    // sides: the member node 1 added is removed again, and so are the subnet and the name.
+    let j = hivemind_tests::Agent::start(
+        &netns,
+        &containerd,
+        &AgentOptions {
+            node_name: Some(unique("j")),
+            extra_args: ["--node-ip", ip, "--underlay-iface", "eth0"]
+                .map(str::to_owned)
+                .to_vec(),
+            env: vec![("HIVEMIND_ETCD_BIN".into(), "/bin/false".into())],
+            ..AgentOptions::default()
+        },
+    );
+    refuse(
+        &j,
+        &["join", "--host", host, "--token", &token],
+        &[],
+        "starting the etcd member failed, so the join was undone on both sides",
     );
     drop(j);
 

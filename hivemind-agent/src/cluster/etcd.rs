@@ -52,10 +52,12 @@ pub enum EtcdError {
         #[source]
         source: std::io::Error,
     },
-    #[error("etcd exited right after starting ({status}); its log ({log}) ends with:\n{tail}")]
+    #[error("etcd exited right after starting ({status}): {summary}")]
     Exited {
         status: String,
-        log: PathBuf,
+        /// The error etcd logged last.
+        summary: String,
+        /// The end of its log.
         tail: String,
     },
 }
@@ -228,10 +230,18 @@ impl EtcdMember {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
+        let tail = log_tail(&self.data_dir.etcd_log(), 40);
         Err(EtcdError::Exited {
             status,
-            log: self.data_dir.etcd_log(),
-            tail: log_tail(&self.data_dir.etcd_log(), 12),
+            summary: last_error(&tail)
+                .or_else(|| {
+                    tail.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| l.chars().take(300).collect())
+                })
+                .unwrap_or_else(|| "it wrote nothing to its log".to_owned()),
+            tail,
         })
     }
 
@@ -438,6 +448,22 @@ fn terminate(pid: u32, grace: Duration) {
     }
 }
 
+/// The last error etcd logged (its zap logger writes JSON lines: `msg` and `error`).
+fn last_error(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let level = entry["level"].as_str()?;
+        if !matches!(level, "fatal" | "panic" | "error") {
+            return None;
+        }
+        let msg = entry["msg"].as_str().unwrap_or("error");
+        Some(match entry["error"].as_str() {
+            Some(error) => format!("{msg}: {error}"),
+            None => msg.to_owned(),
+        })
+    })
+}
+
 /// The last `lines` lines of a log file (at most its last 16 KiB).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(mut file) = fs::File::open(path) else {
@@ -480,6 +506,18 @@ mod tests {
             assert!(args.contains(expected), "{expected:?} missing from {args}");
         }
         assert!(!args.contains("http://"), "no plain-text URL: {args}");
+    }
+
+    #[test]
+    fn the_last_error_is_found_in_the_log() {
+        let log = r#"{"level":"info","msg":"starting"}
+{"level":"fatal","ts":1,"msg":"listener failed","error":"listen tcp 192.0.2.2:2380: bind: address already in use"}
+not json"#;
+        assert_eq!(
+            last_error(log).as_deref(),
+            Some("listener failed: listen tcp 192.0.2.2:2380: bind: address already in use")
+        );
+        assert_eq!(last_error("{\"level\":\"info\",\"msg\":\"ok\"}"), None);
     }
 
     #[test]

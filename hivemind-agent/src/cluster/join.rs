@@ -162,7 +162,8 @@ fn chain(err: &dyn std::error::Error) -> String {
         }
         source = err.source();
     }
-    text
+    // One line for the CLI, whatever the sources say.
+    text.replace('\n', " ")
 }
 
 impl Cluster {
