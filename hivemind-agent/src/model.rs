@@ -12,6 +12,7 @@ pub mod keys {
     pub const VOLUMES: &str = "/hivemind/volumes/";
     pub const IDENTITIES: &str = "/hivemind/identities/";
     pub const POLICIES: &str = "/hivemind/policies/";
+    pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -27,6 +28,9 @@ pub mod keys {
     }
     pub fn policy(name: &str) -> String {
         format!("{POLICIES}{name}")
+    }
+    pub fn assignments(app: &str) -> String {
+        format!("{ASSIGNMENTS}{app}")
     }
 }
 
