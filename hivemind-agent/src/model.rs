@@ -13,6 +13,9 @@ pub mod keys {
     pub const IDENTITIES: &str = "/hivemind/identities/";
     pub const POLICIES: &str = "/hivemind/policies/";
     pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
+    /// Registered nodes, and their lease-backed liveness keys.
+    pub const NODES: &str = "/hivemind/nodes/";
+    pub const ALIVE: &str = "/hivemind/alive/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")

@@ -235,10 +235,24 @@ impl State {
 
     // --- nodes ---
 
-    /// Every node of the cluster and whether it is ready. A node that has never joined a
-    /// cluster is alone: itself, ready.
+    /// Every node of the cluster and whether it is ready (its lease-backed liveness key is
+    /// present). A node that has never joined a cluster is alone: itself, ready.
     pub async fn cluster_nodes(&self, this_node: &str) -> Result<Vec<(String, bool)>, StoreError> {
-        Ok(vec![(this_node.to_owned(), true)])
+        let (registered, _) = self.store.range(keys::NODES).await?;
+        if registered.is_empty() {
+            return Ok(vec![(this_node.to_owned(), true)]);
+        }
+        let (alive, _) = self.store.range(keys::ALIVE).await?;
+        Ok(registered
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(keys::NODES))
+            .map(|name| {
+                let ready = alive
+                    .iter()
+                    .any(|kv| kv.key.strip_prefix(keys::ALIVE) == Some(name));
+                (name.to_owned(), ready)
+            })
+            .collect())
     }
 
     // --- identities (one per app, for policies) ---
@@ -253,7 +267,8 @@ impl State {
             }
             let taken: std::collections::BTreeSet<u32> =
                 self.identities().await?.into_values().collect();
-            let next = (hivemind_common::identity::FIRST_APP..)
+            let next = (hivemind_common::identity::FIRST_APP
+                ..hivemind_common::identity::FIRST_CIDR)
                 .find(|id| !taken.contains(id))
                 .unwrap_or(hivemind_common::identity::FIRST_APP);
             if self.create_if_absent(key.clone(), json(&next)).await? {

@@ -793,6 +793,18 @@ fn if_indextoname(index: u32) -> Option<String> {
         .map(|s| s.to_string_lossy().into_owned())
 }
 
+/// aya reports a missing key as `KeyNotFound` from lookups but as the syscall's ENOENT from
+/// deletes.
+fn is_not_found(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{LinkKey, ProgramKind};
@@ -822,17 +834,5 @@ mod tests {
         ] {
             assert_eq!(LinkKey::parse(other), None, "{other}");
         }
-    }
-}
-
-/// aya reports a missing key as `KeyNotFound` from lookups but as the syscall's ENOENT from
-/// deletes.
-fn is_not_found(err: &MapError) -> bool {
-    match err {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
-            io_error.raw_os_error() == Some(libc::ENOENT)
-        }
-        _ => false,
     }
 }
