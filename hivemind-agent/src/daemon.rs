@@ -9,6 +9,7 @@ use crate::{
         service::{AgentService, Parts},
     },
     config::AgentConfig,
+    healthcheck::HealthMonitor,
     net::{dataplane, network::NodeNetwork},
     paths,
     reconcile::{Lifecycle, Reconciler},
@@ -66,6 +67,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         network.clone(),
     );
     let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
+    HealthMonitor::new(
+        state.clone(),
+        runtime.clone(),
+        config.node_name.clone(),
+        config.data_dir.containers(),
+    )
+    .spawn();
 
     let service = AgentService::new(Parts {
         node_name: config.node_name.clone(),

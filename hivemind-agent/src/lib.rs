@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod healthcheck;
 pub mod model;
 pub mod net;
 pub mod paths;

@@ -101,6 +101,38 @@ impl State {
             .map(|_| ())
     }
 
+    /// Changes a record in place with compare-and-swap, retrying if it changed meanwhile, so
+    /// a writer of one field (health) never reverts another's (state). No-op if it is gone.
+    pub async fn update_container(
+        &self,
+        id: &str,
+        change: impl Fn(&mut ContainerRecord),
+    ) -> Result<(), StoreError> {
+        let key = keys::container(id);
+        loop {
+            let Some(entry) = self.store.get_json::<ContainerRecord>(&key).await? else {
+                return Ok(());
+            };
+            let mut record = entry.value;
+            change(&mut record);
+            let outcome = self
+                .store
+                .txn(Txn {
+                    compare: vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
+                    success: vec![Op::Put {
+                        key: key.clone(),
+                        value: json(&record),
+                        lease: 0,
+                    }],
+                    failure: Vec::new(),
+                })
+                .await?;
+            if outcome.succeeded {
+                return Ok(());
+            }
+        }
+    }
+
     pub async fn delete_container(&self, id: &str) -> Result<(), StoreError> {
         self.store.delete(&keys::container(id)).await.map(|_| ())
     }

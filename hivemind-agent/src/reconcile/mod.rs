@@ -148,8 +148,11 @@ impl Reconciler {
         let Some(mut record) = self.state.container(&exit.container_id).await? else {
             return Ok(());
         };
-        if record.node != self.node || record.state != ContainerState::Running {
-            return Ok(()); // stopping on purpose, or not ours
+        if record.node != self.node
+            || record.state != ContainerState::Running
+            || record.pid != exit.pid
+        {
+            return Ok(()); // stopping on purpose, not ours, or an earlier task's exit
         }
         let code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
         record.transition(
@@ -407,7 +410,12 @@ impl Reconciler {
                 Action::Restart { id } => {
                     if let Some(record) = by_id.get(&id) {
                         let mut record = record.clone();
-                        match self.lifecycle.restart(&mut record).await {
+                        let grace = app_of(&record.app).map_or(10, |a| a.stop_timeout_secs);
+                        match self
+                            .lifecycle
+                            .restart(&mut record, Duration::from_secs(u64::from(grace)))
+                            .await
+                        {
                             Ok(()) => report.restarted.push(id),
                             Err(err) => {
                                 report.failures.push((record.app.clone(), err));
@@ -511,6 +519,8 @@ fn adoptable(
         created_at_ms: now_ms(),
         started_at_ms: None,
         history: Vec::new(),
+        health: app.health.as_ref().map(|_| crate::model::Health::Starting),
+        health_detail: String::new(),
     };
     let state = if running {
         ContainerState::Running
