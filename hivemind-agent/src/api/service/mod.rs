@@ -4,6 +4,7 @@
 mod apps;
 mod containers;
 mod convert;
+mod policies;
 mod volumes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
@@ -39,6 +40,8 @@ struct Inner {
     /// of the desired state followed by a convergence, and interleaving two would make their
     /// results (and error messages) depend on timing.
     changes: tokio::sync::Mutex<()>,
+    /// Applied network policies (stand-in; see `policies.rs`).
+    policies: policies::PolicyBook,
 }
 
 impl AgentService {
@@ -48,6 +51,7 @@ impl AgentService {
                 parts,
                 started: Instant::now(),
                 changes: tokio::sync::Mutex::new(()),
+                policies: policies::PolicyBook::default(),
             }),
         }
     }
