@@ -283,7 +283,7 @@ pub struct ApplyPoliciesQuery {
 
 /// The policies applied, with `success`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ApplyPoliciesReply {
+pub struct PoliciesApplied {
     /// Always `true`.
     pub success: bool,
     #[serde(flatten)]

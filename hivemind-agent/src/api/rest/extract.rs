@@ -80,12 +80,21 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Vec<u8>, RestEr
     Ok(body)
 }
 
-/// Strict JSON: one value, no trailing data; errors name the field path.
+/// Strict JSON: one object, no trailing data; errors name the field path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RestError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(RestError::BadRequest(
-            "the request body is empty: expected a JSON object".into(),
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(RestError::BadRequest(
+                "the request body is empty: expected a JSON object".into(),
+            ));
+        }
+        // serde would read a struct from an array too; the API's bodies are objects.
+        Some(b'[') => {
+            return Err(RestError::BadRequest(
+                "invalid request body: expected a JSON object, not an array".into(),
+            ));
+        }
+        Some(_) => {}
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
@@ -93,7 +102,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RestError> {
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             RestError::BadRequest(format!("malformed JSON in the request body: {inner}"))
-        } else if path == "." || path.is_empty() {
+        } else if path == "." || path.is_empty() || inner.to_string().starts_with("unknown field") {
             RestError::BadRequest(format!("invalid request body: {inner}"))
         } else {
             RestError::BadRequest(format!("invalid request body: field `{path}`: {inner}"))
@@ -116,7 +125,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| Self(q.0))
             .map_err(|rejection| {
-                RestError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+                let text = rejection.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                RestError::BadRequest(format!("invalid query parameter {text}"))
             })
     }
 }

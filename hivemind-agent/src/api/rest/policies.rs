@@ -9,7 +9,7 @@ use axum::{
 
 use super::{
     AppState,
-    dto::{ActionReply, ApplyPoliciesBody, ApplyPoliciesQuery, ApplyPoliciesReply},
+    dto::{ActionReply, ApplyPoliciesBody, ApplyPoliciesQuery, PoliciesApplied},
     error::{ErrorBody, RestError},
     extract::{JSON_LIMIT, Path, Query, YAML_LIMIT, parse_json, read_body, require_content_type},
 };
@@ -48,13 +48,13 @@ pub async fn get_policy(
         (String = "application/yaml"),
     )),
     responses(
-        (status = 200, description = "Applied", body = ApplyPoliciesReply),
+        (status = 200, description = "Applied", body = PoliciesApplied),
     ))]
 pub async fn apply_policies(
     State(state): State<AppState>,
     Query(query): Query<ApplyPoliciesQuery>,
     request: Request,
-) -> Result<Json<ApplyPoliciesReply>> {
+) -> Result<Json<PoliciesApplied>> {
     let media = require_content_type(
         request.headers(),
         &[
@@ -76,7 +76,7 @@ pub async fn apply_policies(
     };
     let source = source.unwrap_or_else(|| "request.yaml".into());
     let reply = state.service.apply_policies(&source, &yaml).await?;
-    Ok(Json(ApplyPoliciesReply {
+    Ok(Json(PoliciesApplied {
         success: true,
         reply,
     }))
