@@ -6,8 +6,7 @@
 //   BASE_URL=http://127.0.0.1:3000 IMAGE=127.0.0.1:5000/hivemind/test:1 ARTIFACTS=DIR node ui.mjs
 // Prints one JSON line with what it saw; exits non-zero with the reason on failure.
 import { chromium } from "playwright-core";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const BASE = process.env.BASE_URL || "http://127.0.0.1:3000";
@@ -18,14 +17,12 @@ const TIMEOUT = 90_000;
 if (!IMAGE) throw new Error("IMAGE is required");
 mkdirSync(ARTIFACTS, { recursive: true });
 
-const profile = mkdtempSync(join(tmpdir(), "hm-chromium-"));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--user-data-dir=${profile}`,
   ],
 });
 const seen = { screenshots: [] };
@@ -150,6 +147,6 @@ try {
   console.error(`UI test failed: ${err.stack || err}\nconsole errors: ${consoleErrors.join("; ")}`);
   process.exitCode = 1;
 } finally {
+  // playwright made (and now removes) a fresh, empty profile for this browser.
   await browser.close();
-  rmSync(profile, { recursive: true, force: true });
 }

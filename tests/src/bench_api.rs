@@ -60,7 +60,10 @@ pub fn bench_api() -> String {
     }
 
     let mut out = String::new();
-    let _ = writeln!(out, "## API: `GET /api/containers` with {CONTAINERS} containers\n");
+    let _ = writeln!(
+        out,
+        "## API: `GET /api/containers` with {CONTAINERS} containers\n"
+    );
     let _ = writeln!(
         out,
         "wrk (2 threads, 15 s per run, after a 3 s warm-up) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
@@ -149,7 +152,9 @@ pub fn parse_wrk(out: &str, connections: u32) -> LoadResult {
 
 /// `1.23ms`, `850.00us`, `1.02s` → milliseconds.
 fn duration_ms(text: &str) -> f64 {
-    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: f64 = number.parse().unwrap_or(0.0);
     match unit {

@@ -106,7 +106,10 @@ impl Client {
         }
         command.args(extra).arg(format!("{}{path}", self.base));
         let out = run(&mut command);
-        let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        let status = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let body = fs::read(&body).unwrap_or_default();
         Reply {
             status,
@@ -128,7 +131,12 @@ impl Client {
         self.request(
             "POST",
             path,
-            &["-H", "Content-Type: application/json", "--data-binary", body],
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ],
         )
     }
 

@@ -86,9 +86,15 @@ fn check(
                 .iter()
                 .filter(|sub| validate_at(doc, sub, value, at).is_empty())
                 .count();
-            let ok = if key == "oneOf" { matching == 1 } else { matching >= 1 };
+            let ok = if key == "oneOf" {
+                matching == 1
+            } else {
+                matching >= 1
+            };
             if !ok {
-                problems.push(format!("{at}: {value} matches {matching} of the {key} schemas"));
+                problems.push(format!(
+                    "{at}: {value} matches {matching} of the {key} schemas"
+                ));
             }
         }
     }

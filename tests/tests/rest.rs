@@ -28,7 +28,8 @@ fn wait_running(node: &SingleNode, api: &Client, app: &str, n: usize) -> Vec<Str
             .filter(|c| c["state"] == "running")
             .filter_map(|c| c["id"].as_str().map(str::to_owned))
             .collect();
-        (list.len() == n && ids.len() == n && ids.iter().all(|id| tasks.contains(id))).then_some(ids)
+        (list.len() == n && ids.len() == n && ids.iter().all(|id| tasks.contains(id)))
+            .then_some(ids)
     })
 }
 
@@ -46,12 +47,13 @@ fn snapshot(node: &SingleNode, api: &Client) -> (Value, Value, Value, Vec<String
 
 /// The OpenAPI document says `reply` is a valid `status` response of `method template`.
 fn assert_conforms(doc: &Value, method: &str, template: &str, reply: &Reply) {
-    let schema = openapi::response_schema(doc, method, template, reply.status).unwrap_or_else(|| {
-        panic!(
-            "{method} {template}: no JSON schema for status {} in the document",
-            reply.status
-        )
-    });
+    let schema =
+        openapi::response_schema(doc, method, template, reply.status).unwrap_or_else(|| {
+            panic!(
+                "{method} {template}: no JSON schema for status {} in the document",
+                reply.status
+            )
+        });
     let problems = openapi::validate(doc, &schema, &reply.json());
     assert!(
         problems.is_empty(),
@@ -79,7 +81,10 @@ fn rest_guide_examples_verbatim() {
     let out = node.netns.sh(&deploy);
     let reply: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(reply["success"], true, "{reply}");
-    let id = reply["container_id"].as_str().expect("container_id").to_owned();
+    let id = reply["container_id"]
+        .as_str()
+        .expect("container_id")
+        .to_owned();
     assert!(id.starts_with("your-app-name-"), "{reply}");
     assert_eq!(
         reply["message"],
@@ -151,14 +156,22 @@ fn rest_every_endpoint() {
 
     let apps = api.get("/api/apps");
     assert_conforms(&doc, "GET", "/api/apps", &apps);
-    assert_eq!(apps.json(), node.agent.cli_json(&["app", "ls"]), "same document as the CLI");
+    assert_eq!(
+        apps.json(),
+        node.agent.cli_json(&["app", "ls"]),
+        "same document as the CLI"
+    );
     let app = api.get("/api/apps/web");
     assert_conforms(&doc, "GET", "/api/apps/{name}", &app);
     let app = app.json();
     assert_eq!(app["labels"]["tier"], "front");
     assert_eq!(app["memory_bytes"], 64 << 20);
     assert_eq!(app["cpu_millis"], 500);
-    assert!(app["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "API_TOKEN=******")));
+    assert!(
+        app["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v == "API_TOKEN=******"))
+    );
     assert!(!app.to_string().contains("s3cret"), "secret leaked: {app}");
 
     let list = api.get("/api/containers?app=web");
@@ -170,14 +183,22 @@ fn rest_every_endpoint() {
     let info = info.json();
     assert_eq!(info["state"], "running");
     assert!(info["ip"].is_string(), "{info}");
-    assert!(info["usage"]["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{info}");
+    assert!(
+        info["usage"]["memory_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{info}"
+    );
 
     let logs = util::wait_for("the greeting in the log", TIMEOUT, || {
         let reply = api.get(&format!("/api/containers/{}/logs?tail=50", first[0]));
         assert_eq!(reply.status, 200);
         reply.body.contains("from-rest").then_some(reply)
     });
-    assert!(logs.header("content-type").is_some_and(|t| t.starts_with("text/plain")));
+    assert!(
+        logs.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
     let one = api.get(&format!("/api/containers/{}/logs?tail=1", first[0]));
     assert_eq!(one.body.trim_end().lines().count(), 1, "{}", one.body);
     // follow: the response stays open (curl gives up after 2 s with what it got so far).
@@ -187,21 +208,31 @@ fn rest_every_endpoint() {
         &format!("/api/containers/{}/logs?follow=true", first[0]),
         &["--max-time", "2"],
     );
-    assert!(started.elapsed() >= Duration::from_secs(2), "follow returned early");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "follow returned early"
+    );
     assert!(followed.body.contains("from-rest"), "{}", followed.body);
 
     // Scale to 3, then restart, through the API; containerd agrees.
     let scaled = api.post_json("/api/apps/web/scale", r#"{"replicas": 3}"#);
     assert_eq!(scaled.status, 200, "{}", scaled.body);
     assert_conforms(&doc, "POST", "/api/apps/{name}/scale", &scaled);
-    assert!(scaled.json()["message"].as_str().is_some_and(|m| m.contains("from 1 to 3")));
+    assert!(
+        scaled.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("from 1 to 3"))
+    );
     let three = wait_running(&node, &api, "web", 3);
     assert!(three.contains(&first[0]));
     let restarted = api.request("POST", "/api/apps/web/restart", &[]);
     assert_eq!(restarted.status, 200, "{}", restarted.body);
     assert_conforms(&doc, "POST", "/api/apps/{name}/restart", &restarted);
     let fresh = wait_running(&node, &api, "web", 3);
-    assert!(fresh.iter().all(|id| !three.contains(id)), "{fresh:?} vs {three:?}");
+    assert!(
+        fresh.iter().all(|id| !three.contains(id)),
+        "{fresh:?} vs {three:?}"
+    );
 
     // Volumes: listed with their user; removal refused while mounted.
     let volumes = api.get("/api/volumes");
@@ -216,7 +247,12 @@ fn rest_every_endpoint() {
     let applied = api.request(
         "POST",
         "/api/policies?source=web.yaml",
-        &["-H", "Content-Type: application/yaml", "--data-binary", yaml],
+        &[
+            "-H",
+            "Content-Type: application/yaml",
+            "--data-binary",
+            yaml,
+        ],
     );
     assert_eq!(applied.status, 200, "{}", applied.body);
     assert_conforms(&doc, "POST", "/api/policies", &applied);
@@ -231,7 +267,12 @@ fn rest_every_endpoint() {
     assert_conforms(&doc, "GET", "/api/policies/{name}", &policy);
     let policy = policy.json();
     assert_eq!(policy["selected_apps"][0], "web");
-    assert!(policy["yaml"].as_str().is_some_and(|y| y.contains("192.0.2.0/24")), "{policy}");
+    assert!(
+        policy["yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("192.0.2.0/24")),
+        "{policy}"
+    );
     let removed = api.delete("/api/policies/db-in");
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert_conforms(&doc, "DELETE", "/api/policies/{name}", &removed);
@@ -239,8 +280,18 @@ fn rest_every_endpoint() {
 
     let metrics = api.get("/metrics");
     assert_eq!(metrics.status, 200);
-    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("text/plain")));
-    assert!(metrics.body.contains("hivemind_containers{state=\"running\"} 3"), "{}", metrics.body);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+    assert!(
+        metrics
+            .body
+            .contains("hivemind_containers{state=\"running\"} 3"),
+        "{}",
+        metrics.body
+    );
     assert!(metrics.body.contains("hivemind_apps 1"), "{}", metrics.body);
 
     // Remove the app, then the volume.
@@ -248,7 +299,11 @@ fn rest_every_endpoint() {
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert_conforms(&doc, "DELETE", "/api/apps/{name}", &removed);
     assert_eq!(api.get_json("/api/apps"), json!([]));
-    assert!(node.containerd_containers().is_empty(), "{:?}", node.containerd_containers());
+    assert!(
+        node.containerd_containers().is_empty(),
+        "{:?}",
+        node.containerd_containers()
+    );
     let removed = api.delete("/api/volumes/data");
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert_eq!(api.get_json("/api/volumes"), json!([]));
@@ -259,7 +314,11 @@ fn rest_openapi_lists_every_route() {
     let node = SingleNode::start();
     let api = Client::loopback(&node.netns);
     let doc = api.get_json("/api/openapi.json");
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
     // Every route the API serves (each answered below, so none is a fallback 404).
     let routes = [
         ("get", "/api/health", "/api/health"),
@@ -273,7 +332,11 @@ fn rest_openapi_lists_every_route() {
         ("post", "/api/apps/{name}/restart", "/api/apps/nope/restart"),
         ("get", "/api/containers", "/api/containers"),
         ("get", "/api/containers/{id}", "/api/containers/nope"),
-        ("get", "/api/containers/{id}/logs", "/api/containers/nope/logs"),
+        (
+            "get",
+            "/api/containers/{id}/logs",
+            "/api/containers/nope/logs",
+        ),
         ("post", "/api/volumes/create", "/api/volumes/create"),
         ("get", "/api/volumes", "/api/volumes"),
         ("delete", "/api/volumes/{name}", "/api/volumes/nope"),
@@ -289,7 +352,12 @@ fn rest_openapi_lists_every_route() {
             doc["paths"][template][method].is_object(),
             "{method} {template} is not in the OpenAPI document"
         );
-        let reply = api.request(&method.to_uppercase(), path, &["-H", "Content-Type: application/json", "-d", "{}"][..if method == "get" { 0 } else { 4 }]);
+        let reply = api.request(
+            &method.to_uppercase(),
+            path,
+            &["-H", "Content-Type: application/json", "-d", "{}"]
+                [..if method == "get" { 0 } else { 4 }],
+        );
         assert!(
             !reply.body.contains("no such endpoint"),
             "{method} {path} is not routed: {}",
@@ -301,16 +369,35 @@ fn rest_openapi_lists_every_route() {
             reply.status,
             reply.body
         );
-        if reply.header("content-type").is_some_and(|t| t.starts_with("application/json")) && template != "/api/openapi.json" {
+        if reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+            && template != "/api/openapi.json"
+        {
             assert_conforms(&doc, method, template, &reply);
         }
         documented += 1;
     }
     let total: usize = doc["paths"]
         .as_object()
-        .map(|p| p.values().map(|item| item.as_object().map_or(0, |ops| ops.keys().filter(|k| ["get", "post", "put", "delete", "patch"].contains(&k.as_str())).count())).sum())
+        .map(|p| {
+            p.values()
+                .map(|item| {
+                    item.as_object().map_or(0, |ops| {
+                        ops.keys()
+                            .filter(|k| {
+                                ["get", "post", "put", "delete", "patch"].contains(&k.as_str())
+                            })
+                            .count()
+                    })
+                })
+                .sum()
+        })
         .unwrap_or(0);
-    assert_eq!(total, documented, "the document has operations this test does not know");
+    assert_eq!(
+        total, documented,
+        "the document has operations this test does not know"
+    );
     // The UI is served at / (not part of the API document).
     let page = api.get("/");
     assert_eq!(page.status, 200);
@@ -336,7 +423,10 @@ fn rest_bad_input_changes_nothing() {
 
     let image = node.image.clone();
     let deploy = |body: &str| api.post_json("/api/deploy", body);
-    let big = format!(r#"{{"name": "big", "image": "{image}", "env": ["X={}"]}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"name": "big", "image": "{image}", "env": ["X={}"]}}"#,
+        "x".repeat(2 << 20)
+    );
     let big_file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(big_file.path(), &big).expect("write the big body");
     let big_arg = format!("@{}", big_file.path().display());
@@ -391,12 +481,17 @@ fn rest_bad_input_changes_nothing() {
     let mut failures = Vec::new();
     for (what, reply, status, needle) in &cases {
         if reply.status != *status {
-            failures.push(format!("{what}: expected {status}, got {}: {}", reply.status, reply.body));
+            failures.push(format!(
+                "{what}: expected {status}, got {}: {}",
+                reply.status, reply.body
+            ));
             continue;
         }
         let error = reply.expect_error(*status);
         if !error.contains(needle) {
-            failures.push(format!("{what}: the error does not mention {needle:?}: {error}"));
+            failures.push(format!(
+                "{what}: the error does not mention {needle:?}: {error}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -422,7 +517,10 @@ fn rest_token_required_off_loopback() {
         },
     );
     let token_file = agent.data_dir().join("api-token");
-    let mode = std::fs::metadata(&token_file).expect("token file").permissions().mode();
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
     let out = util::check(
         Command::new(util::hivemind_bin())
@@ -431,14 +529,27 @@ fn rest_token_required_off_loopback() {
     );
     let token = out.trim().to_owned();
     assert_eq!(token.len(), 64, "{out}");
-    assert_eq!(std::fs::read_to_string(&token_file).expect("read").trim(), token);
+    assert_eq!(
+        std::fs::read_to_string(&token_file).expect("read").trim(),
+        token
+    );
 
     let anonymous = Client::new(&client_ns, "http://10.213.0.1:3000");
-    for path in ["/api/health", "/api/apps", "/api/openapi.json", "/metrics", "/api/nothing"] {
+    for path in [
+        "/api/health",
+        "/api/apps",
+        "/api/openapi.json",
+        "/metrics",
+        "/api/nothing",
+    ] {
         let reply = anonymous.get(path);
         let error = reply.expect_error(401);
         assert!(error.contains("--print-token"), "{error}");
-        assert!(reply.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+        assert!(
+            reply
+                .header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer"))
+        );
     }
     anonymous
         .post_json("/api/volumes/create", r#"{"name": "v"}"#)
@@ -461,7 +572,11 @@ fn rest_token_required_off_loopback() {
         &["-H", "Origin: http://evil.example"],
     )
     .expect_error(403);
-    let own = api.request("DELETE", "/api/volumes/v", &["-H", "Origin: http://10.213.0.1:3000"]);
+    let own = api.request(
+        "DELETE",
+        "/api/volumes/v",
+        &["-H", "Origin: http://10.213.0.1:3000"],
+    );
     assert_eq!(own.status, 200, "{}", own.body);
 }
 
@@ -471,7 +586,12 @@ fn rest_origin_and_host_checks() {
     let node = SingleNode::start();
     let api = Client::loopback(&node.netns);
     let create = |headers: &[&str]| {
-        let mut args = vec!["-H", "Content-Type: application/json", "--data", r#"{"name": "x"}"#];
+        let mut args = vec![
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"name": "x"}"#,
+        ];
         for header in headers {
             args.extend(["-H", header]);
         }
@@ -482,23 +602,42 @@ fn rest_origin_and_host_checks() {
     create(&["Origin: null"]).expect_error(403);
     create(&["Origin: http://127.0.0.1:3001"]).expect_error(403);
     // A page served by DNS rebinding names its own host.
-    let error = create(&["Host: evil.example:3000", "Origin: http://evil.example:3000"]).expect_error(403);
+    let error = create(&[
+        "Host: evil.example:3000",
+        "Origin: http://evil.example:3000",
+    ])
+    .expect_error(403);
     assert!(error.contains("evil.example"), "{error}");
-    api.request("GET", "/api/apps", &["-H", "Host: evil.example:3000"]).expect_error(403);
+    api.request("GET", "/api/apps", &["-H", "Host: evil.example:3000"])
+        .expect_error(403);
     // A cross-site form can only send simple content types.
     api.request(
         "POST",
         "/api/volumes/create",
-        &["-H", "Content-Type: text/plain", "--data", r#"{"name": "x"}"#],
+        &[
+            "-H",
+            "Content-Type: text/plain",
+            "--data",
+            r#"{"name": "x"}"#,
+        ],
     )
     .expect_error(415);
     api.request(
         "POST",
         "/api/apps/x/restart",
-        &["-H", "Content-Type: application/x-www-form-urlencoded", "--data", ""],
+        &[
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--data",
+            "",
+        ],
     )
     .expect_error(415);
-    assert_eq!(api.get_json("/api/volumes"), json!([]), "nothing was created");
+    assert_eq!(
+        api.get_json("/api/volumes"),
+        json!([]),
+        "nothing was created"
+    );
     // The agent's own pages may.
     for origin in ["http://127.0.0.1:3000", "http://localhost:3000"] {
         let host = origin.trim_start_matches("http://");
@@ -507,8 +646,21 @@ fn rest_origin_and_host_checks() {
         assert_eq!(api.delete("/api/volumes/x").status, 200);
     }
     // No cookies, no CORS grants.
-    let reply = api.request("OPTIONS", "/api/volumes/create", &["-H", "Origin: http://evil.example", "-H", "Access-Control-Request-Method: POST"]);
-    assert!(reply.header("access-control-allow-origin").is_none(), "{}", reply.headers);
+    let reply = api.request(
+        "OPTIONS",
+        "/api/volumes/create",
+        &[
+            "-H",
+            "Origin: http://evil.example",
+            "-H",
+            "Access-Control-Request-Method: POST",
+        ],
+    );
+    assert!(
+        reply.header("access-control-allow-origin").is_none(),
+        "{}",
+        reply.headers
+    );
     assert!(reply.header("set-cookie").is_none());
 }
 
@@ -525,7 +677,11 @@ fn rest_fuzz_schemathesis() {
     let node = SingleNode::start();
     let api = Client::loopback(&node.netns);
     // Some state for the fuzzer to run into.
-    assert_eq!(api.post_json("/api/volumes/create", r#"{"name": "fuzz"}"#).status, 200);
+    assert_eq!(
+        api.post_json("/api/volumes/create", r#"{"name": "fuzz"}"#)
+            .status,
+        200
+    );
     let deployed = api.post_json(
         "/api/deploy",
         &json!({"image": node.image, "name": "fuzz", "stop_timeout_secs": 1}).to_string(),
@@ -574,7 +730,11 @@ fn rest_fuzz_schemathesis() {
     // The agent is still whole: healthy, and its records agree with containerd (the fuzzer
     // may have restarted, scaled or removed the app through the links it inferred).
     assert_eq!(api.get("/api/health").status, 200);
-    assert!(!node.agent.log().contains("panicked"), "{}", node.agent.log());
+    assert!(
+        !node.agent.log().contains("panicked"),
+        "{}",
+        node.agent.log()
+    );
     util::wait_for("records and containerd to agree", TIMEOUT, || {
         let mut records: Vec<String> = api
             .get_json("/api/containers")

@@ -61,21 +61,34 @@ fn ui_deploy_scale_volume_in_chromium() {
     assert_eq!(app["replicas"], 3, "{app}");
     assert_eq!(app["service"], "web-ui.example.com");
     assert_eq!(app["labels"]["tier"], "front");
-    let ids = wait_for("3 running containers", std::time::Duration::from_secs(30), || {
-        let list = api.get_json("/api/containers?app=web-ui");
-        let ids: Vec<String> = list
-            .as_array()?
-            .iter()
-            .filter(|c| c["state"] == "running")
-            .filter_map(|c| c["id"].as_str().map(str::to_owned))
-            .collect();
-        (ids.len() == 3).then_some(ids)
-    });
+    let ids = wait_for(
+        "3 running containers",
+        std::time::Duration::from_secs(30),
+        || {
+            let list = api.get_json("/api/containers?app=web-ui");
+            let ids: Vec<String> = list
+                .as_array()?
+                .iter()
+                .filter(|c| c["state"] == "running")
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect();
+            (ids.len() == 3).then_some(ids)
+        },
+    );
     let tasks = node.running_tasks();
-    assert!(ids.iter().all(|id| tasks.contains(id)), "{ids:?} vs {tasks:?}");
+    assert!(
+        ids.iter().all(|id| tasks.contains(id)),
+        "{ids:?} vs {tasks:?}"
+    );
     assert_eq!(api.get_json("/api/volumes")[0]["name"], "ui-data");
     assert_eq!(api.get_json("/api/policies")[0]["name"], "web-from-lan");
-    for name in ["01-apps-empty", "04-app-running", "05-app-scaled", "07-volumes", "13-phone-apps"] {
+    for name in [
+        "01-apps-empty",
+        "04-app-running",
+        "05-app-scaled",
+        "07-volumes",
+        "13-phone-apps",
+    ] {
         let shot = artifacts.join(format!("{name}.png"));
         assert!(
             std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),

@@ -11,8 +11,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         other => bail!("unknown benchmark {other:?}; available: api"),
     }
     setup::ensure()?;
-    cmd::cargo_host(&["build", "--release", "--package", "hivemind-agent", "--bin", "hivemind"])
-        .run()?;
+    cmd::cargo_host(&[
+        "build",
+        "--release",
+        "--package",
+        "hivemind-agent",
+        "--bin",
+        "hivemind",
+    ])
+    .run()?;
     let root = cmd::root();
     let report = root.join("target/bench/api.md");
     std::fs::create_dir_all(root.join("target/bench"))?;

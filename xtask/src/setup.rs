@@ -382,7 +382,14 @@ fn browser_tests() -> anyhow::Result<()> {
     }
     if !node_ok() && Cmd::new("npm").args(["--version"]).probe().is_none() {
         Cmd::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "nodejs",
+                "npm",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()?;
     }
@@ -416,10 +423,17 @@ fn schemathesis() -> anyhow::Result<()> {
     }
     let python = ["python3", "/usr/bin/python3"]
         .into_iter()
-        .find(|p| Cmd::new(p).args(["-c", "import venv, ensurepip"]).probe().is_some())
+        .find(|p| {
+            Cmd::new(p)
+                .args(["-c", "import venv, ensurepip"])
+                .probe()
+                .is_some()
+        })
         .context("no python3 with venv and ensurepip (apt-get install python3-venv)")?;
     let _ = fs::remove_dir_all(SCHEMATHESIS_VENV);
-    Cmd::new(python).args(["-m", "venv", SCHEMATHESIS_VENV]).run()?;
+    Cmd::new(python)
+        .args(["-m", "venv", SCHEMATHESIS_VENV])
+        .run()?;
     Cmd::new(format!("{SCHEMATHESIS_VENV}/bin/pip"))
         .args([
             "install",

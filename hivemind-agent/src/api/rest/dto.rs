@@ -225,10 +225,10 @@ fn key_values_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
     Schema::OneOf(
         OneOfBuilder::new()
-        .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
+            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
                     .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String))),
             )
             .build(),
@@ -236,7 +236,9 @@ fn key_values_schema() -> utoipa::openapi::schema::Schema {
 }
 
 /// A string, or a number taken as its decimal text (`0.5` → `"0.5"`); `null` is absent.
-fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+fn string_or_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     struct Visitor;
     impl de::Visitor<'_> for Visitor {
         type Value = Option<String>;

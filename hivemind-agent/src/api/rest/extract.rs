@@ -176,7 +176,10 @@ mod tests {
         assert!(message("{").contains("malformed JSON"));
         assert!(message(r#"{"name": "a"} x"#).contains("malformed JSON"));
         let m = message(r#"{"name": "a", "replicas": "three"}"#);
-        assert!(m.contains("`replicas`") && m.contains("invalid type"), "{m}");
+        assert!(
+            m.contains("`replicas`") && m.contains("invalid type"),
+            "{m}"
+        );
         let m = message(r#"{"name": "a", "extra": 1}"#);
         assert!(m.contains("unknown field `extra`"), "{m}");
         let m = message(r#"{"replicas": 1}"#);

@@ -133,7 +133,9 @@ pub async fn scale_app(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ScaleBody>,
 ) -> Result<Json<ActionReply>> {
-    Ok(Json(state.service.scale(&name, body.replicas).await?.into()))
+    Ok(Json(
+        state.service.scale(&name, body.replicas).await?.into(),
+    ))
 }
 
 /// Replace every replica with a fresh container, one at a time.
@@ -195,11 +197,7 @@ pub async fn container_logs(
 ) -> Result<Response> {
     let stream = state
         .service
-        .logs(
-            &id,
-            query.follow.unwrap_or(false),
-            query.tail.unwrap_or(0),
-        )
+        .logs(&id, query.follow.unwrap_or(false), query.tail.unwrap_or(0))
         .await?;
     let body = Body::from_stream(stream.map(|chunk| chunk.map(axum::body::Bytes::from)));
     Ok((

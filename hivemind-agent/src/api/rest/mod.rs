@@ -107,19 +107,24 @@ impl Modify for CommonResponses {
                 };
                 add("400", "Invalid input: the message names the field or value");
                 add("401", "A bearer token is required (agent not on loopback)");
-                add("403", "Refused Host or Origin (cross-site or DNS-rebinding request)");
+                add(
+                    "403",
+                    "Refused Host or Origin (cross-site or DNS-rebinding request)",
+                );
                 add("500", "An internal fault");
-                add("503", "A dependency (containerd, a registry, the store) is unavailable");
+                add(
+                    "503",
+                    "A dependency (containerd, a registry, the store) is unavailable",
+                );
                 if mutating {
                     add("413", "Request body too large");
                     add("415", "Wrong content type (send application/json)");
                 }
                 operation.security = Some(vec![
-                    utoipa::openapi::security::SecurityRequirement::new::<
-                        &str,
-                        [&str; 0],
-                        &str,
-                    >("bearer", []),
+                    utoipa::openapi::security::SecurityRequirement::new::<&str, [&str; 0], &str>(
+                        "bearer",
+                        [],
+                    ),
                     utoipa::openapi::security::SecurityRequirement::default(),
                 ]);
             }

@@ -66,7 +66,8 @@ pub async fn apply_policies(
         "application/yaml or application/json",
     )?;
     let (source, yaml) = if media == "application/json" {
-        let body: ApplyPoliciesBody = parse_json(&read_body(request, JSON_LIMIT + YAML_LIMIT).await?)?;
+        let body: ApplyPoliciesBody =
+            parse_json(&read_body(request, JSON_LIMIT + YAML_LIMIT).await?)?;
         (body.source.or(query.source), body.yaml)
     } else {
         let bytes = read_body(request, YAML_LIMIT).await?;
@@ -102,7 +103,10 @@ pub async fn remove_policy(
 pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let text = state.service.metrics_text().await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())

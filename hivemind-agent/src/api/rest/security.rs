@@ -230,7 +230,12 @@ mod tests {
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["evil.example:3000", "10.0.0.1:3000", "localhost.evil.example", "[::2]:1"] {
+        for host in [
+            "evil.example:3000",
+            "10.0.0.1:3000",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }

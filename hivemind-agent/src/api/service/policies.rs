@@ -66,7 +66,11 @@ impl AgentService {
             );
         }
         Ok(proto::ApplyPoliciesReply {
-            message: format!("Applied {} ({} policies)", applied.join(", "), applied.len()),
+            message: format!(
+                "Applied {} ({} policies)",
+                applied.join(", "),
+                applied.len()
+            ),
             applied,
             warnings: Vec::new(),
         })

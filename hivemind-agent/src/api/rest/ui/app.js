@@ -386,7 +386,8 @@ function containerTable(list, withApp) {
     { label: "Restarts", class: "num hide-narrow", cell: (c) => c.restart_count },
     { label: "Started", class: "hide-narrow", cell: (c) => when(c.started_at_ms) },
   );
-  return table(columns, list.map((c) => ({ ...c, key: c.id })), "No containers.");
+  const sorted = [...list].sort((a, b) => (a.app === b.app ? a.slot - b.slot : a.app < b.app ? -1 : 1));
+  return table(columns, sorted.map((c) => ({ ...c, key: c.id })), "No containers.");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,6 +397,8 @@ function field(id, label, input, hint) {
   const error = h("div", { class: "error", id: `${id}-error`, role: "alert" });
   input.id = id;
   input.setAttribute("aria-describedby", `${id}-error${hint ? ` ${id}-hint` : ""}`);
+  // A message goes away as soon as the field is edited.
+  input.addEventListener("input", () => setError(id, ""));
   return h("div", { class: "field" },
     h("label", { for: id }, label),
     input,
