@@ -898,6 +898,12 @@ document.addEventListener("DOMContentLoaded", () => {
     const open = $("nav").classList.toggle("open");
     toggle.setAttribute("aria-expanded", String(open));
   });
+  for (const link of document.querySelectorAll("nav a")) {
+    link.addEventListener("click", () => {
+      $("nav").classList.remove("open");
+      toggle.setAttribute("aria-expanded", "false");
+    });
+  }
   window.addEventListener("hashchange", route);
   route();
   nodeStatus();
