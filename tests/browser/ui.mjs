@@ -90,12 +90,18 @@ try {
   await page.getByText("memory").first().waitFor();
   await shot("06-container");
 
+  // Every container of every app.
+  await page.locator("nav").getByRole("link", { name: "Containers" }).click();
+  await page.getByRole("heading", { name: "Containers" }).waitFor();
+  await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 3, null, { timeout: TIMEOUT });
+  await shot("07-containers");
+
   // Volumes: create one.
   await page.locator("nav").getByRole("link", { name: "Volumes" }).click();
   await page.getByLabel("Volume name").fill("ui-data");
   await page.getByRole("button", { name: "Create volume" }).click();
   await page.getByRole("cell", { name: "ui-data", exact: true }).waitFor();
-  await shot("07-volumes");
+  await shot("08-volumes");
 
   // Policies: apply one, see it listed, view its YAML.
   await page.locator("nav").getByRole("link", { name: "Policies" }).click();
@@ -103,28 +109,28 @@ try {
     "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: web-from-lan }\nspec:\n  selector: { app: " + APP + " }\n  ingress:\n    - from: [ { cidr: 192.0.2.0/24 } ]\n      ports: [ { port: 80 } ]\n");
   await page.getByRole("button", { name: "Apply" }).click();
   await page.getByRole("link", { name: "web-from-lan" }).waitFor();
-  await shot("08-policies");
+  await shot("09-policies");
   await page.getByRole("link", { name: "web-from-lan" }).click();
   await page.locator("pre.yaml").filter({ hasText: "192.0.2.0/24" }).waitFor();
-  await shot("09-policy");
+  await shot("10-policy");
 
   // Health: nodes, tunnels, programs, runtime.
   await page.locator("nav").getByRole("link", { name: "Health" }).click();
   await page.getByRole("heading", { name: "eBPF programs" }).waitFor();
   await page.locator("td", { hasText: "hm_from_container" }).waitFor();
-  await shot("10-health");
+  await shot("11-health");
 
   // The apps list, then the same at a phone's width.
   await page.locator("nav").getByRole("link", { name: "Apps" }).click();
   await page.getByRole("link", { name: APP }).waitFor();
   await page.getByText("3/3").waitFor();
-  await shot("11-apps");
+  await shot("12-apps");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole("button", { name: "Menu" }).click();
   await page.locator("nav").getByRole("link", { name: "Containers" }).waitFor();
-  await shot("12-phone-menu");
+  await shot("13-phone-menu");
   await page.locator("nav").getByRole("link", { name: "Apps" }).click();
-  await shot("13-phone-apps");
+  await shot("14-phone-apps");
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   seen.phoneOverflow = overflow;
   if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a phone`);
@@ -134,7 +140,7 @@ try {
   await page.getByRole("link", { name: APP }).click();
   await page.getByRole("button", { name: "Remove" }).click();
   await page.getByRole("dialog").getByText(`Remove app ${APP}?`).waitFor();
-  await shot("14-remove-confirm");
+  await shot("15-remove-confirm");
   await page.getByRole("dialog").getByRole("button", { name: "Cancel" }).click();
   seen.removeCancelled = true;
 

@@ -89,6 +89,7 @@ pub fn bench_api() -> String {
     out
 }
 
+#[allow(clippy::cast_precision_loss)] // a process's KiB count is far below 2^52
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }

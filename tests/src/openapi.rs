@@ -1,4 +1,4 @@
-//! Checking real responses against the agent's OpenAPI document: the subset of JSON Schema
+//! Checking real responses against the agent's `OpenAPI` document: the subset of JSON Schema
 //! that the generated document uses (`$ref`, `type` (also as a list), `properties`,
 //! `required`, `additionalProperties`, `items`, `oneOf`/`anyOf`/`allOf`, `minimum`).
 

@@ -1,6 +1,6 @@
 //! The REST API against a real agent on a real containerd, through the real `curl` inside the
 //! agent's namespace: the guide's examples verbatim, every endpoint, bad input (right status,
-//! clear JSON error, nothing changed), the OpenAPI document against real responses, the bearer
+//! clear JSON error, nothing changed), the `OpenAPI` document against real responses, the bearer
 //! token off loopback, and the Host/Origin/content-type checks.
 
 // Each test is one scenario that reads top to bottom.
@@ -45,7 +45,7 @@ fn snapshot(node: &SingleNode, api: &Client) -> (Value, Value, Value, Vec<String
     )
 }
 
-/// The OpenAPI document says `reply` is a valid `status` response of `method template`.
+/// The `OpenAPI` document says `reply` is a valid `status` response of `method template`.
 fn assert_conforms(doc: &Value, method: &str, template: &str, reply: &Reply) {
     let schema =
         openapi::response_schema(doc, method, template, reply.status).unwrap_or_else(|| {
@@ -378,22 +378,14 @@ fn rest_openapi_lists_every_route() {
         }
         documented += 1;
     }
-    let total: usize = doc["paths"]
-        .as_object()
-        .map(|p| {
-            p.values()
-                .map(|item| {
-                    item.as_object().map_or(0, |ops| {
-                        ops.keys()
-                            .filter(|k| {
-                                ["get", "post", "put", "delete", "patch"].contains(&k.as_str())
-                            })
-                            .count()
-                    })
-                })
-                .sum()
-        })
-        .unwrap_or(0);
+    let methods = ["get", "post", "put", "delete", "patch"];
+    let total: usize = doc["paths"].as_object().map_or(0, |paths| {
+        paths
+            .values()
+            .filter_map(Value::as_object)
+            .map(|ops| ops.keys().filter(|k| methods.contains(&k.as_str())).count())
+            .sum()
+    });
     assert_eq!(
         total, documented,
         "the document has operations this test does not know"

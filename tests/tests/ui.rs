@@ -84,10 +84,16 @@ fn ui_deploy_scale_volume_in_chromium() {
     assert_eq!(api.get_json("/api/policies")[0]["name"], "web-from-lan");
     for name in [
         "01-apps-empty",
+        "03-deploy-form",
         "04-app-running",
         "05-app-scaled",
-        "07-volumes",
-        "13-phone-apps",
+        "06-container",
+        "07-containers",
+        "08-volumes",
+        "09-policies",
+        "10-policy",
+        "11-health",
+        "14-phone-apps",
     ] {
         let shot = artifacts.join(format!("{name}.png"));
         assert!(

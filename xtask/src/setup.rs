@@ -415,7 +415,7 @@ fn schemathesis_ok() -> bool {
         .is_some_and(|v| v.contains(SCHEMATHESIS_VERSION))
 }
 
-/// schemathesis from PyPI, pinned (about a minute on a fresh machine).
+/// `schemathesis` from `PyPI`, pinned (about a minute on a fresh machine).
 fn schemathesis() -> anyhow::Result<()> {
     if schemathesis_ok() {
         println!("setup: schemathesis {SCHEMATHESIS_VERSION} present");

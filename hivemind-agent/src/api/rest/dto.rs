@@ -271,7 +271,7 @@ pub struct ApplyPoliciesBody {
     /// A name for the input in error messages (usually its file name).
     #[serde(default)]
     pub source: Option<String>,
-    /// One or more NetworkPolicy YAML documents.
+    /// One or more `NetworkPolicy` YAML documents.
     pub yaml: String,
 }
 

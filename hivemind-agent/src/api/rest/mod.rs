@@ -1,7 +1,7 @@
 //! The REST API and the web UI on `--api-addr` (default `127.0.0.1:3000`).
 //!
 //! - [`handlers`]: one function per endpoint over [`AgentService`]; their `#[utoipa::path]`
-//!   attributes generate the OpenAPI document served at `/api/openapi.json`, and registering
+//!   attributes generate the `OpenAPI` document served at `/api/openapi.json`, and registering
 //!   them through [`OpenApiRouter`] keeps the routes and the document the same list.
 //! - [`error`]: every failure becomes `{"success": false, "error": "..."}` with its status, in
 //!   one place.
@@ -42,7 +42,7 @@ use super::service::AgentService;
 #[derive(Clone, Debug)]
 pub struct AppState {
     service: AgentService,
-    /// The OpenAPI document, serialized once.
+    /// The `OpenAPI` document, serialized once.
     openapi: Arc<str>,
     api_addr: SocketAddr,
 }
@@ -132,7 +132,7 @@ impl Modify for CommonResponses {
     }
 }
 
-/// The routes and the OpenAPI document generated from them.
+/// The routes and the `OpenAPI` document generated from them.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(handlers::health))
@@ -158,7 +158,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The OpenAPI document, as served.
+/// The `OpenAPI` document, as served.
 pub fn openapi_json() -> String {
     api().1.to_pretty_json().unwrap_or_default()
 }

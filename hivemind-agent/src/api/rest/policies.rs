@@ -38,7 +38,7 @@ pub async fn get_policy(
     Ok(Json(state.service.policy(&name).await?))
 }
 
-/// Apply one or more NetworkPolicy documents: all of them, or — if any is invalid — none, with
+/// Apply one or more `NetworkPolicy` documents: all of them, or — if any is invalid — none, with
 /// every problem named by document and field. The body is the YAML itself
 /// (`Content-Type: application/yaml`, name it with `?source=`) or JSON `{"source", "yaml"}`.
 #[utoipa::path(post, path = "/api/policies", tag = "policies",
