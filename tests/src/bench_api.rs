@@ -51,7 +51,9 @@ pub fn bench_api() -> String {
 
     // Warm up, then measure at two concurrency levels.
     let _ = wrk(&node, 8, 3);
-    let runs: Vec<LoadResult> = [16, 64].iter().map(|&c| wrk(&node, c, 15)).collect();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let runs: Vec<LoadResult> = [8, 16, 64].iter().map(|&c| wrk(&node, c, 15)).collect();
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rss_after = rss_kib(pid);
     let rss_peak = hwm_kib(pid);
 
@@ -66,7 +68,7 @@ pub fn bench_api() -> String {
     );
     let _ = writeln!(
         out,
-        "wrk (2 threads, 15 s per run, after a 3 s warm-up) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
+        "wrk (2 threads, 15 s per concurrency, after a 3 s warm-up) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
         CONTAINERS / APPS
     );
     let _ = writeln!(out, "| connections | requests/s | p50 | p99 | errors |");
@@ -80,6 +82,12 @@ pub fn bench_api() -> String {
     }
     let _ = writeln!(
         out,
+        "\nLoad average (1, 5, 15 min) before the runs: {}; after: {} (other work on the machine shows up here).",
+        first_three(&load_before),
+        first_three(&load_after)
+    );
+    let _ = writeln!(
+        out,
         "\nAgent memory (RSS): {} MiB idle with no containers, {} MiB with {CONTAINERS} containers, {} MiB after the load (peak {} MiB).",
         mib(rss_idle),
         mib(rss_loaded),
@@ -87,6 +95,14 @@ pub fn bench_api() -> String {
         mib(rss_peak)
     );
     out
+}
+
+fn first_three(loadavg: &str) -> String {
+    loadavg
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[allow(clippy::cast_precision_loss)] // a process's KiB count is far below 2^52

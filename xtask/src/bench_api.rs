@@ -24,9 +24,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let report = root.join("target/bench/api.md");
     std::fs::create_dir_all(root.join("target/bench"))?;
     cmd::cargo_host(&[
+        // The same package selection as `cargo xtask test`, so the build is shared (one
+        // package alone would unify features differently and rebuild half the tree).
         "test",
-        "--package",
-        "hivemind-tests",
+        "--workspace",
+        "--exclude",
+        "hivemind-ebpf",
         "--test",
         "bench_api",
         "--",
