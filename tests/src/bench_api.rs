@@ -20,6 +20,11 @@ pub struct LoadResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// Requests completed.
+    pub requests: u64,
+    /// The agent's CPU time (user + system) per request, in microseconds: what the load costs
+    /// the agent whatever else runs on the machine.
+    pub cpu_us_per_request: f64,
 }
 
 /// Runs the benchmark and returns a Markdown report.
@@ -52,7 +57,16 @@ pub fn bench_api() -> String {
     // Warm up, then measure at two concurrency levels.
     let _ = wrk(&node, 8, 3);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let runs: Vec<LoadResult> = [8, 16, 64].iter().map(|&c| wrk(&node, c, 15)).collect();
+    let runs: Vec<LoadResult> = [8, 16, 64]
+        .iter()
+        .map(|&c| {
+            let before = cpu_ticks(pid);
+            let mut result = wrk(&node, c, 15);
+            let ticks = cpu_ticks(pid).saturating_sub(before);
+            result.cpu_us_per_request = per_request_us(ticks, result.requests);
+            result
+        })
+        .collect();
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rss_after = rss_kib(pid);
     let rss_peak = hwm_kib(pid);
@@ -71,13 +85,16 @@ pub fn bench_api() -> String {
         "wrk (2 threads, 15 s per concurrency, after a 3 s warm-up) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
         CONTAINERS / APPS
     );
-    let _ = writeln!(out, "| connections | requests/s | p50 | p99 | errors |");
-    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| connections | requests/s | p50 | p99 | errors | agent CPU per request |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &runs {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
-            r.connections, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} µs |",
+            r.connections, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors, r.cpu_us_per_request
         );
     }
     let _ = writeln!(
@@ -95,6 +112,32 @@ pub fn bench_api() -> String {
         mib(rss_peak)
     );
     out
+}
+
+/// utime + stime of `pid`, in clock ticks (fields 14 and 15 of `/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command name, field 14 (utime) is at index 11 and field 15 (stime) at 12.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Microseconds of CPU per request from clock ticks (100 per second on Linux).
+#[allow(clippy::cast_precision_loss)] // tick and request counts are far below 2^52
+fn per_request_us(ticks: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        return 0.0;
+    }
+    ticks as f64 * 10_000.0 / requests as f64
 }
 
 fn first_three(loadavg: &str) -> String {
@@ -155,6 +198,8 @@ pub fn parse_wrk(out: &str, connections: u32) -> LoadResult {
             result.p50_ms = duration_ms(rest.trim());
         } else if let Some(rest) = line.strip_prefix("99%") {
             result.p99_ms = duration_ms(rest.trim());
+        } else if let Some((count, _)) = line.split_once(" requests in ") {
+            result.requests = count.trim().parse().unwrap_or(0);
         } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
             result.errors += rest.trim().parse::<u64>().unwrap_or(0);
         } else if let Some(rest) = line.strip_prefix("Socket errors:") {
@@ -204,5 +249,6 @@ Transfer/sec:     80.00MB";
         assert!((r.p50_ms - 2.5).abs() < 1e-9);
         assert!((r.p99_ms - 0.85).abs() < 1e-9);
         assert_eq!(r.errors, 3);
+        assert_eq!(r.requests, 45000);
     }
 }
