@@ -86,6 +86,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         containers_dir: config.data_dir.containers(),
     });
 
+    let token = rest::security::load_or_create_token(&config.data_dir.api_token())?;
+    if !config.api_addr.ip().is_loopback() {
+        tracing::info!(api = %config.api_addr, token_file = %config.data_dir.api_token().display(), "the REST API is not on loopback: requests need the bearer token");
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -105,7 +110,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let rest_task = tokio::spawn({
         let shutdown = stopped();
         async move {
-            axum::serve(rest_listener, rest::router(service))
+            axum::serve(rest_listener, rest::router(service, config.api_addr, token))
                 .with_graceful_shutdown(shutdown)
                 .await
         }

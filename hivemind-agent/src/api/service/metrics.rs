@@ -82,7 +82,11 @@ impl AgentService {
                 .iter()
                 .filter(|r| r.app == app.name && super::convert::is_healthy(r))
                 .count();
-            let _ = writeln!(out, "hivemind_app_replicas_healthy{{app=\"{}\"}} {healthy}", app.name);
+            let _ = writeln!(
+                out,
+                "hivemind_app_replicas_healthy{{app=\"{}\"}} {healthy}",
+                app.name
+            );
         }
         out.push_str("# HELP hivemind_container_restarts_total Restarts of each container.\n# TYPE hivemind_container_restarts_total counter\n");
         for r in &records {
