@@ -21,7 +21,13 @@ use crate::{
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
+    let service = start_subsystems(&config).await?;
+    serve(&config, service).await
+}
 
+/// Store, dataplane, runtime, node network, reconciler and health monitor, wired into the
+/// service the APIs serve.
+async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> {
     let store = if config.etcd_endpoints.is_empty() {
         Store::open_redb(&config.data_dir.store_db())?
     } else {
@@ -75,7 +81,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     )
     .spawn();
 
-    let service = AgentService::new(Parts {
+    Ok(AgentService::new(Parts {
         node_name: config.node_name.clone(),
         state,
         runtime,
@@ -84,8 +90,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),
-    });
+    }))
+}
 
+/// gRPC on the socket, REST and the UI on the API address, until SIGTERM or SIGINT.
+async fn serve(config: &AgentConfig, service: AgentService) -> anyhow::Result<()> {
     let token = rest::security::load_or_create_token(&config.data_dir.api_token())?;
     if !config.api_addr.ip().is_loopback() {
         tracing::info!(api = %config.api_addr, token_file = %config.data_dir.api_token().display(), "the REST API is not on loopback: requests need the bearer token");
@@ -109,8 +118,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(grpc::serve(grpc_listener, service.clone(), stopped()));
     let rest_task = tokio::spawn({
         let shutdown = stopped();
+        let api_addr = config.api_addr;
         async move {
-            axum::serve(rest_listener, rest::router(service, config.api_addr, token))
+            axum::serve(rest_listener, rest::router(service, api_addr, token))
                 .with_graceful_shutdown(shutdown)
                 .await
         }
