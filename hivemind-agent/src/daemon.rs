@@ -11,9 +11,10 @@ use crate::{
     },
     cluster::{self, Cluster},
     config::AgentConfig,
+    healthcheck::HealthMonitor,
     net::{dataplane, network::NodeNetwork},
     paths,
-    reconcile::{Lifecycle, Ownership, Reconciler},
+    reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
     state::State,
     volumes::VolumeDirs,
@@ -29,30 +30,33 @@ pub enum Outcome {
     Restart,
 }
 
-pub async fn run(config: AgentConfig) -> anyhow::Result<Outcome> {
+pub async fn run(mut config: AgentConfig) -> anyhow::Result<Outcome> {
     tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
     let (store, cluster) = cluster::bootstrap::boot(&config)
         .await
         .context("setting up the store")?;
-    let outcome = serve(config, &cluster, store).await;
-    // The local etcd member stops with the agent, except across a restart into the cluster.
-    cluster.shutdown(matches!(outcome, Ok(Outcome::Restart)));
-    outcome
-}
-
-// One linear start-up sequence; splitting it would only scatter the order things start in.
-#[allow(clippy::too_many_lines)]
-async fn serve(
-    mut config: AgentConfig,
-    cluster: &Cluster,
-    store: crate::store::Store,
-) -> anyhow::Result<Outcome> {
     if let Some(settings) = cluster.config() {
         config.cluster_cidr = settings.cluster_cidr;
         config.vxlan_port = settings.vxlan_port;
         config.cluster_port = settings.cluster_port;
         config.node_ip = Some(settings.node_ip.into());
     }
+    let outcome = match start_subsystems(&config, &cluster, store).await {
+        Ok((service, liveness)) => serve(&config, &cluster, service, liveness).await,
+        Err(err) => Err(err),
+    };
+    // The local etcd member stops with the agent, except across a restart into the cluster.
+    cluster.shutdown(matches!(outcome, Ok(Outcome::Restart)));
+    outcome
+}
+
+/// Dataplane, runtime, node network, node registration, reconciler and health monitor, wired
+/// into the service the APIs serve.
+async fn start_subsystems(
+    config: &AgentConfig,
+    cluster: &Cluster,
+    store: crate::store::Store,
+) -> anyhow::Result<(AgentService, cluster::nodes::LivenessHandle)> {
     let state = State::new(store);
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
     let runtime = Runtime::new(
@@ -96,17 +100,12 @@ async fn serve(
         .register(network.subnet(), network.node_ip())
         .await
         .context("registering the node")?;
-    let ownership = match cluster.mode() {
-        cluster::Mode::Cluster(_) => Ownership::Assigned {
-            unassigned_to: cluster.default_slot_owner().await,
-        },
-        cluster::Mode::Single | cluster::Mode::ExternalEtcd => Ownership::All,
-    };
-    let reconciler = Reconciler::new(
-        lifecycle,
+    let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
+    HealthMonitor::new(
         state.clone(),
+        runtime.clone(),
         config.node_name.clone(),
-        ownership,
+        config.data_dir.containers(),
     )
     .spawn();
 
@@ -121,6 +120,21 @@ async fn serve(
         containers_dir: config.data_dir.containers(),
         cluster: cluster.clone(),
     });
+    Ok((service, liveness))
+}
+
+/// gRPC on the socket, REST and the UI on the API address, the cluster endpoint in a cluster,
+/// until SIGTERM or SIGINT or a join's restart.
+async fn serve(
+    config: &AgentConfig,
+    cluster: &Cluster,
+    service: AgentService,
+    liveness: cluster::nodes::LivenessHandle,
+) -> anyhow::Result<Outcome> {
+    let token = rest::security::load_or_create_token(&config.data_dir.api_token())?;
+    if !config.api_addr.ip().is_loopback() {
+        tracing::info!(api = %config.api_addr, token_file = %config.data_dir.api_token().display(), "the REST API is not on loopback: requests need the bearer token");
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -161,8 +175,9 @@ async fn serve(
     let grpc_task = tokio::spawn(grpc::serve(grpc_listener, service.clone(), stopped()));
     let rest_task = tokio::spawn({
         let shutdown = stopped();
+        let api_addr = config.api_addr;
         async move {
-            axum::serve(rest_listener, rest::router(service))
+            axum::serve(rest_listener, rest::router(service, api_addr, token))
                 .with_graceful_shutdown(shutdown)
                 .await
         }

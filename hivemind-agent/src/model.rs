@@ -12,6 +12,11 @@ pub mod keys {
     pub const VOLUMES: &str = "/hivemind/volumes/";
     pub const IDENTITIES: &str = "/hivemind/identities/";
     pub const POLICIES: &str = "/hivemind/policies/";
+    pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
+    /// Registered nodes (`cluster::nodes::NodeRecord`), and their liveness keys, attached to
+    /// each node's lease (see `cluster::nodes`).
+    pub const NODES: &str = "/hivemind/nodes/";
+    pub const LIVENESS: &str = "/hivemind/liveness/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -27,6 +32,9 @@ pub mod keys {
     }
     pub fn policy(name: &str) -> String {
         format!("{POLICIES}{name}")
+    }
+    pub fn assignments(app: &str) -> String {
+        format!("{ASSIGNMENTS}{app}")
     }
 }
 
@@ -104,6 +112,9 @@ pub struct AppSpec {
     pub cpu_millis: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a container stops.
     pub stop_timeout_secs: u32,
+    /// How to tell a replica is healthy (`--health-cmd`, `--health-http`, `--health-tcp`).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
     /// Bumped by every change that needs new containers (image, env, restart...).
     pub generation: u64,
     pub created_at_ms: u64,
@@ -116,6 +127,62 @@ impl AppSpec {
         let mut labels = self.labels.clone();
         labels.insert("app".into(), self.name.clone());
         labels
+    }
+}
+
+/// What a health check runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Probe {
+    /// A command run inside the container with `sh -c`; exit code 0 is healthy.
+    Cmd { command: String },
+    /// An HTTP GET of `path` on the container's `port`; a 2xx or 3xx status is healthy.
+    Http { port: u16, path: String },
+    /// A TCP connection to the container's `port`.
+    Tcp { port: u16 },
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cmd { command } => write!(f, "cmd {command:?}"),
+            Self::Http { port, path } => write!(f, "http {port}{path}"),
+            Self::Tcp { port } => write!(f, "tcp {port}"),
+        }
+    }
+}
+
+/// `--health-*`: what to check, how often, and how much failure makes a replica unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that make a healthy replica unhealthy.
+    pub retries: u32,
+    /// Failures during this time after a start do not count.
+    pub start_period_ms: u64,
+}
+
+/// A replica's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Started; no check has passed yet.
+    Starting,
+    Healthy,
+    /// Failed its check `retries` times in a row: out of DNS, the VIP and the router, and
+    /// restarted.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
     }
 }
 
@@ -178,6 +245,12 @@ pub struct ContainerRecord {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub history: Vec<StatusChange>,
+    /// The health check's verdict; `None` when the app has no health check.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Why the last check failed (its output, status or error), empty once it passes.
+    #[serde(default)]
+    pub health_detail: String,
 }
 
 impl ContainerRecord {
@@ -257,6 +330,8 @@ mod tests {
             created_at_ms: 0,
             started_at_ms: None,
             history: Vec::new(),
+            health: None,
+            health_detail: String::new(),
         };
         for i in 0..(HISTORY_LIMIT + 5) {
             record.transition(

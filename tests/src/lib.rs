@@ -7,18 +7,22 @@
 //! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
 //! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
 //! - [`cluster`]: node namespaces on a bridged underlay, each with containerd and an agent;
+//! - [`http`]: requests to an agent's REST API with real `curl` inside its namespace;
 //! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`].
 //!
 //! Tests need root; run them with `cargo xtask test`.
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
+pub mod bench_api;
 pub mod cluster;
 mod containerd;
 mod etcd;
+pub mod http;
 pub mod image;
 mod netns;
 pub mod node;
+pub mod openapi;
 pub mod packet;
 mod process;
 mod registry;

@@ -2,6 +2,7 @@
 //! no dependency on the agent, whose build needs bpf-linker); it installs the pinned toolchains
 //! and runs the real builds as `cargo +<pinned> ...`.
 
+mod bench_api;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -23,6 +24,7 @@ tasks:
                with the web UI on http://127.0.0.1:3000
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
+  bench api    the REST API under load (wrk) with 100 containers; report in target/bench/api.md
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => test::run(&rest),
+        "bench" => bench_api::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

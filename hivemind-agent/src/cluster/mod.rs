@@ -47,9 +47,6 @@ pub mod keys {
     pub const CA: &str = "/hivemind/cluster/ca";
     /// The join token.
     pub const JOIN_TOKEN: &str = "/hivemind/cluster/join-token";
-    /// `/hivemind/assignments/<app>/<slot>` → node name (JSON string): which node runs a
-    /// replica slot. Written by the scheduler; read by every node's reconciler.
-    pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
 }
 
 #[derive(Debug, thiserror::Error)]

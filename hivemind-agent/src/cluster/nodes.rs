@@ -21,10 +21,10 @@ use crate::{
     store::{Compare, LeaseId, Op, Store, StoreError, Txn},
 };
 
-/// `/hivemind/nodes/<name>` → [`NodeRecord`].
-pub const NODES: &str = "/hivemind/nodes/";
-/// `/hivemind/liveness/<name>` → [`Liveness`], attached to the node's lease.
-pub const LIVENESS: &str = "/hivemind/liveness/";
+/// `/hivemind/nodes/<name>` → [`NodeRecord`]; `/hivemind/liveness/<name>` → [`Liveness`],
+/// attached to the node's lease. One set of names for the registry and the scheduler's
+/// readiness (`State::cluster_nodes`).
+pub use crate::model::keys::{LIVENESS, NODES};
 /// The liveness lease's time to live.
 pub const LIVENESS_TTL: Duration = Duration::from_secs(10);
 /// How often the agent renews it.

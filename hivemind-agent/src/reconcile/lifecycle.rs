@@ -5,7 +5,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState, now_ms},
+    model::{AppSpec, ContainerRecord, ContainerState, Health, now_ms},
     net::network::{NetworkError, NodeNetwork},
     runtime::{
         Runtime, RuntimeError,
@@ -129,6 +129,8 @@ impl Lifecycle {
             created_at_ms: now_ms(),
             started_at_ms: None,
             history: Vec::new(),
+            health: app.health.as_ref().map(|_| Health::Starting),
+            health_detail: String::new(),
         };
         record.transition(
             ContainerState::Creating,
@@ -230,13 +232,36 @@ impl Lifecycle {
     }
 
     /// Starts an exited container again (a new task in the same container).
-    pub async fn restart(&self, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
+    /// A running (unhealthy) one is stopped first, with the app's grace period.
+    pub async fn restart(
+        &self,
+        record: &mut ContainerRecord,
+        grace: Duration,
+    ) -> Result<(), LifecycleError> {
+        let reason = if record.state == ContainerState::Running {
+            self.runtime.stop_task(&record.id, grace).await?;
+            format!("unhealthy: {}", record.health_detail)
+        } else {
+            format!(
+                "exit code {}",
+                record
+                    .exit_code
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string())
+            )
+        };
         record.pid = self
             .runtime
             .start_task(&record.id, &self.log_path(&record.id))
             .await?;
         record.restart_count += 1;
-        let message = format!("restarted (restart #{})", record.restart_count);
+        if record.health.is_some() {
+            record.health = Some(Health::Starting);
+            record.health_detail.clear();
+        }
+        let message = format!(
+            "restarted after {reason} (restart #{})",
+            record.restart_count
+        );
         record.transition(ContainerState::Running, None, message);
         self.state.put_container(record).await?;
         Ok(())

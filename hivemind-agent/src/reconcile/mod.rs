@@ -7,9 +7,10 @@
 
 mod lifecycle;
 pub mod plan;
+pub mod schedule;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::Duration,
 };
 
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use lifecycle::{FailedCreate, Lifecycle, LifecycleError};
 use plan::{Action, Backoff};
+use schedule::{Assignments, NodeLoad};
 
 use crate::{
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},
@@ -87,51 +89,11 @@ pub struct Reconciler {
     /// The apps (name, identity, labels) the loaded policies were compiled for; a change
     /// means the policies must be compiled and loaded again before new containers start.
     policy_basis: Vec<(String, u32, std::collections::BTreeMap<String, String>)>,
-    ownership: Ownership,
-}
-
-/// Which replica slots this node runs: the seam between the reconciler (which runs what it
-/// owns) and the scheduler (which decides who owns what).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ownership {
-    /// Every slot of every app: a single node (and agents sharing an external etcd, as
-    /// before clusters existed).
-    All,
-    /// The slots assigned to this node under `/hivemind/assignments/<app>/<slot>` (value: the
-    /// node's name as a JSON string). A slot nobody assigned belongs to `unassigned_to`: the
-    /// cluster's first node, until the scheduler assigns every slot.
-    Assigned { unassigned_to: Option<String> },
-}
-
-/// The slots this node owns in one pass.
-#[derive(Debug)]
-struct Owned<'a> {
-    node: &'a str,
-    ownership: &'a Ownership,
-    /// (app, slot) → node.
-    assignments: BTreeMap<(String, u32), String>,
-}
-
-impl Owned<'_> {
-    fn slots(&self, app: &AppSpec) -> Vec<u32> {
-        match self.ownership {
-            Ownership::All => (0..app.replicas).collect(),
-            Ownership::Assigned { unassigned_to } => (0..app.replicas)
-                .filter(
-                    |slot| match self.assignments.get(&(app.name.clone(), *slot)) {
-                        Some(node) => node == self.node,
-                        None => unassigned_to.as_deref() == Some(self.node),
-                    },
-                )
-                .collect(),
-        }
-    }
 }
 
 impl Reconciler {
-    pub fn new(lifecycle: Lifecycle, state: State, node: String, ownership: Ownership) -> Self {
+    pub fn new(lifecycle: Lifecycle, state: State, node: String) -> Self {
         Self {
-            ownership,
             lifecycle,
             state,
             node,
@@ -173,11 +135,11 @@ impl Reconciler {
         match self.pass().await {
             Ok(report) => {
                 for (app, err) in &report.failures {
-                    tracing::warn!(app, "{err}");
+                    tracing::warn!(app, "{}", crate::error_chain(err));
                 }
             }
             Err(err) if is_unreachable(&err) => tracing::debug!("reconcile pass skipped: {err}"),
-            Err(err) => tracing::warn!("reconcile pass failed: {err}"),
+            Err(err) => tracing::warn!("reconcile pass failed: {}", crate::error_chain(&err)),
         }
     }
 
@@ -186,8 +148,11 @@ impl Reconciler {
         let Some(mut record) = self.state.container(&exit.container_id).await? else {
             return Ok(());
         };
-        if record.node != self.node || record.state != ContainerState::Running {
-            return Ok(()); // stopping on purpose, or not ours
+        if record.node != self.node
+            || record.state != ContainerState::Running
+            || record.pid != exit.pid
+        {
+            return Ok(()); // stopping on purpose, not ours, or an earlier task's exit
         }
         let code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
         record.transition(
@@ -221,21 +186,14 @@ impl Reconciler {
     /// every app, plan, act, publish ports.
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
         let apps = self.state.apps().await?;
+        let placement = self.place(&apps).await?;
+        let node = self.node.clone();
+        let owned = move |app: &AppSpec| owned_slots(&placement, app, &node);
         let listed = self.lifecycle.runtime().list_containers().await?;
-        let assignments = match self.ownership {
-            Ownership::All => BTreeMap::new(),
-            Ownership::Assigned { .. } => self.state.assignments().await?,
-        };
-        let (node, ownership) = (self.node.clone(), self.ownership.clone());
-        let owned = Owned {
-            node: &node,
-            ownership: &ownership,
-            assignments,
-        };
-        let records = self.observe(&apps, listed, &owned).await?;
+        let records = self.observe(&apps, &owned, listed).await?;
         self.cover_policies(&apps, &records).await?;
         let now = now_ms();
-        let actions = plan::plan(&apps, &records, |app| owned.slots(app), &self.backoff, now);
+        let actions = plan::plan(&apps, &records, owned, &self.backoff, now);
         let report = self.act(&apps, records, actions).await;
         let records: Vec<ContainerRecord> = self
             .state
@@ -248,6 +206,65 @@ impl Reconciler {
             tracing::warn!("publishing ports: {err}");
         }
         Ok(report)
+    }
+
+    /// Places every app's replicas on ready nodes (see [`schedule`]) and returns the placement.
+    /// Every node computes the same placement from the same store contents; writes are
+    /// compare-and-swap, so concurrent passes on several nodes never lose an update.
+    async fn place(
+        &self,
+        apps: &[AppSpec],
+    ) -> Result<BTreeMap<String, Assignments>, ReconcileError> {
+        let mut current = self.state.assignments().await?;
+        let nodes = self.state.cluster_nodes(&self.node).await?;
+        let volumes = self.state.volumes().await?;
+        let mut placement = BTreeMap::new();
+        for app in apps {
+            let (mine, revision) = current.remove(&app.name).unwrap_or_default();
+            // Load per node from every other app's placement.
+            let loads: Vec<NodeLoad> = nodes
+                .iter()
+                .map(|(name, ready)| NodeLoad {
+                    name: name.clone(),
+                    ready: *ready,
+                    containers: placement
+                        .values()
+                        .chain(current.values().map(|(a, _)| a))
+                        .flat_map(|a: &Assignments| a.values())
+                        .filter(|n| *n == name)
+                        .count(),
+                })
+                .collect();
+            let volume_nodes: BTreeSet<String> = app
+                .volumes
+                .iter()
+                .filter_map(|m| {
+                    volumes
+                        .iter()
+                        .find(|v| v.name == m.volume)
+                        .map(|v| v.node.clone())
+                })
+                .collect();
+            let next = schedule::schedule(app.replicas, &mine, &loads, &volume_nodes);
+            if next == mine {
+                placement.insert(app.name.clone(), mine);
+            } else if self
+                .state
+                .set_assignments(&app.name, &next, revision)
+                .await?
+            {
+                tracing::debug!(app = %app.name, ?next, "placed replicas");
+                placement.insert(app.name.clone(), next);
+            } else {
+                // Another node placed it first; use theirs (re-read next pass).
+                placement.insert(app.name.clone(), mine);
+            }
+        }
+        // Placements of apps that are gone.
+        for app in current.keys() {
+            self.state.delete_assignments(app).await?;
+        }
+        Ok(placement)
     }
 
     /// Gives every app its identity and, when the set of apps (or their labels) changed since
@@ -272,7 +289,7 @@ impl Reconciler {
         if basis != self.policy_basis {
             match self.lifecycle.network().load_policies().await {
                 Ok(_) => self.policy_basis = basis,
-                Err(err) => tracing::error!("loading policies: {err}"),
+                Err(err) => tracing::error!("loading policies: {}", crate::error_chain(&err)),
             }
         }
         Ok(())
@@ -284,8 +301,8 @@ impl Reconciler {
     async fn observe(
         &mut self,
         apps: &[AppSpec],
+        owned: &impl Fn(&AppSpec) -> Vec<u32>,
         listed: Vec<ListedContainer>,
-        owned: &Owned<'_>,
     ) -> Result<Vec<ContainerRecord>, ReconcileError> {
         let mut records: Vec<ContainerRecord> = self
             .state
@@ -307,7 +324,10 @@ impl Reconciler {
                 None => {
                     // Gone from containerd (or never made it there before a crash).
                     tracing::info!(container = %record.id, "container is gone from containerd; dropping its record");
-                    self.lifecycle.forget(&record.id).await?;
+                    // One stuck leftover must not stall the whole pass; it is retried next time.
+                    if let Err(err) = self.lifecycle.forget(&record.id).await {
+                        tracing::warn!(container = %record.id, "cleaning up: {}", crate::error_chain(&err));
+                    }
                 }
                 Some(container) => {
                     let running = container.task.is_some_and(|t| t.running);
@@ -342,13 +362,15 @@ impl Reconciler {
             if kept.iter().any(|r| r.id == container.id) {
                 continue;
             }
-            if let Some(record) = adoptable(apps, container, &self.node, owned) {
+            if let Some(record) = adoptable(apps, owned, container, &self.node) {
                 tracing::info!(container = %record.id, app = %record.app, "adopting a running container");
                 self.state.put_container(&record).await?;
                 kept.push(record);
             } else {
                 tracing::info!(container = %container.id, "removing a container no app wants");
-                self.lifecycle.remove_unrecorded(&container.id).await?;
+                if let Err(err) = self.lifecycle.remove_unrecorded(&container.id).await {
+                    tracing::warn!(container = %container.id, "removing: {}", crate::error_chain(&err));
+                }
             }
         }
         self.lifecycle.sweep_namespaces(&kept);
@@ -388,7 +410,12 @@ impl Reconciler {
                 Action::Restart { id } => {
                     if let Some(record) = by_id.get(&id) {
                         let mut record = record.clone();
-                        match self.lifecycle.restart(&mut record).await {
+                        let grace = app_of(&record.app).map_or(10, |a| a.stop_timeout_secs);
+                        match self
+                            .lifecycle
+                            .restart(&mut record, Duration::from_secs(u64::from(grace)))
+                            .await
+                        {
                             Ok(()) => report.restarted.push(id),
                             Err(err) => {
                                 report.failures.push((record.app.clone(), err));
@@ -446,19 +473,33 @@ impl Reconciler {
     }
 }
 
+/// Replica slots of `app` placed on `node`.
+fn owned_slots(placement: &BTreeMap<String, Assignments>, app: &AppSpec, node: &str) -> Vec<u32> {
+    placement
+        .get(&app.name)
+        .map(|slots| {
+            slots
+                .iter()
+                .filter(|(_, n)| *n == node)
+                .map(|(slot, _)| *slot)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A record for a labelled containerd container, if its app still wants that slot here.
 fn adoptable(
     apps: &[AppSpec],
+    owned: &impl Fn(&AppSpec) -> Vec<u32>,
     container: &ListedContainer,
     node: &str,
-    owned: &Owned<'_>,
 ) -> Option<ContainerRecord> {
     let app = apps
         .iter()
         .find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
     let slot: u32 = container.labels.get(labels::SLOT)?.parse().ok()?;
     let generation: u64 = container.labels.get(labels::GENERATION)?.parse().ok()?;
-    if !owned.slots(app).contains(&slot) {
+    if !owned(app).contains(&slot) {
         return None;
     }
     let running = container.task.is_some_and(|t| t.running);
@@ -478,6 +519,8 @@ fn adoptable(
         created_at_ms: now_ms(),
         started_at_ms: None,
         history: Vec::new(),
+        health: app.health.as_ref().map(|_| crate::model::Health::Starting),
+        health_detail: String::new(),
     };
     let state = if running {
         ContainerState::Running
@@ -507,59 +550,5 @@ async fn watch_exits(runtime: crate::runtime::Runtime, exits: mpsc::Sender<TaskE
             Err(err) => tracing::debug!("event subscription: {err}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod ownership_tests {
-    use super::*;
-
-    fn app(name: &str, replicas: u32) -> AppSpec {
-        AppSpec {
-            name: name.into(),
-            image: "i".into(),
-            service: None,
-            replicas,
-            env: BTreeMap::new(),
-            ports: Vec::new(),
-            volumes: Vec::new(),
-            labels: BTreeMap::new(),
-            memory_bytes: None,
-            cpu_millis: None,
-            stop_timeout_secs: 10,
-            generation: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
-    }
-
-    #[test]
-    fn slots_follow_assignments_and_the_default_owner() {
-        let web = app("web", 3);
-        let all = Ownership::All;
-        let owned = Owned {
-            node: "n2",
-            ownership: &all,
-            assignments: BTreeMap::new(),
-        };
-        assert_eq!(owned.slots(&web), vec![0, 1, 2]);
-
-        let assigned = Ownership::Assigned {
-            unassigned_to: Some("n1".into()),
-        };
-        let assignments: BTreeMap<_, _> = [
-            (("web".to_owned(), 0), "n2".to_owned()),
-            (("web".to_owned(), 1), "n3".to_owned()),
-        ]
-        .into();
-        let on = |node| Owned {
-            node,
-            ownership: &assigned,
-            assignments: assignments.clone(),
-        };
-        assert_eq!(on("n1").slots(&web), vec![2], "unassigned slots go to n1");
-        assert_eq!(on("n2").slots(&web), vec![0]);
-        assert_eq!(on("n3").slots(&web), vec![1]);
-        assert_eq!(on("n4").slots(&app("db", 2)), Vec::<u32>::new());
     }
 }

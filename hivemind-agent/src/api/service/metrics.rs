@@ -76,6 +76,18 @@ impl AgentService {
                 app.name
             );
         }
+        out.push_str("# HELP hivemind_app_replicas_healthy Replicas of each app that pass their health check (running ones, for apps without a check).\n# TYPE hivemind_app_replicas_healthy gauge\n");
+        for app in &apps {
+            let healthy = records
+                .iter()
+                .filter(|r| r.app == app.name && super::convert::is_healthy(r))
+                .count();
+            let _ = writeln!(
+                out,
+                "hivemind_app_replicas_healthy{{app=\"{}\"}} {healthy}",
+                app.name
+            );
+        }
         out.push_str("# HELP hivemind_container_restarts_total Restarts of each container.\n# TYPE hivemind_container_restarts_total counter\n");
         for r in &records {
             let _ = writeln!(
