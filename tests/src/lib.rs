@@ -6,17 +6,23 @@
 //! - [`Registry`]: a private OCI registry (docker-registry) on a loopback address;
 //! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
 //! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
-//! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`].
+//! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`];
+//! - [`overlay::Cluster`]: node namespaces on an underlay, each running the dataplane
+//!   in-process, with the overlay between them (the overlay tests and its benchmark).
+//!
+//! [`bench_overlay`] is the overlay benchmark (`cargo xtask bench overlay`).
 //!
 //! Tests need root; run them with `cargo xtask test`.
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
+pub mod bench_overlay;
 mod containerd;
 mod etcd;
 pub mod image;
 mod netns;
 pub mod node;
+pub mod overlay;
 pub mod packet;
 mod process;
 mod registry;
