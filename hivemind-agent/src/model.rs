@@ -12,6 +12,10 @@ pub mod keys {
     pub const VOLUMES: &str = "/hivemind/volumes/";
     pub const IDENTITIES: &str = "/hivemind/identities/";
     pub const POLICIES: &str = "/hivemind/policies/";
+    pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
+    /// Registered nodes, and their lease-backed liveness keys.
+    pub const NODES: &str = "/hivemind/nodes/";
+    pub const ALIVE: &str = "/hivemind/alive/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -27,6 +31,9 @@ pub mod keys {
     }
     pub fn policy(name: &str) -> String {
         format!("{POLICIES}{name}")
+    }
+    pub fn assignments(app: &str) -> String {
+        format!("{ASSIGNMENTS}{app}")
     }
 }
 

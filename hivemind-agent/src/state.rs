@@ -1,8 +1,11 @@
 //! Typed access to Hivemind's records in the store: the only module that knows the key layout
 //! and the JSON encoding. Writes that must not race use compare-and-swap transactions.
 
+use std::collections::BTreeMap;
+
 use crate::{
     model::{AppSpec, ContainerRecord, PolicyRecord, VolumeRecord, keys},
+    reconcile::schedule::Assignments,
     store::{Compare, Op, Revision, Store, StoreError, Txn},
 };
 
@@ -178,6 +181,80 @@ impl State {
         self.store.delete(&keys::policy(name)).await
     }
 
+    // --- replica placement ---
+
+    /// Every app's slot → node assignments, with the revision to pass to
+    /// [`State::set_assignments`] (0 when the app has none yet).
+    pub async fn assignments(
+        &self,
+    ) -> Result<BTreeMap<String, (Assignments, Revision)>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<Assignments>(keys::ASSIGNMENTS)
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|entry| {
+                let app = entry.key.strip_prefix(keys::ASSIGNMENTS)?.to_owned();
+                Some((app, (entry.value, entry.mod_revision)))
+            })
+            .collect())
+    }
+
+    /// Replaces an app's assignments if they are still at `revision` (0: absent).
+    pub async fn set_assignments(
+        &self,
+        app: &str,
+        assignments: &Assignments,
+        revision: Revision,
+    ) -> Result<bool, StoreError> {
+        let key = keys::assignments(app);
+        let compare = if revision == 0 {
+            Compare::Absent(key.clone())
+        } else {
+            Compare::ModRevision(key.clone(), revision)
+        };
+        let outcome = self
+            .store
+            .txn(Txn {
+                compare: vec![compare],
+                success: vec![Op::Put {
+                    key,
+                    value: json(assignments),
+                    lease: 0,
+                }],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(outcome.succeeded)
+    }
+
+    pub async fn delete_assignments(&self, app: &str) -> Result<(), StoreError> {
+        self.store.delete(&keys::assignments(app)).await.map(|_| ())
+    }
+
+    // --- nodes ---
+
+    /// Every node of the cluster and whether it is ready (its lease-backed liveness key is
+    /// present). A node that has never joined a cluster is alone: itself, ready.
+    pub async fn cluster_nodes(&self, this_node: &str) -> Result<Vec<(String, bool)>, StoreError> {
+        let (registered, _) = self.store.range(keys::NODES).await?;
+        if registered.is_empty() {
+            return Ok(vec![(this_node.to_owned(), true)]);
+        }
+        let (alive, _) = self.store.range(keys::ALIVE).await?;
+        Ok(registered
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(keys::NODES))
+            .map(|name| {
+                let ready = alive
+                    .iter()
+                    .any(|kv| kv.key.strip_prefix(keys::ALIVE) == Some(name));
+                (name.to_owned(), ready)
+            })
+            .collect())
+    }
+
     // --- identities (one per app, for policies) ---
 
     /// The app's security identity, allocated on first use: the lowest free number from
@@ -190,7 +267,8 @@ impl State {
             }
             let taken: std::collections::BTreeSet<u32> =
                 self.identities().await?.into_values().collect();
-            let next = (hivemind_common::identity::FIRST_APP..)
+            let next = (hivemind_common::identity::FIRST_APP
+                ..hivemind_common::identity::FIRST_CIDR)
                 .find(|id| !taken.contains(id))
                 .unwrap_or(hivemind_common::identity::FIRST_APP);
             if self.create_if_absent(key.clone(), json(&next)).await? {
@@ -200,7 +278,7 @@ impl State {
     }
 
     /// Every app identity, by app name.
-    pub async fn identities(&self) -> Result<std::collections::BTreeMap<String, u32>, StoreError> {
+    pub async fn identities(&self) -> Result<BTreeMap<String, u32>, StoreError> {
         Ok(self
             .store
             .range_json::<u32>(keys::IDENTITIES)

@@ -68,7 +68,7 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet sent / received; 0 = never.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) of the last packet sent / received; 0 = never.
     pub last_tx_ns: u64,
     pub last_rx_ns: u64,
 }

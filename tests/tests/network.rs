@@ -434,7 +434,7 @@ fn traffic_and_policies_survive_an_agent_restart() {
     );
 
     // 150 pings at 0.1 s intervals span the agent's 10 s absence.
-    let mut ping = Command::new("nsenter")
+    let ping = Command::new("nsenter")
         .arg(format!(
             "--net=/run/hivemind/netns/{}/{}",
             node.agent.node_name(),

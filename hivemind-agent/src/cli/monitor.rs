@@ -1,6 +1,6 @@
 //! `hivemind monitor`: verdict events live.
 
-use std::{io::Write as _, process::ExitCode};
+use std::{fmt::Write as _, io::Write as _, process::ExitCode};
 
 use clap::Args;
 use tokio_stream::StreamExt as _;
@@ -61,10 +61,10 @@ fn render(e: &proto::FlowEvent) -> String {
         e.reason
     );
     if !e.policy.is_empty() {
-        line.push_str(&format!(" policy={}", e.policy));
+        let _ = write!(line, " policy={}", e.policy);
     }
     if !e.direction.is_empty() {
-        line.push_str(&format!(" ({})", e.direction));
+        let _ = write!(line, " ({})", e.direction);
     }
     line
 }

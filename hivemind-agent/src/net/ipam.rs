@@ -11,8 +11,9 @@ use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 const SUBNETS: &str = "/hivemind/ipam/subnets/";
 const ADDRESSES: &str = "/hivemind/ipam/addresses/";
-/// How often a claim is retried when another claimant wins the same block or address.
-const CLAIM_ATTEMPTS: usize = 16;
+/// How often a claim is retried when another claimant wins the same block or address (each
+/// round has a winner, so this bounds how many concurrent claimants one claim can lose to).
+const CLAIM_ATTEMPTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {

@@ -252,40 +252,39 @@ async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), LinkError
 pub async fn uplink(name: Option<&str>) -> Result<Option<Uplink>, LinkError> {
     let name = name.map(str::to_owned);
     with_netlink("hm-uplink", move |handle| async move {
-        let link = match name {
-            Some(name) => Some(
+        let link = if let Some(name) = name {
+            Some(
                 find_link(&handle, &name)
                     .await?
                     .ok_or_else(|| LinkError::NotFound(name.clone()))?,
-            ),
-            None => {
-                let mut routes = handle
-                    .route()
-                    .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                    .execute();
-                let mut oif = None;
-                while let Some(route) = routes.try_next().await.map_err(netlink("list routes"))? {
-                    if route.header.destination_prefix_length == 0 {
-                        oif = route.attributes.iter().find_map(|a| match a {
-                            packet_route::route::RouteAttribute::Oif(index) => Some(*index),
-                            _ => None,
-                        });
-                        if oif.is_some() {
-                            break;
-                        }
+            )
+        } else {
+            let mut routes = handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut oif = None;
+            while let Some(route) = routes.try_next().await.map_err(netlink("list routes"))? {
+                if route.header.destination_prefix_length == 0 {
+                    oif = route.attributes.iter().find_map(|a| match a {
+                        packet_route::route::RouteAttribute::Oif(index) => Some(*index),
+                        _ => None,
+                    });
+                    if oif.is_some() {
+                        break;
                     }
                 }
-                match oif {
-                    Some(index) => handle
-                        .link()
-                        .get()
-                        .match_index(index)
-                        .execute()
-                        .try_next()
-                        .await
-                        .map_err(netlink("get the default route's link"))?,
-                    None => None,
-                }
+            }
+            match oif {
+                Some(index) => handle
+                    .link()
+                    .get()
+                    .match_index(index)
+                    .execute()
+                    .try_next()
+                    .await
+                    .map_err(netlink("get the default route's link"))?,
+                None => None,
             }
         };
         let Some(link) = link else { return Ok(None) };

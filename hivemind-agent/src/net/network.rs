@@ -51,7 +51,7 @@ pub enum NetworkError {
     #[error("stored policy {name} no longer parses: {errors}")]
     StoredPolicy { name: String, errors: PolicyErrors },
     #[error("the policies need more map entries than the datapath holds: {0}")]
-    Capacity(policy::PolicyError),
+    Capacity(Box<policy::PolicyError>),
     #[error(
         "the overlay needs an underlay interface with an IPv4 address; pass --underlay-iface and --node-ip"
     )]
@@ -304,7 +304,9 @@ impl NodeNetwork {
         let apps = inner.state.apps().await?;
         let identities = inner.state.identities().await?;
         let (compiled, count) = compile_records(&records, &apps, &identities)?;
-        compiled.check_capacity().map_err(NetworkError::Capacity)?;
+        compiled
+            .check_capacity()
+            .map_err(|err| NetworkError::Capacity(Box::new(err)))?;
         let mut published = inner.updates.lock().await;
         inner
             .dataplane
