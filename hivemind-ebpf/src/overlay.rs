@@ -100,65 +100,66 @@ pub fn send(
             | BPF_F_ADJ_ROOM_ENCAP_L2_ETH
             | BPF_F_ADJ_ROOM_FIXED_GSO,
     ) | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
-    #[allow(clippy::cast_possible_wrap)]
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // 50
+    let grow = HEADERS as i32;
     if ctx
-        .adjust_room(HEADERS as i32, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, flags)
+        .adjust_room(grow, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, flags)
         .is_err()
     {
         return Err(reason::DROPPED_INTERNAL);
     }
 
-    let mut h = [0u8; HEADERS];
+    let mut hdr = [0u8; HEADERS];
     // Outer IPv4.
-    h[0] = 0x45;
+    hdr[0] = 0x45;
     let [hi, lo] = tot_len.to_be_bytes();
-    h[2] = hi;
-    h[3] = lo;
-    h[6] = IP_DF;
-    h[8] = OUTER_TTL;
-    h[9] = PROTO_UDP;
+    hdr[2] = hi;
+    hdr[3] = lo;
+    hdr[6] = IP_DF;
+    hdr[8] = OUTER_TTL;
+    hdr[9] = PROTO_UDP;
     let src = local_ip.to_ne_bytes();
     let dst = peer_ip.to_ne_bytes();
-    h[12] = src[0];
-    h[13] = src[1];
-    h[14] = src[2];
-    h[15] = src[3];
-    h[16] = dst[0];
-    h[17] = dst[1];
-    h[18] = dst[2];
-    h[19] = dst[3];
-    let [hi, lo] = ipv4_checksum(&h).to_be_bytes();
-    h[10] = hi;
-    h[11] = lo;
+    hdr[12] = src[0];
+    hdr[13] = src[1];
+    hdr[14] = src[2];
+    hdr[15] = src[3];
+    hdr[16] = dst[0];
+    hdr[17] = dst[1];
+    hdr[18] = dst[2];
+    hdr[19] = dst[3];
+    let [hi, lo] = ipv4_checksum(&hdr).to_be_bytes();
+    hdr[10] = hi;
+    hdr[11] = lo;
     // UDP; checksum 0 (none), as RFC 7348 allows over IPv4 and Linux sends by default.
-    let u = OUTER_IP_HLEN;
+    let udp = OUTER_IP_HLEN;
     let [hi, lo] = sport.to_be_bytes();
-    h[u] = hi;
-    h[u + 1] = lo;
+    hdr[udp] = hi;
+    hdr[udp + 1] = lo;
     let [hi, lo] = port.to_be_bytes();
-    h[u + 2] = hi;
-    h[u + 3] = lo;
+    hdr[udp + 2] = hi;
+    hdr[udp + 3] = lo;
     let [hi, lo] = udp_len.to_be_bytes();
-    h[u + 4] = hi;
-    h[u + 5] = lo;
+    hdr[udp + 4] = hi;
+    hdr[udp + 5] = lo;
     // VXLAN: the I flag and the 24-bit VNI (the source's identity).
-    let v = u + UDP_HLEN;
-    h[v] = VXLAN_FLAG_VNI;
+    let vx = udp + UDP_HLEN;
+    hdr[vx] = VXLAN_FLAG_VNI;
     let vni = (vni & VNI_MASK).to_be_bytes();
-    h[v + 4] = vni[1];
-    h[v + 5] = vni[2];
-    h[v + 6] = vni[3];
+    hdr[vx + 4] = vni[1];
+    hdr[vx + 5] = vni[2];
+    hdr[vx + 6] = vni[3];
     // Inner Ethernet.
-    let e = v + VXLAN_HLEN;
+    let eth = vx + VXLAN_HLEN;
     let mut i = 0;
     while i < 6 {
-        h[e + i] = peer.vtep_mac[i];
-        h[e + 6 + i] = inner_src_mac[i];
+        hdr[eth + i] = peer.vtep_mac[i];
+        hdr[eth + 6 + i] = inner_src_mac[i];
         i += 1;
     }
-    h[e + 12] = 0x08;
-    h[e + 13] = 0x00;
-    if ctx.store(ETH_HLEN, &h, 0).is_err() {
+    hdr[eth + 12] = 0x08;
+    hdr[eth + 13] = 0x00;
+    if ctx.store(ETH_HLEN, &hdr, 0).is_err() {
         return Err(reason::DROPPED_INTERNAL);
     }
     redirect_to(ctx, local_ip, peer_ip)

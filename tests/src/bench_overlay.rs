@@ -809,7 +809,7 @@ pub fn run(options: &Options) -> Report {
         let mut ratios = serde_json::Map::new();
         for (m, metric) in METRICS.iter().enumerate() {
             let r = paired_ratio(&values(&variants[0], m), &values(v, m));
-            let _ = write!(text, " {:>17.2}x", r);
+            let _ = write!(text, " {r:>17.2}x");
             ratios.insert(metric.name.to_owned(), json!(r));
         }
         let _ = writeln!(text);

@@ -63,7 +63,7 @@ pub enum UnderlayKind {
     Direct,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ClusterOptions {
     pub nodes: usize,
     pub underlay: UnderlayKind,
@@ -256,7 +256,7 @@ impl Cluster {
         });
         let mut cluster = Self {
             nodes: Vec::new(),
-            options: options.clone(),
+            options,
             underlay,
             attached: std::sync::atomic::AtomicUsize::new(0),
         };

@@ -476,6 +476,7 @@ fn overlay_policy_is_enforced_on_the_receiving_node() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, step by step
 fn overlay_keeps_gso_whole_moves_a_gibibyte_and_shrinks_mtu() {
     let mut cluster = Cluster::new(ClusterOptions::default());
     let underlay_mtu = cluster.options.mtu;

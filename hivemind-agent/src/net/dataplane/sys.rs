@@ -99,8 +99,8 @@ struct IfReq {
     _rest: [u8; 16],
 }
 
-/// The driver behind interface `ifname` in the calling thread's namespace ("veth",
-/// "virtio_net", "ixgbe"…), as `ethtool -i` reports it.
+/// The driver behind interface `ifname` in the calling thread's namespace (`veth`,
+/// `virtio_net`, `ixgbe`…), as `ethtool -i` reports it.
 pub fn driver_name(ifname: &str) -> io::Result<String> {
     let mut info = DrvInfo {
         cmd: ETHTOOL_GDRVINFO,
