@@ -119,7 +119,7 @@ pub struct Node {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub containers: Vec<Container>,
-    dataplane: Option<DataplaneHandle>,
+    dataplane: std::sync::Mutex<Option<DataplaneHandle>>,
     pub runtime: NodeRuntime,
     pub pin_dir: PathBuf,
     pub netns: Netns,
@@ -127,7 +127,11 @@ pub struct Node {
 
 impl Node {
     pub fn dp(&self) -> DataplaneHandle {
-        self.dataplane.clone().expect("dataplane running")
+        self.dataplane
+            .lock()
+            .expect("dataplane lock")
+            .clone()
+            .expect("dataplane running")
     }
 
     /// Runs `f(dataplane)` on the node's runtime.
@@ -204,8 +208,21 @@ impl Node {
             .expect("peer stats")
     }
 
-    fn stop(&mut self) {
-        if let Some(dp) = self.dataplane.take() {
+    /// Stops the dataplane owner and starts a new one on the same pins, as an agent restart or
+    /// upgrade would: pinned links (TCX and XDP) are switched to the fresh programs.
+    pub fn restart_dataplane(&self) {
+        self.stop();
+        let pin_dir = self.pin_dir.clone();
+        let handle = self
+            .runtime
+            .run(async move { dataplane::start(&pin_dir) })
+            .expect("restart the dataplane");
+        *self.dataplane.lock().expect("dataplane lock") = Some(handle);
+    }
+
+    fn stop(&self) {
+        let dp = self.dataplane.lock().expect("dataplane lock").take();
+        if let Some(dp) = dp {
             self.runtime.run(async move { dp.shutdown().await });
         }
     }
@@ -350,7 +367,7 @@ impl Cluster {
             subnet,
             gateway,
             containers: Vec::new(),
-            dataplane: None,
+            dataplane: std::sync::Mutex::new(None),
             runtime,
             pin_dir,
             netns,
@@ -360,7 +377,7 @@ impl Cluster {
             .runtime
             .run(async move { dataplane::start(&pin_dir) })
             .expect("start the dataplane");
-        node.dataplane = Some(handle);
+        *node.dataplane.lock().expect("dataplane lock") = Some(handle);
         let config = Config {
             node_ip: wire(node.underlay_ip),
             gateway_ip: wire(gateway),

@@ -227,7 +227,47 @@ fn overlay_three_nodes_wire_format_spoofing_and_a_plain_linux_vxlan_peer() {
     let xdp = cluster.nodes[1]
         .netns
         .ip(&["-d", "link", "show", UNDERLAY_IF]);
-    assert!(xdp.contains("xdp"), "native XDP on the underlay:\n{xdp}");
+    assert!(
+        xdp.contains("prog/xdp"),
+        "native XDP on the underlay:\n{xdp}"
+    );
+
+    // A restart (or upgrade) of node 1's dataplane: traffic keeps flowing, and the pinned XDP
+    // and TCX links on the underlay are switched to the fresh programs, not duplicated.
+    cluster.nodes[1].restart_dataplane();
+    assert!(web.ping(api.ip), "web → api after node 1's restart");
+    let status = cluster.nodes[1]
+        .with_dp(|dp| async move { dp.status().await })
+        .expect("status");
+    let underlay = status
+        .programs
+        .iter()
+        .find(|p| p.name == "hm_underlay")
+        .expect("hm_underlay");
+    assert_eq!(underlay.attached, vec![format!("{UNDERLAY_IF}/xdp")]);
+    let xdp = cluster.nodes[1]
+        .netns
+        .ip(&["-d", "link", "show", UNDERLAY_IF]);
+    assert!(
+        xdp.contains(&format!("prog/xdp id {} ", underlay.id)),
+        "the XDP link runs the new program ({}):\n{xdp}",
+        underlay.id
+    );
+    let ingress = status
+        .programs
+        .iter()
+        .find(|p| p.name == "hm_node_ingress")
+        .expect("hm_node_ingress");
+    assert_eq!(ingress.attached, vec![format!("{UNDERLAY_IF}/ingress")]);
+    let tcx = cluster.nodes[1]
+        .with_dp(|dp| async move { dp.tcx_programs(UNDERLAY_IF).await })
+        .expect("TCX query");
+    assert_eq!(
+        tcx.len(),
+        1,
+        "one program on the underlay's TCX hooks: {tcx:?}"
+    );
+    assert_eq!(tcx[0].id, ingress.id);
     for node in &cluster.nodes {
         assert_eq!(node.count(reason::DROPPED_MALFORMED), 0);
         assert_eq!(node.count(reason::DROPPED_INTERNAL), 0);
