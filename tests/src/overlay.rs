@@ -361,7 +361,7 @@ impl Cluster {
             ))
             .expect("setup node");
         let pin_dir = PathBuf::from("/sys/fs/bpf/hivemind").join(unique("ovl"));
-        let mut node = Node {
+        let node = Node {
             index,
             underlay_ip: underlay_ip(index),
             subnet,
