@@ -12,6 +12,9 @@ pub struct Config {
     pub node_ip: u32,
     /// Gateway address of the node's container subnet (wire byte order).
     pub gateway_ip: u32,
-    pub _pad: u32,
+    /// UDP port of the VXLAN overlay, host order; 0 = [`crate::overlay::DEFAULT_VXLAN_PORT`].
+    /// `node_ip` is the overlay's outer source address and the address VXLAN must be sent to.
+    pub vxlan_port: u16,
+    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);

@@ -17,6 +17,7 @@ pub mod ct;
 pub mod endpoint;
 pub mod event;
 pub mod names;
+pub mod overlay;
 pub mod policy;
 pub mod reason;
 
@@ -46,7 +47,7 @@ pub mod identity {
 
 #[cfg(feature = "user")]
 mod user {
-    use crate::{config, ct, endpoint, event, policy};
+    use crate::{config, ct, endpoint, event, overlay, policy};
 
     // Every impl below: the type is `#[repr(C)]`, made only of integers and byte
     // arrays with explicit padding fields, so every bit pattern is a valid value and there are
@@ -73,4 +74,8 @@ mod user {
     unsafe impl aya::Pod for event::VerdictEvent {}
     // SAFETY: see above.
     unsafe impl aya::Pod for config::Config {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for overlay::Peer {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for overlay::PeerStats {}
 }

@@ -42,8 +42,15 @@ pub const MAP_EVENTS: &str = "HM_EVENTS";
 /// One-slot array of [`crate::config::Config`].
 pub const MAP_CONFIG: &str = "HM_CONFIG";
 
+/// Overlay peers: node underlay address → [`crate::overlay::Peer`].
+pub const MAP_PEERS: &str = "HM_PEERS";
+/// Per-CPU traffic counters per peer: node underlay address → [`crate::overlay::PeerStats`].
+pub const MAP_PEER_STATS: &str = "HM_PEER_STATS";
+/// LPM trie: node container subnet → node underlay address.
+pub const MAP_TUNNELS: &str = "HM_TUNNELS";
+
 /// Every map the object defines (all pinned by name).
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_COUNTERS,
     MAP_POLICY_COUNTERS,
     MAP_ENDPOINTS,
@@ -54,4 +61,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_NAT,
     MAP_EVENTS,
     MAP_CONFIG,
+    MAP_PEERS,
+    MAP_PEER_STATS,
+    MAP_TUNNELS,
 ];

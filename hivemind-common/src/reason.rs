@@ -30,9 +30,12 @@ pub const DROPPED_INTERNAL: u32 = 12;
 /// Handed on to a local container by the host stack (traffic from the node, from outside,
 /// published ports after DNAT) once the container's ingress policy allowed it.
 pub const PASS_TO_CONTAINER: u32 = 13;
+/// Dropped: the encapsulated packet would exceed the underlay's MTU (a container whose MTU
+/// is not the underlay's minus the overlay's 50 bytes).
+pub const DROPPED_TOO_BIG: u32 = 14;
 
 /// Number of reason codes; the counters map has this many slots.
-pub const COUNT: u32 = 14;
+pub const COUNT: u32 = 15;
 
 /// Human and Prometheus label for a reason code.
 pub const fn label(reason: u32) -> &'static str {
@@ -51,6 +54,7 @@ pub const fn label(reason: u32) -> &'static str {
         RECEIVED_OVERLAY => "received_overlay",
         DROPPED_INTERNAL => "dropped_internal",
         PASS_TO_CONTAINER => "pass_to_container",
+        DROPPED_TOO_BIG => "dropped_too_big",
         _ => "unknown",
     }
 }
@@ -66,5 +70,6 @@ pub const fn is_drop(reason: u32) -> bool {
             | DROPPED_SPOOFED
             | DROPPED_FRAGMENT
             | DROPPED_INTERNAL
+            | DROPPED_TOO_BIG
     )
 }

@@ -3,7 +3,10 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
+    helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use hivemind_common::{
@@ -15,6 +18,7 @@ use hivemind_common::{
     },
     endpoint::{self, Endpoint},
     event::EVENTS_BYTES,
+    overlay::{PEERS_MAX_ENTRIES, Peer, PeerStats, TUNNELS_MAX_ENTRIES},
     policy::{CIDR_MAX_ENTRIES, MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},
     reason,
 };
@@ -61,6 +65,19 @@ pub static EVENTS: RingBuf<(), { EVENTS_BYTES as usize }> = RingBuf::new();
 #[btf_map(name = "HM_CONFIG", pin_by_name)]
 pub static CONFIG: Array<Config, 1> = Array::new();
 
+/// Cluster members: node underlay address (wire order) → peer.
+#[btf_map(name = "HM_PEERS", pin_by_name)]
+pub static PEERS: HashMap<u32, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Traffic per peer, per CPU (entries made by the agent, updated here).
+#[btf_map(name = "HM_PEER_STATS", pin_by_name)]
+pub static PEER_STATS: PerCpuHashMap<u32, PeerStats, { PEERS_MAX_ENTRIES as usize }> =
+    PerCpuHashMap::new();
+
+/// Node container subnet → node underlay address (wire order).
+#[btf_map(name = "HM_TUNNELS", pin_by_name)]
+pub static TUNNELS: LpmTrie<[u8; 4], u32, { TUNNELS_MAX_ENTRIES as usize }> = LpmTrie::new();
+
 /// The agent's switches; all zero until it writes them.
 #[inline(always)]
 pub fn config() -> Config {
@@ -88,5 +105,27 @@ pub fn count(reason: u32, bytes: u32) {
 pub fn count_policy(policy_id: u32, bytes: u32) {
     if let Some(slot) = POLICY_COUNTERS.get_ptr_mut(policy_id) {
         add(slot, bytes);
+    }
+}
+
+/// Counts a packet sent to (`rx == false`) or received from peer `node_ip`.
+#[inline(always)]
+pub fn count_peer(node_ip: u32, bytes: u32, rx: bool) {
+    if let Some(stats) = PEER_STATS.get_ptr_mut(&node_ip) {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: this CPU's slot of a per-CPU value the lookup just returned; no other
+        // program touches it until this one returns.
+        unsafe {
+            if rx {
+                (*stats).rx_packets += 1;
+                (*stats).rx_bytes += u64::from(bytes);
+                (*stats).last_rx_ns = now;
+            } else {
+                (*stats).tx_packets += 1;
+                (*stats).tx_bytes += u64::from(bytes);
+                (*stats).last_tx_ns = now;
+            }
+        }
     }
 }

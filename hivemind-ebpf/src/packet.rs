@@ -60,6 +60,8 @@ pub struct Flow {
     pub syn: bool,
     /// Offset of the L4 header (after IP options).
     pub l4_off: usize,
+    /// Offset of the end of the IP packet (what follows is Ethernet padding).
+    pub ip_end: usize,
 }
 
 impl Flow {
@@ -129,6 +131,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         ttl: ip.ttl,
         syn: false,
         l4_off,
+        ip_end,
     };
     match ip.protocol {
         PROTO_TCP => {

@@ -4,6 +4,7 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -18,17 +19,21 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use hivemind_common::{
-    config::FLAG_EVENTS_FORWARDED,
+    config::{Config, FLAG_EVENTS_FORWARDED},
     ct::{CtKey, PortKey},
-    endpoint::{Endpoint, FLAG_LOCAL},
+    endpoint::{Endpoint, FLAG_LOCAL, FLAG_REMOTE},
     event::{VERDICT_DROPPED, VERDICT_FORWARDED, VerdictEvent},
+    identity,
     policy::{DIRECTION_EGRESS, DIRECTION_INGRESS},
     reason,
 };
 
 use crate::{
-    maps::{ENDPOINTS, EVENTS, NAT, PORTS, config, count, count_policy},
-    packet::{self, Flow, PROTO_TCP, PROTO_UDP, ParseError, Parsed},
+    maps::{
+        ENDPOINTS, EVENTS, NAT, PEERS, PORTS, TUNNELS, config, count, count_peer, count_policy,
+    },
+    overlay::{self, vxlan_port},
+    packet::{self, ETH_HLEN, Flow, PROTO_TCP, PROTO_UDP, ParseError, Parsed},
     policy::{CtState, Decision, ct_create, ct_lookup, evaluate, forward_key, identity_of},
 };
 
@@ -231,8 +236,16 @@ fn try_from_container(ctx: &TcContext, flow: &Flow) -> Verdict {
         return deliver_local(ctx, flow, &dst, verdict);
     }
 
-    // Remote endpoints (FLAG_REMOTE) go through the overlay here once the cluster exists;
-    // until then they take the host path like any other destination.
+    // A container on another node — a synced remote endpoint, or else any address in a node
+    // subnet of `HM_TUNNELS` (its identity resolves on the receiving node) — goes through the
+    // overlay. Never to this node itself: a stale entry naming it takes the host path.
+    let node_ip = match dst {
+        Some(dst) if dst.flags & FLAG_REMOTE != 0 => dst.node_ip,
+        _ => tunnel_of(flow.daddr),
+    };
+    if node_ip != 0 && node_ip != config.node_ip {
+        return send_overlay(ctx, flow, &src, node_ip, &config, state, verdict);
+    }
 
     record(flow, state, &mut verdict);
     // A reply of a published-port flow: give it the node's address and published port back.
@@ -271,9 +284,16 @@ fn deliver_local(ctx: &TcContext, flow: &Flow, dst: &Endpoint, verdict: Verdict)
         // Let the host stack answer with ICMP time exceeded.
         return verdict;
     }
-    if packet::decrement_ttl(ctx, flow).is_err()
-        || packet::set_macs(ctx, &dst.mac, &dst.gw_mac).is_err()
-    {
+    if packet::decrement_ttl(ctx, flow).is_err() {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    into_container(ctx, dst, verdict, reason::FORWARDED_LOCAL)
+}
+
+/// Writes the container's MACs and redirects into its `eth0`.
+#[inline(always)]
+fn into_container(ctx: &TcContext, dst: &Endpoint, verdict: Verdict, done: u32) -> Verdict {
+    if packet::set_macs(ctx, &dst.mac, &dst.gw_mac).is_err() {
         return verdict.into_drop(reason::DROPPED_INTERNAL);
     }
     // SAFETY: helper with plain integer arguments.
@@ -288,8 +308,67 @@ fn deliver_local(ctx: &TcContext, flow: &Flow, dst: &Endpoint, verdict: Verdict)
     }
     Verdict {
         action: TC_ACT_REDIRECT,
-        reason: reason::FORWARDED_LOCAL,
+        reason: done,
         ..verdict
+    }
+}
+
+/// The node whose container subnet holds `addr` (wire order), 0 if none.
+#[inline(always)]
+fn tunnel_of(addr: u32) -> u32 {
+    TUNNELS
+        .get(&Key::new(32, addr.to_ne_bytes()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Sends the packet to node `node_ip` through the overlay: TTL down (the cluster network is
+/// one routed hop), VXLAN headers with the source's identity as VNI, out of the underlay.
+#[inline(always)]
+fn send_overlay(
+    ctx: &TcContext,
+    flow: &Flow,
+    src: &Endpoint,
+    node_ip: u32,
+    config: &Config,
+    state: CtState,
+    mut verdict: Verdict,
+) -> Verdict {
+    if flow.ttl <= 1 {
+        // Let the host stack answer with ICMP time exceeded.
+        return verdict;
+    }
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let Some(peer) = PEERS.get_ptr(&node_ip).map(|p| unsafe { *p }) else {
+        // Not a member (yet): it would drop what we send anyway.
+        return verdict.into_drop(reason::DROPPED_NO_ROUTE);
+    };
+    if config.node_ip == 0 {
+        // No underlay address to send from.
+        return verdict.into_drop(reason::DROPPED_NO_ROUTE);
+    }
+    if packet::decrement_ttl(ctx, flow).is_err() {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    match overlay::send(
+        ctx,
+        config.node_ip,
+        node_ip,
+        &peer,
+        src.identity,
+        &src.mac,
+        vxlan_port(config),
+    ) {
+        Ok(action) => {
+            record(flow, state, &mut verdict);
+            count_peer(node_ip, ctx.len(), false);
+            Verdict {
+                action,
+                reason: reason::FORWARDED_OVERLAY,
+                ..verdict
+            }
+        }
+        Err(why) => verdict.into_drop(why),
     }
 }
 
@@ -388,7 +467,15 @@ fn try_to_container(flow: &Flow) -> Verdict {
 #[classifier]
 pub fn hm_node_ingress(ctx: TcContext) -> i32 {
     let (flow, verdict) = match packet::parse(&ctx) {
-        Ok(Parsed::Ipv4(flow)) => (Some(flow), try_node_ingress(&ctx, &flow)),
+        Ok(Parsed::Ipv4(flow)) => {
+            let config = config();
+            if is_overlay(&flow, &config) {
+                let (flow, verdict) = receive_overlay(&ctx, &flow);
+                (Some(flow), verdict)
+            } else {
+                (Some(flow), try_node_ingress(&ctx, &flow, &config))
+            }
+        }
         Ok(Parsed::NotIpv4) => (None, Verdict::pass(reason::PASS_NOT_IPV4)),
         // Not ours to judge: the host stack deals with what it receives.
         Err(_) => (None, Verdict::pass(reason::PASS_TO_HOST)),
@@ -396,13 +483,72 @@ pub fn hm_node_ingress(ctx: TcContext) -> i32 {
     conclude(&ctx, flow.as_ref(), &verdict)
 }
 
+/// UDP to the VXLAN port of this node's address.
 #[inline(always)]
-fn try_node_ingress(ctx: &TcContext, flow: &Flow) -> Verdict {
+fn is_overlay(flow: &Flow, config: &Config) -> bool {
+    flow.protocol == PROTO_UDP
+        && flow.dport == vxlan_port(config)
+        && (config.node_ip == 0 || flow.daddr == config.node_ip)
+}
+
+/// VXLAN from the underlay: only from members; strip the outer headers, then the destination
+/// container's ingress policy with the source identity the VNI carries, and straight into the
+/// container. Returns the flow the verdict is about (the inner one once it is known).
+#[inline(always)]
+fn receive_overlay(ctx: &TcContext, outer: &Flow) -> (Flow, Verdict) {
+    if PEERS.get_ptr(&outer.saddr).is_none() {
+        return (*outer, Verdict::drop(reason::DROPPED_NOT_MEMBER));
+    }
+    let len = ctx.len();
+    let vni = match overlay::strip(ctx, outer) {
+        Ok(vni) => vni,
+        Err(why) => return (*outer, Verdict::drop(why)),
+    };
+    count_peer(outer.saddr, len, true);
+    let inner = match packet::parse(ctx) {
+        Ok(Parsed::Ipv4(inner)) => inner,
+        Ok(Parsed::NotIpv4) | Err(ParseError::Malformed) => {
+            return (*outer, Verdict::drop(reason::DROPPED_MALFORMED));
+        }
+        Err(ParseError::Fragment) => return (*outer, Verdict::drop(reason::DROPPED_FRAGMENT)),
+    };
+    // VNI 0 (a foreign VTEP's default) says nothing about the source: WORLD.
+    let src_identity = if vni == 0 { identity::WORLD } else { vni };
+    (inner, deliver_from_overlay(ctx, &inner, src_identity))
+}
+
+#[inline(always)]
+fn deliver_from_overlay(ctx: &TcContext, flow: &Flow, src_identity: u32) -> Verdict {
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let dst: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.daddr).map(|p| unsafe { *p });
+    let Some(dst) = dst.filter(|d| d.flags & FLAG_LOCAL != 0) else {
+        // The sender thinks the container lives here; it does not (any more).
+        return Verdict::drop(reason::DROPPED_NO_ROUTE).identities(src_identity, 0);
+    };
+    let mut verdict =
+        Verdict::pass(reason::RECEIVED_OVERLAY).identities(src_identity, dst.identity);
+    let state = ct_lookup(flow);
+    let ingress = evaluate(
+        dst.identity,
+        src_identity,
+        flow.protocol,
+        flow.dport,
+        DIRECTION_INGRESS,
+    );
+    if check(ingress, state, DIRECTION_INGRESS, &mut verdict).is_err() {
+        return verdict.into_drop(reason::DROPPED_POLICY);
+    }
+    // Recorded here too, so the container's replies pass its egress default-deny.
+    record(flow, state, &mut verdict);
+    into_container(ctx, &dst, verdict, reason::RECEIVED_OVERLAY)
+}
+
+#[inline(always)]
+fn try_node_ingress(ctx: &TcContext, flow: &Flow, config: &Config) -> Verdict {
     let untouched = Verdict::pass(reason::PASS_TO_HOST);
     if flow.protocol != PROTO_TCP && flow.protocol != PROTO_UDP {
         return untouched;
     }
-    let config = config();
     if config.node_ip != 0 && flow.daddr != config.node_ip {
         return untouched;
     }
@@ -436,19 +582,97 @@ fn try_node_ingress(ctx: &TcContext, flow: &Flow) -> Verdict {
     if packet::rewrite_dst(ctx, flow, target.ip, target.port).is_err() {
         return Verdict::drop(reason::DROPPED_INTERNAL);
     }
-    let src_identity = identity_of(flow.saddr, None, &config);
+    let src_identity = identity_of(flow.saddr, None, config);
     let mut verdict = Verdict::pass(reason::FORWARDED_PORT_MAP).identities(src_identity, 0);
     verdict.new_flow = flow.protocol != PROTO_TCP || flow.syn;
     verdict
 }
 
 // ---------------------------------------------------------------------------------------------
-// hm_underlay: XDP on the underlay. VXLAN member filtering comes with the cluster.
+// hm_underlay: XDP on the underlay. VXLAN (UDP to the VXLAN port) from a source that is not a
+// cluster member is dropped before the stack allocates anything for it; everything else passes
+// untouched (and uncounted: the TC program behind it decides and counts).
+
+const XDP_IPV4_MIN: usize = ETH_HLEN + 20;
 
 #[xdp]
 pub fn hm_underlay(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end() - ctx.data();
+    match not_member(&ctx) {
+        Some(event) => {
+            count(reason::DROPPED_NOT_MEMBER, event.len);
+            // A full ring loses the event, never the verdict.
+            let _ = EVENTS.output_untyped(&event, 0);
+            xdp_action::XDP_DROP
+        }
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// The drop event for a VXLAN packet from a non-member, `None` for anything else (including
+/// what is too short to tell: the stack and the TC program deal with it).
+#[inline(always)]
+fn not_member(ctx: &XdpContext) -> Option<VerdictEvent> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + XDP_IPV4_MIN > end {
+        return None;
+    }
+    let eth = data as *const u8;
+    // SAFETY: the first XDP_IPV4_MIN bytes are inside the packet (checked above).
+    let (ethertype, ver_ihl, frag, protocol) = unsafe {
+        (
+            [*eth.add(12), *eth.add(13)],
+            *eth.add(ETH_HLEN),
+            [*eth.add(ETH_HLEN + 6), *eth.add(ETH_HLEN + 7)],
+            *eth.add(ETH_HLEN + 9),
+        )
+    };
+    if ethertype != [0x08, 0x00] || ver_ihl >> 4 != 4 || protocol != PROTO_UDP {
+        return None;
+    }
+    // Later fragments carry no UDP header.
+    if u16::from_be_bytes(frag) & 0x1fff != 0 {
+        return None;
+    }
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let udp = data + ETH_HLEN + ihl;
+    if udp + 8 > end {
+        return None;
+    }
+    let udp = udp as *const u8;
+    // SAFETY: the 8 bytes of the UDP header are inside the packet (checked above); the
+    // addresses sit in the IPv4 header checked before, read unaligned.
+    let (sport, dport, saddr, daddr) = unsafe {
+        (
+            u16::from_be_bytes([*udp, *udp.add(1)]),
+            u16::from_be_bytes([*udp.add(2), *udp.add(3)]),
+            eth.add(ETH_HLEN + 12).cast::<u32>().read_unaligned(),
+            eth.add(ETH_HLEN + 16).cast::<u32>().read_unaligned(),
+        )
+    };
+    if dport != vxlan_port(&config()) || PEERS.get_ptr(&saddr).is_some() {
+        return None;
+    }
     #[allow(clippy::cast_possible_truncation)] // an XDP frame is at most a few pages
-    count(reason::PASS_TO_HOST, len as u32);
-    xdp_action::XDP_PASS
+    let len = (end - data) as u32;
+    #[allow(clippy::cast_possible_truncation)]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    Some(VerdictEvent {
+        // SAFETY: a helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        saddr,
+        daddr,
+        sport,
+        dport,
+        protocol: PROTO_UDP,
+        verdict: VERDICT_DROPPED,
+        direction: DIRECTION_INGRESS,
+        reason: reason::DROPPED_NOT_MEMBER,
+        ifindex,
+        len,
+        ..VerdictEvent::default()
+    })
 }

@@ -8,13 +8,18 @@
 //! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
 //! - [`cluster`]: node namespaces on a bridged underlay, each with containerd and an agent;
 //! - [`http`]: requests to an agent's REST API with real `curl` inside its namespace;
-//! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`].
+//! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`];
+//! - [`overlay::Cluster`]: node namespaces on an underlay, each running the dataplane
+//!   in-process, with the overlay between them (the overlay tests and its benchmark).
+//!
+//! [`bench_overlay`] is the overlay benchmark (`cargo xtask bench overlay`).
 //!
 //! Tests need root; run them with `cargo xtask test`.
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
 pub mod bench_api;
+pub mod bench_overlay;
 pub mod cluster;
 mod containerd;
 mod etcd;
@@ -23,6 +28,7 @@ pub mod image;
 mod netns;
 pub mod node;
 pub mod openapi;
+pub mod overlay;
 pub mod packet;
 mod process;
 mod registry;

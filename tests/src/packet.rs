@@ -64,6 +64,15 @@ impl Packet {
         Self::new(src, dst, UDP, l4)
     }
 
+    /// UDP with `payload` after the header.
+    pub fn udp_with(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Self {
+        let mut l4 = vec![0u8; 8];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4.extend_from_slice(payload);
+        Self::new(src, dst, UDP, l4)
+    }
+
     pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, id: u16) -> Self {
         let mut l4 = vec![kind, 0, 0, 0];
         l4.extend_from_slice(&id.to_be_bytes());
@@ -214,4 +223,29 @@ pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
         TCP | UDP => checksum(l4, pseudo(saddr(pkt), daddr(pkt), protocol, l4.len())) == 0,
         _ => true,
     }
+}
+
+/// A VXLAN packet (RFC 7348) from `src` to `dst`, UDP port `port`: flags byte `flags`
+/// (`0x08` = I flag), VNI `vni`, carrying `inner` (an Ethernet frame).
+pub fn vxlan(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    flags: u8,
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut payload = vec![flags, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    Packet::udp_with(src, 50_000, dst, port, &payload).build()
+}
+
+/// Offsets in a VXLAN packet built without outer IP options.
+pub mod outer {
+    pub const IP: usize = super::ETH_HLEN;
+    pub const UDP: usize = IP + 20;
+    pub const VXLAN: usize = UDP + 8;
+    /// The inner Ethernet frame.
+    pub const INNER: usize = VXLAN + 8;
 }

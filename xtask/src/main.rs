@@ -3,6 +3,7 @@
 //! and runs the real builds as `cargo +<pinned> ...`.
 
 mod bench_api;
+mod bench_overlay;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -25,6 +26,9 @@ tasks:
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
   bench api    the REST API under load (wrk) with 100 containers; report in target/bench/api.md
+  bench overlay [--quick] [--reps N]
+               release build, then the overlay benchmark (root): Hivemind's overlay vs kernel
+               VXLAN + bridge vs the routed underlay; tables on stdout, JSON under target/bench/
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +42,10 @@ fn main() -> anyhow::Result<()> {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => test::run(&rest),
-        "bench" => bench_api::run(&rest),
+        "bench" => match rest.first().map(String::as_str) {
+            Some("overlay") | None | Some("list") => bench_overlay::run(&rest),
+            _ => bench_api::run(&rest),
+        },
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -590,6 +590,40 @@ async fn plumb_inside(
     Ok(mac)
 }
 
+/// Sets the MTU of a container's link: the host side `host_ifname` here and `eth0` inside the
+/// namespace at `netns_path`. When a node joins a cluster its containers move to the underlay
+/// MTU − 50 (the overlay's headers); their routes carry no MTU of their own and follow the
+/// device, and connections opened from then on negotiate the smaller MSS.
+pub async fn set_container_mtu(
+    netns_path: &Path,
+    host_ifname: &str,
+    mtu: u32,
+) -> Result<(), LinkError> {
+    let netns_path = netns_path.to_owned();
+    let host = host_ifname.to_owned();
+    with_netlink("hm-mtu", move |handle| async move {
+        let (index, _) = link_by_name(&handle, &host).await?;
+        set_mtu(&handle, index, mtu, &host).await?;
+        let _inside = NetnsGuard::enter(&netns_path).map_err(|source| LinkError::Netns {
+            path: netns_path.clone(),
+            source,
+        })?;
+        let inside = connect()?;
+        let (index, _) = link_by_name(&inside, CONTAINER_IFNAME).await?;
+        set_mtu(&inside, index, mtu, CONTAINER_IFNAME).await
+    })
+    .await
+}
+
+async fn set_mtu(handle: &Handle, index: u32, mtu: u32, what: &str) -> Result<(), LinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(netlink(format!("set the MTU of {what} to {mtu}")))
+}
+
 /// Deletes a container's veth pair (both ends; routes and neighbours go with it). Nothing to
 /// do if it is already gone.
 pub async fn unplumb_container(host_ifname: &str) -> Result<(), LinkError> {

@@ -3,23 +3,33 @@
 //! policies loaded into the dataplane. It glues [`ipam`](super::ipam), [`link`](super::link)
 //! and [`dataplane`](super::dataplane) together; the reconciler and the API call it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use hivemind_common::{
     config::{Config, FLAG_EVENTS_FORWARDED},
     ct::{PortKey, PortTarget},
     endpoint::{Endpoint, FLAG_LOCAL},
+    overlay::OVERHEAD,
 };
 use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 
 use super::{
-    dataplane::{DataplaneError, DataplaneHandle},
+    dataplane::{DataplaneError, DataplaneHandle, UnderlayXdp},
     ipam::{self, IpamError},
     link::{self, LinkError},
 };
 use crate::{
     model::{AppSpec, ContainerRecord, ContainerState, PolicyRecord, Protocol},
+    paths,
     policy::{self, AppIdentity, PolicyErrors, PolicyRef},
     state::State,
     store::StoreError,
@@ -43,6 +53,10 @@ pub enum NetworkError {
     /// Boxed: the policy error is large and this one is rare.
     #[error("the policies need more map entries than the datapath holds: {0}")]
     Capacity(Box<policy::PolicyError>),
+    #[error(
+        "the overlay needs an underlay interface with an IPv4 address; pass --underlay-iface and --node-ip"
+    )]
+    NoUnderlay,
 }
 
 /// What `hivemind health` shows about the node's network.
@@ -75,7 +89,9 @@ struct Inner {
     node: String,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
-    mtu: u32,
+    /// MTU of container links made from now on (the uplink's, minus the overlay's 50 bytes
+    /// once the node is in a cluster).
+    mtu: AtomicU32,
     uplink: Option<link::Uplink>,
     node_ip: Option<Ipv4Addr>,
     /// Serialises whole-set updates (policies, ports) so two never interleave.
@@ -89,6 +105,8 @@ struct Published {
     ingress_attached: bool,
     policies: u32,
     monitors_forwarded: u32,
+    /// The overlay's UDP port while the node is in a cluster.
+    vxlan_port: Option<u16>,
 }
 
 fn wire(ip: Ipv4Addr) -> u32 {
@@ -119,18 +137,22 @@ impl NodeNetwork {
                 node: node.to_owned(),
                 subnet,
                 gateway,
-                mtu,
+                mtu: AtomicU32::new(mtu),
                 uplink,
                 node_ip,
                 updates: Mutex::new(Published::default()),
             }),
         };
-        network.push_config(false).await?;
+        network.push_config(false, None).await?;
         tracing::info!(%subnet, %gateway, uplink = ?network.inner.uplink.as_ref().map(|u| &u.name), node_ip = ?network.inner.node_ip, mtu, "node network ready");
         Ok(network)
     }
 
-    async fn push_config(&self, forwarded_events: bool) -> Result<(), NetworkError> {
+    async fn push_config(
+        &self,
+        forwarded_events: bool,
+        vxlan_port: Option<u16>,
+    ) -> Result<(), NetworkError> {
         let inner = &self.inner;
         inner
             .dataplane
@@ -142,6 +164,7 @@ impl NodeNetwork {
                 },
                 node_ip: inner.node_ip.map_or(0, wire),
                 gateway_ip: wire(inner.gateway),
+                vxlan_port: vxlan_port.unwrap_or(0),
                 ..Config::default()
             })
             .await?;
@@ -173,7 +196,8 @@ impl NodeNetwork {
         let ip = ipam::claim_address(inner.state.store(), inner.subnet, &inner.node, id).await?;
         let identity = inner.state.app_identity(app).await?;
         let result = async {
-            let link = link::plumb_container(netns, id, ip, inner.gateway, inner.mtu).await?;
+            let mtu = inner.mtu.load(Ordering::Relaxed);
+            let link = link::plumb_container(netns, id, ip, inner.gateway, mtu).await?;
             let endpoint = Endpoint {
                 ifindex: link.host_ifindex,
                 identity,
@@ -309,9 +333,73 @@ impl NodeNetwork {
             published.monitors_forwarded = published.monitors_forwarded.saturating_sub(1);
         }
         let after = published.monitors_forwarded > 0;
+        let vxlan_port = published.vxlan_port;
         drop(published);
         if before != after {
-            self.push_config(after).await?;
+            self.push_config(after, vxlan_port).await?;
+        }
+        Ok(())
+    }
+
+    /// The dataplane, for the cluster sync: peers, tunnels, remote endpoints, peer statistics.
+    pub fn dataplane(&self) -> &DataplaneHandle {
+        &self.inner.dataplane
+    }
+
+    /// Puts the node on the overlay (when it becomes a cluster member, and at every start
+    /// while it is one): the VXLAN port into the datapath's config, the receiving programs on
+    /// the uplink, and containers — new ones and those already running — at the uplink's MTU
+    /// minus the overlay's 50 bytes. Idempotent. Peers, tunnels and remote endpoints come
+    /// through [`Self::dataplane`].
+    pub async fn enable_overlay(&self, vxlan_port: u16) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        let (Some(uplink), Some(_)) = (&inner.uplink, inner.node_ip) else {
+            return Err(NetworkError::NoUnderlay);
+        };
+        let mut published = inner.updates.lock().await;
+        published.vxlan_port = Some(vxlan_port);
+        let forwarded = published.monitors_forwarded > 0;
+        drop(published);
+        self.push_config(forwarded, Some(vxlan_port)).await?;
+        inner
+            .dataplane
+            .attach_underlay(&uplink.name, UnderlayXdp::Auto)
+            .await?;
+        self.set_container_mtu(uplink.mtu.saturating_sub(OVERHEAD))
+            .await?;
+        tracing::info!(uplink = %uplink.name, vxlan_port, mtu = inner.mtu.load(Ordering::Relaxed), "on the overlay");
+        Ok(())
+    }
+
+    /// Takes the node off the overlay (it left the cluster): programs off the uplink (the
+    /// published ports keep theirs), containers back at the uplink's MTU.
+    pub async fn disable_overlay(&self) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        let Some(uplink) = &inner.uplink else {
+            return Ok(());
+        };
+        let mut published = inner.updates.lock().await;
+        published.vxlan_port = None;
+        let forwarded = published.monitors_forwarded > 0;
+        drop(published);
+        self.push_config(forwarded, None).await?;
+        inner.dataplane.detach_underlay(&uplink.name).await?;
+        self.set_container_mtu(uplink.mtu).await
+    }
+
+    /// New containers get `mtu`; running ones are changed to it (one that cannot be — its
+    /// namespace is gone — is logged and skipped: it is on its way out).
+    async fn set_container_mtu(&self, mtu: u32) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        if inner.mtu.swap(mtu, Ordering::Relaxed) == mtu {
+            return Ok(());
+        }
+        let netns_dir = paths::netns_dir(&inner.node);
+        for (ip, id) in ipam::addresses(inner.state.store(), inner.subnet).await? {
+            let host = link::host_ifname(&id);
+            if let Err(err) = link::set_container_mtu(&netns_dir.join(&id), &host, mtu).await {
+                tracing::warn!(container = %id, %ip, error = %err, "cannot change the container's MTU");
+            }
         }
         Ok(())
     }

@@ -9,31 +9,35 @@ use std::{
     net::Ipv4Addr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf,
-        lpm_trie::Key, of_maps::ArrayOfMaps,
+        Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, RingBuf, lpm_trie::Key, of_maps::ArrayOfMaps,
     },
     programs::{
         LinkOrder, Program, SchedClassifier, TcAttach, TcAttachType, TestRun as _, TestRunOptions,
+        Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use hivemind_common::{
     Counter,
     config::Config,
     ct::{CtKey, CtValue, NatValue, PortKey, PortTarget},
-    endpoint::Endpoint,
+    endpoint::{Endpoint, FLAG_REMOTE},
     event::VerdictEvent,
     names,
+    overlay::{Peer, PeerStats},
     policy::{MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},
     reason,
 };
+use ipnet::Ipv4Net;
 
 use super::{DataplaneError, bpffs, sys};
 use crate::proto;
@@ -123,7 +127,43 @@ pub struct RunResult {
     pub duration: Duration,
 }
 
-/// A TCX link this dataplane owns, pinned at `<pin dir>/link_<program>_<ifindex>`.
+/// Traffic to and from one overlay peer, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStat {
+    /// The peer node's underlay address.
+    pub node_ip: Ipv4Addr,
+    pub tx_packets: u64,
+    /// Bytes on the wire, outer headers included.
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// When the last packet went to / came from the peer (`None`: never).
+    pub last_sent: Option<SystemTime>,
+    pub last_received: Option<SystemTime>,
+}
+
+/// How the XDP member filter sits on the underlay. Whatever the choice, `hm_node_ingress`
+/// checks membership too, so non-members' VXLAN is dropped either way; XDP only drops it
+/// earlier, which pays off on NICs with driver XDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnderlayXdp {
+    /// Native XDP, except on veth (there it would turn off the peer's GSO/TSO and cost more
+    /// than the TC check) and on drivers without native XDP: no XDP there.
+    #[default]
+    Auto,
+    /// Native (driver) XDP; an error where the driver has none.
+    Native,
+    /// Generic (SKB-mode) XDP: runs after GRO and copies every non-linear packet.
+    Generic,
+    /// No XDP program: `hm_node_ingress` alone filters members.
+    Off,
+}
+
+/// Why the node-ingress program is on an interface; it stays while any reason holds.
+const INGRESS_FOR_PORTS: u8 = 1 << 0;
+const INGRESS_FOR_OVERLAY: u8 = 1 << 1;
+
+/// A TCX (or XDP) link this dataplane owns, pinned at `<pin dir>/link_<program>_<ifindex>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct LinkKey {
     program: ProgramKind,
@@ -158,6 +198,9 @@ struct Maps {
     policy_counters: PerCpuArray<MapData, Counter>,
     ct: BpfHashMap<MapData, CtKey, CtValue>,
     nat: BpfHashMap<MapData, CtKey, NatValue>,
+    peers: BpfHashMap<MapData, u32, Peer>,
+    peer_stats: PerCpuHashMap<MapData, u32, PeerStats>,
+    tunnels: LpmTrie<MapData, [u8; 4], u32>,
 }
 
 /// The loaded programs, every map handle and every link.
@@ -166,6 +209,8 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     maps: Maps,
     links: BTreeMap<LinkKey, FdLink>,
+    /// Why `hm_node_ingress` is attached to an interface (`INGRESS_FOR_*` bits).
+    ingress_users: BTreeMap<u32, u8>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -241,6 +286,9 @@ impl Dataplane {
             policy_counters: take(&mut ebpf, names::MAP_POLICY_COUNTERS)?,
             ct: take(&mut ebpf, names::MAP_CT)?,
             nat: take(&mut ebpf, names::MAP_NAT)?,
+            peers: take(&mut ebpf, names::MAP_PEERS)?,
+            peer_stats: take(&mut ebpf, names::MAP_PEER_STATS)?,
+            tunnels: take(&mut ebpf, names::MAP_TUNNELS)?,
         };
         let events = Some(take(&mut ebpf, names::MAP_EVENTS)?);
         let mut dataplane = Self {
@@ -248,6 +296,7 @@ impl Dataplane {
             pin_dir: pin_dir.to_owned(),
             maps,
             links: BTreeMap::new(),
+            ingress_users: BTreeMap::new(),
             events,
         };
         dataplane.adopt_pinned_links()?;
@@ -307,6 +356,9 @@ impl Dataplane {
             path: path.to_owned(),
             source,
         })?;
+        if key.program == ProgramKind::Underlay {
+            return self.adopt_xdp(key, path, FdLink::from(pinned));
+        }
         let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
             DataplaneError::Link {
                 path: path.to_owned(),
@@ -325,6 +377,88 @@ impl Dataplane {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// An XDP link an earlier run pinned, switched to this run's program.
+    fn adopt_xdp(
+        &mut self,
+        key: LinkKey,
+        path: &Path,
+        link: FdLink,
+    ) -> Result<FdLink, DataplaneError> {
+        let link_err = |source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        };
+        let link = XdpLink::try_from(link).map_err(link_err)?;
+        let program = self.xdp()?;
+        let attach = |source| DataplaneError::Attach {
+            program: key.program.name(),
+            ifindex: key.ifindex,
+            source,
+        };
+        let id = program.attach_to_link(link).map_err(attach)?;
+        let link = program.take_link(id).map_err(attach)?;
+        FdLink::try_from(link).map_err(link_err)
+    }
+
+    fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let name = ProgramKind::Underlay.name();
+        match self.ebpf.program_mut(name) {
+            Some(Program::Xdp(p)) => Ok(p),
+            _ => Err(DataplaneError::MissingProgram(name)),
+        }
+    }
+
+    /// Attaches the XDP program to `ifindex` through a pinned link, unless it already is.
+    fn attach_xdp(&mut self, ifindex: u32, mode: UnderlayXdp) -> Result<(), DataplaneError> {
+        let key = LinkKey {
+            program: ProgramKind::Underlay,
+            ifindex,
+        };
+        if self.links.contains_key(&key) {
+            return Ok(());
+        }
+        let program = self.xdp()?;
+        let attach_err = |source| DataplaneError::Attach {
+            program: key.program.name(),
+            ifindex,
+            source,
+        };
+        let id = match mode {
+            UnderlayXdp::Off => return Ok(()),
+            UnderlayXdp::Generic => program.attach(ifindex, XdpMode::Skb),
+            UnderlayXdp::Native => program.attach(ifindex, XdpMode::Driver),
+            UnderlayXdp::Auto => {
+                let name = if_indextoname(ifindex).unwrap_or_default();
+                let driver = sys::driver_name(&name).unwrap_or_default();
+                if driver == "veth" {
+                    tracing::info!(iface = %name, "veth underlay: no XDP (it would turn off the peer's GSO); hm_node_ingress filters members");
+                    return Ok(());
+                }
+                match program.attach(ifindex, XdpMode::Driver) {
+                    Ok(id) => Ok(id),
+                    Err(err) => {
+                        tracing::info!(iface = %name, %driver, error = %err, "no native XDP on the underlay; hm_node_ingress filters members");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        .map_err(attach_err)?;
+        let link = program.take_link(id).map_err(attach_err)?;
+        let path = self.pin_dir.join(key.pin_name());
+        let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&path);
+        let pinned = link
+            .pin(&path)
+            .map_err(|source| DataplaneError::Pin { path, source })?;
+        self.links.insert(key, FdLink::from(pinned));
+        tracing::debug!(program = key.program.name(), ifindex, ?mode, "attached");
+        Ok(())
     }
 
     /// Attaches `kind` to `ifindex` through a pinned TCX link, unless it already is.
@@ -399,12 +533,178 @@ impl Dataplane {
     /// `hm_node_ingress` on the uplink's ingress (published ports).
     pub fn attach_node_ingress(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         let ifindex = if_nametoindex(ifname)?;
-        self.attach(ProgramKind::NodeIngress, ifindex)
+        self.claim_ingress(ifindex, INGRESS_FOR_PORTS)
     }
 
+    /// Detaches `hm_node_ingress` for published ports; it stays while the overlay needs it.
     pub fn detach_node_ingress(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         let ifindex = if_nametoindex(ifname)?;
-        self.detach(ProgramKind::NodeIngress, ifindex)
+        self.release_ingress(ifindex, INGRESS_FOR_PORTS)
+    }
+
+    fn claim_ingress(&mut self, ifindex: u32, why: u8) -> Result<(), DataplaneError> {
+        self.attach(ProgramKind::NodeIngress, ifindex)?;
+        *self.ingress_users.entry(ifindex).or_default() |= why;
+        Ok(())
+    }
+
+    fn release_ingress(&mut self, ifindex: u32, why: u8) -> Result<(), DataplaneError> {
+        let users = self.ingress_users.entry(ifindex).or_default();
+        *users &= !why;
+        if *users == 0 {
+            self.ingress_users.remove(&ifindex);
+            self.detach(ProgramKind::NodeIngress, ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// The overlay's receiving side on the underlay interface: `hm_underlay` (XDP, member
+    /// filter) as `xdp` says, and `hm_node_ingress` on its TCX ingress (member check, VXLAN
+    /// decapsulation, delivery; published ports too). Idempotent.
+    pub fn attach_underlay(
+        &mut self,
+        ifname: &str,
+        xdp: UnderlayXdp,
+    ) -> Result<(), DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        self.claim_ingress(ifindex, INGRESS_FOR_OVERLAY)?;
+        self.attach_xdp(ifindex, xdp)
+    }
+
+    /// Undoes [`Self::attach_underlay`]; `hm_node_ingress` stays while ports are published.
+    pub fn detach_underlay(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let ifindex = if_nametoindex(ifname)?;
+        self.detach(ProgramKind::Underlay, ifindex)?;
+        self.release_ingress(ifindex, INGRESS_FOR_OVERLAY)
+    }
+
+    /// Makes the cluster's members exactly `peers` (node underlay address → peer). Traffic
+    /// statistics start for new peers and are kept for those that stay.
+    pub fn set_peers(&mut self, peers: &[(Ipv4Addr, Peer)]) -> Result<(), DataplaneError> {
+        let wanted: BTreeSet<u32> = peers.iter().map(|(ip, _)| wire(*ip)).collect();
+        let counted: BTreeSet<u32> = self.maps.peer_stats.keys().filter_map(Result::ok).collect();
+        for (ip, peer) in peers {
+            let key = wire(*ip);
+            self.maps
+                .peers
+                .insert(&key, peer, 0)
+                .map_err(map_err(names::MAP_PEERS))?;
+            if !counted.contains(&key) {
+                let cpus = aya::util::nr_cpus().map_or(1, |n| n.get() as usize);
+                let zeros = PerCpuValues::try_from(vec![PeerStats::default(); cpus]).map_err(
+                    |io_error| {
+                        map_err(names::MAP_PEER_STATS)(MapError::SyscallError(
+                            aya::sys::SyscallError {
+                                call: "nr_cpus",
+                                io_error,
+                            },
+                        ))
+                    },
+                )?;
+                self.maps
+                    .peer_stats
+                    .insert(&key, zeros, 0)
+                    .map_err(map_err(names::MAP_PEER_STATS))?;
+            }
+        }
+        let stale: Vec<u32> = self
+            .maps
+            .peers
+            .keys()
+            .filter_map(Result::ok)
+            .chain(counted.iter().copied())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            let _ = self.maps.peers.remove(&key);
+            let _ = self.maps.peer_stats.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Makes the tunnels exactly `tunnels`: each node's container subnet → its underlay
+    /// address. Traffic to an address in one of these subnets that `HM_ENDPOINTS` does not
+    /// know goes to that node (the receiving node resolves the container).
+    pub fn set_tunnels(&mut self, tunnels: &[(Ipv4Net, Ipv4Addr)]) -> Result<(), DataplaneError> {
+        let wanted: BTreeSet<([u8; 4], u32)> = tunnels
+            .iter()
+            .map(|(net, _)| (net.network().octets(), u32::from(net.prefix_len())))
+            .collect();
+        for (net, node) in tunnels {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            self.maps
+                .tunnels
+                .insert(&key, &wire(*node), 0)
+                .map_err(map_err(names::MAP_TUNNELS))?;
+        }
+        let stale: Vec<Key<[u8; 4]>> = self
+            .maps
+            .tunnels
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.data(), k.prefix_len())))
+            .collect();
+        for key in stale {
+            let _ = self.maps.tunnels.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// A container on another node: address, its app's identity, and the underlay address of
+    /// the node that hosts it (the "ipcache" entry the sender needs to pick the tunnel and
+    /// to know the peer's identity for egress policy).
+    pub fn upsert_remote_endpoint(
+        &mut self,
+        ip: Ipv4Addr,
+        identity: u32,
+        node_ip: Ipv4Addr,
+    ) -> Result<(), DataplaneError> {
+        self.upsert_endpoint(
+            ip,
+            Endpoint {
+                identity,
+                flags: FLAG_REMOTE,
+                node_ip: wire(node_ip),
+                ..Endpoint::default()
+            },
+        )
+    }
+
+    /// Traffic per peer, summed over CPUs, in address order.
+    pub fn peer_stats(&self) -> Result<Vec<PeerStat>, DataplaneError> {
+        let now_wall = SystemTime::now();
+        let now_mono = monotonic_ns();
+        let at = |ns: u64| {
+            (ns != 0).then(|| now_wall - Duration::from_nanos(now_mono.saturating_sub(ns)))
+        };
+        let mut out = Vec::new();
+        for key in self.maps.peer_stats.keys() {
+            let key = key.map_err(map_err(names::MAP_PEER_STATS))?;
+            let values = match self.maps.peer_stats.get(&key, 0) {
+                Ok(values) => values,
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(map_err(names::MAP_PEER_STATS)(err)),
+            };
+            let sum = values.iter().fold(PeerStats::default(), |a, s| PeerStats {
+                tx_packets: a.tx_packets + s.tx_packets,
+                tx_bytes: a.tx_bytes + s.tx_bytes,
+                rx_packets: a.rx_packets + s.rx_packets,
+                rx_bytes: a.rx_bytes + s.rx_bytes,
+                last_tx_ns: a.last_tx_ns.max(s.last_tx_ns),
+                last_rx_ns: a.last_rx_ns.max(s.last_rx_ns),
+            });
+            out.push(PeerStat {
+                node_ip: Ipv4Addr::from(key.to_ne_bytes()),
+                tx_packets: sum.tx_packets,
+                tx_bytes: sum.tx_bytes,
+                rx_packets: sum.rx_packets,
+                rx_bytes: sum.rx_bytes,
+                last_sent: at(sum.last_tx_ns),
+                last_received: at(sum.last_rx_ns),
+            });
+        }
+        out.sort_by_key(|s| s.node_ip);
+        Ok(out)
     }
 
     pub fn upsert_endpoint(
@@ -752,6 +1052,17 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DataplaneError> {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which outlives the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 fn sum_per_cpu(
     map: &PerCpuArray<MapData, Counter>,
     index: u32,
@@ -811,11 +1122,7 @@ mod tests {
 
     #[test]
     fn link_pin_names_round_trip() {
-        for program in [
-            ProgramKind::FromContainer,
-            ProgramKind::ToContainer,
-            ProgramKind::NodeIngress,
-        ] {
+        for program in ProgramKind::ALL {
             let key = LinkKey {
                 program,
                 ifindex: 4711,
@@ -825,6 +1132,11 @@ mod tests {
         assert_eq!(
             LinkKey::parse("link_hm_from_container_7").map(|k| (k.program, k.ifindex)),
             Some((ProgramKind::FromContainer, 7))
+        );
+        assert_eq!(
+            LinkKey::parse("link_hm_underlay_3").map(|k| (k.program, k.ifindex)),
+            Some((ProgramKind::Underlay, 3)),
+            "the XDP link on the underlay"
         );
         for other in [
             "HM_CT",

@@ -27,14 +27,18 @@ use hivemind_common::{
     ct::{PortKey, PortTarget},
     endpoint::Endpoint,
     event::VerdictEvent,
+    overlay::Peer,
     policy::{PolicyKey, PolicyValue},
 };
+use ipnet::Ipv4Net;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
     task::JoinHandle,
 };
 
-pub use kernel::{AttachedProgram, Dataplane, ProgramKind, ReasonCounter, RunResult};
+pub use kernel::{
+    AttachedProgram, Dataplane, PeerStat, ProgramKind, ReasonCounter, RunResult, UnderlayXdp,
+};
 
 use crate::proto;
 
@@ -126,8 +130,19 @@ enum Command {
     DetachContainer(u32, Reply<()>),
     AttachNodeIngress(String, Reply<()>),
     DetachNodeIngress(String, Reply<()>),
+    AttachUnderlay(String, UnderlayXdp, Reply<()>),
+    DetachUnderlay(String, Reply<()>),
     UpsertEndpoint(Ipv4Addr, Endpoint, Reply<()>),
+    UpsertRemoteEndpoint {
+        ip: Ipv4Addr,
+        identity: u32,
+        node_ip: Ipv4Addr,
+        reply: Reply<()>,
+    },
     RemoveEndpoint(Ipv4Addr, Reply<()>),
+    SetPeers(Vec<(Ipv4Addr, Peer)>, Reply<()>),
+    SetTunnels(Vec<(Ipv4Net, Ipv4Addr)>, Reply<()>),
+    PeerStats(Reply<Vec<PeerStat>>),
     ReplacePolicy {
         entries: Vec<(PolicyKey, PolicyValue)>,
         cidrs: Vec<(ipnet::Ipv4Net, u32)>,
@@ -182,12 +197,66 @@ impl DataplaneHandle {
         self.ask(|r| Command::DetachNodeIngress(ifname, r)).await
     }
 
+    /// The overlay's receiving side on the underlay interface `ifname`: `hm_underlay` (XDP
+    /// member filter, mode `xdp`) and `hm_node_ingress` (TCX ingress: member check, VXLAN
+    /// decapsulation and delivery, published ports). Idempotent.
+    pub async fn attach_underlay(
+        &self,
+        ifname: &str,
+        xdp: UnderlayXdp,
+    ) -> Result<(), DataplaneError> {
+        let ifname = ifname.to_owned();
+        self.ask(|r| Command::AttachUnderlay(ifname, xdp, r)).await
+    }
+
+    /// Undoes [`Self::attach_underlay`]; `hm_node_ingress` stays while ports are published.
+    pub async fn detach_underlay(&self, ifname: &str) -> Result<(), DataplaneError> {
+        let ifname = ifname.to_owned();
+        self.ask(|r| Command::DetachUnderlay(ifname, r)).await
+    }
+
     pub async fn upsert_endpoint(
         &self,
         ip: Ipv4Addr,
         endpoint: Endpoint,
     ) -> Result<(), DataplaneError> {
         self.ask(|r| Command::UpsertEndpoint(ip, endpoint, r)).await
+    }
+
+    /// A container on another node (see [`Dataplane::upsert_remote_endpoint`]). Removed with
+    /// [`Self::remove_endpoint`].
+    pub async fn upsert_remote_endpoint(
+        &self,
+        ip: Ipv4Addr,
+        identity: u32,
+        node_ip: Ipv4Addr,
+    ) -> Result<(), DataplaneError> {
+        self.ask(|reply| Command::UpsertRemoteEndpoint {
+            ip,
+            identity,
+            node_ip,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes the cluster's members exactly `peers`: node underlay address → [`Peer`]. Only
+    /// members' VXLAN is accepted, and only members are sent to.
+    pub async fn set_peers(&self, peers: Vec<(Ipv4Addr, Peer)>) -> Result<(), DataplaneError> {
+        self.ask(|r| Command::SetPeers(peers, r)).await
+    }
+
+    /// Makes the tunnels exactly `tunnels`: node container subnet → node underlay address.
+    pub async fn set_tunnels(
+        &self,
+        tunnels: Vec<(Ipv4Net, Ipv4Addr)>,
+    ) -> Result<(), DataplaneError> {
+        self.ask(|r| Command::SetTunnels(tunnels, r)).await
+    }
+
+    /// Packets, bytes and last activity per peer, summed over CPUs.
+    pub async fn peer_stats(&self) -> Result<Vec<PeerStat>, DataplaneError> {
+        self.ask(Command::PeerStats).await
     }
 
     pub async fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DataplaneError> {
@@ -291,8 +360,31 @@ async fn run(
             Command::DetachNodeIngress(ifname, reply) => {
                 let _ = reply.send(dataplane.detach_node_ingress(&ifname));
             }
+            Command::AttachUnderlay(ifname, xdp, reply) => {
+                let _ = reply.send(dataplane.attach_underlay(&ifname, xdp));
+            }
+            Command::DetachUnderlay(ifname, reply) => {
+                let _ = reply.send(dataplane.detach_underlay(&ifname));
+            }
             Command::UpsertEndpoint(ip, endpoint, reply) => {
                 let _ = reply.send(dataplane.upsert_endpoint(ip, endpoint));
+            }
+            Command::UpsertRemoteEndpoint {
+                ip,
+                identity,
+                node_ip,
+                reply,
+            } => {
+                let _ = reply.send(dataplane.upsert_remote_endpoint(ip, identity, node_ip));
+            }
+            Command::SetPeers(peers, reply) => {
+                let _ = reply.send(dataplane.set_peers(&peers));
+            }
+            Command::SetTunnels(tunnels, reply) => {
+                let _ = reply.send(dataplane.set_tunnels(&tunnels));
+            }
+            Command::PeerStats(reply) => {
+                let _ = reply.send(dataplane.peer_stats());
             }
             Command::RemoveEndpoint(ip, reply) => {
                 let _ = reply.send(dataplane.remove_endpoint(ip));

@@ -70,3 +70,76 @@ pub fn update_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> i
     }
     Ok(())
 }
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 3;
+
+/// `struct ethtool_drvinfo`.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union (24 bytes on 64-bit).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IF_NAMESIZE],
+    data: *mut DrvInfo,
+    _rest: [u8; 16],
+}
+
+/// The driver behind interface `ifname` in the calling thread's namespace (`veth`,
+/// `virtio_net`, `ixgbe`…), as `ethtool -i` reports it.
+pub fn driver_name(ifname: &str) -> io::Result<String> {
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    let mut request = IfReq {
+        name: [0; libc::IF_NAMESIZE],
+        data: &raw mut info,
+        _rest: [0; 16],
+    };
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    request.name[..name.len()].copy_from_slice(name);
+    // SAFETY: socket(2) with constant arguments; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCETHTOOL reads the ifreq and writes one ethtool_drvinfo through `data`;
+    // both live on this stack frame for the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut request) };
+    let err = io::Error::last_os_error();
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
