@@ -13,7 +13,11 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{AgentService, convert};
-use crate::{api::error::ApiError, model::ContainerRecord, proto};
+use crate::{
+    api::error::{ApiError, ErrorKind},
+    model::ContainerRecord,
+    proto,
+};
 
 /// How often a followed log is checked for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -38,10 +42,17 @@ impl AgentService {
         records.sort_by(|a, b| {
             (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms))
         });
+        let lost = self.lost_nodes().await?;
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
-                .map(|r| convert::container(r, apps.iter().find(|a| a.name == r.app)))
+                .map(|r| {
+                    let mut info = convert::container(r, apps.iter().find(|a| a.name == r.app));
+                    if lost.contains(&r.node) {
+                        mark_lost(&mut info);
+                    }
+                    info
+                })
                 .collect(),
         })
     }
@@ -49,8 +60,24 @@ impl AgentService {
     pub async fn container(&self, id: &str) -> Result<proto::ContainerInfo, ApiError> {
         let parts = self.parts();
         let record = self.existing_container(id).await?;
+        let remote = self.is_remote(&record);
+        if remote {
+            match self.remote_container(&record).await {
+                // Its node is down or cut off: what the store knows, without live usage.
+                Err(err) if err.kind == ErrorKind::Unavailable => {
+                    tracing::debug!(container = id, "{err}");
+                }
+                answer => return answer,
+            }
+        }
         let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
         let mut info = convert::container(&record, app.as_ref());
+        if remote {
+            if self.lost_nodes().await?.contains(&record.node) {
+                mark_lost(&mut info);
+            }
+            return Ok(info);
+        }
         info.log_path = self.log_path(id).display().to_string();
         // Usage is best effort: a stopped container or an unreachable containerd has none.
         if let Ok(Some(usage)) = parts.runtime.usage(id).await {
@@ -71,13 +98,18 @@ impl AgentService {
         follow: bool,
         tail: u32,
     ) -> Result<ReceiverStream<Result<Vec<u8>, ApiError>>, ApiError> {
-        self.existing_container(id).await?;
+        let record = self.existing_container(id).await?;
         let path = self.log_path(id);
         let (tx, rx) = mpsc::channel(16);
         let service = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            if let Err(err) = stream_log(&service, &id, &path, follow, tail, &tx).await {
+            let streamed = if service.is_remote(&record) {
+                service.remote_logs(&record, follow, tail, &tx).await
+            } else {
+                stream_log(&service, &id, &path, follow, tail, &tx).await
+            };
+            if let Err(err) = streamed {
                 let _ = tx.send(Err(err)).await;
             }
         });
@@ -98,9 +130,31 @@ impl AgentService {
             .ok_or_else(|| ApiError::not_found(format!("no container {id}")))
     }
 
+    /// Nodes registered but not ready (their liveness lease expired): what their records say
+    /// may no longer be true.
+    async fn lost_nodes(&self) -> Result<Vec<String>, ApiError> {
+        let parts = self.parts();
+        Ok(parts
+            .state
+            .cluster_nodes(&parts.node_name)
+            .await?
+            .into_iter()
+            .filter(|(_, ready)| !ready)
+            .map(|(name, _)| name)
+            .collect())
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.parts().containers_dir.join(id).join("container.log")
     }
+}
+
+/// A container on a node that stopped reporting: its state is unknown (as Kubernetes shows
+/// pods of a lost node) until the node returns and reconciles, or its slot moves elsewhere.
+fn mark_lost(info: &mut proto::ContainerInfo) {
+    info.state = "unknown".into();
+    info.health = String::new();
+    info.health_detail = format!("node {} is not ready", info.node);
 }
 
 async fn stream_log(

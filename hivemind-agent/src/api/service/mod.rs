@@ -8,6 +8,7 @@ mod convert;
 mod metrics;
 mod monitor;
 mod policies;
+mod remote;
 mod volumes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
