@@ -199,6 +199,17 @@ fn cluster_schedule_spreads_fails_over_and_heals() {
         .filter(|c| c["node"] == n3_name.as_str())
         .collect();
     assert!(stale.iter().all(|c| c["state"] == "unknown"), "{stale:?}");
+    // Scaling still completes while a node is lost: its stale records don't count.
+    let scaling = Instant::now();
+    n1.agent
+        .cli_ok(&["app", "scale", "--name", "spread", "--replicas", "4"]);
+    n1.agent
+        .cli_ok(&["app", "scale", "--name", "spread", "--replicas", "6"]);
+    assert!(
+        scaling.elapsed() < TIMEOUT,
+        "scaled in {:?}",
+        scaling.elapsed()
+    );
 
     // It returns: it stops the replicas it no longer owns; nothing moves back, nothing drifts.
     n3.agent.start_again();

@@ -253,7 +253,10 @@ impl AgentService {
             {
                 return Err(err.into());
             }
-            let records = self.app_records(&app.name).await?;
+            let mut records = self.app_records(&app.name).await?;
+            // A node that stopped reporting cannot finish anything; its slots move elsewhere.
+            let lost = self.lost_nodes().await?;
+            records.retain(|r| !lost.contains(&r.node));
             if done(&records) {
                 return Ok(records);
             }

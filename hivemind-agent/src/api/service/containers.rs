@@ -132,7 +132,7 @@ impl AgentService {
 
     /// Nodes registered but not ready (their liveness lease expired): what their records say
     /// may no longer be true.
-    async fn lost_nodes(&self) -> Result<Vec<String>, ApiError> {
+    pub(super) async fn lost_nodes(&self) -> Result<Vec<String>, ApiError> {
         let parts = self.parts();
         Ok(parts
             .state
