@@ -14,6 +14,7 @@ use crate::{
     paths,
     reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
+    service::{Services, dns, router},
     state::State,
     store::Store,
     volumes::VolumeDirs,
@@ -25,8 +26,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     serve(&config, service).await
 }
 
-/// Store, dataplane, runtime, node network, reconciler and health monitor, wired into the
-/// service the APIs serve.
+/// Store, dataplane, runtime, node network, reconciler, health monitor, and service discovery
+/// (DNS on the gateway, the HTTP router), wired into the service the APIs serve.
 async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> {
     let store = if config.etcd_endpoints.is_empty() {
         Store::open_redb(&config.data_dir.store_db())?
@@ -71,7 +72,8 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
         volumes.clone(),
         NetnsDir::new(paths::netns_dir(&config.node_name)),
         network.clone(),
-    );
+    )
+    .with_dns_suffix(&config.dns_suffix);
     let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
     HealthMonitor::new(
         state.clone(),
@@ -80,6 +82,24 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
         config.data_dir.containers(),
     )
     .spawn();
+
+    let services = Services::start(
+        state.clone(),
+        config.node_name.clone(),
+        config.dns_suffix.clone(),
+    )
+    .await
+    .context("loading the service records")?;
+    dns::start(
+        std::net::SocketAddr::new(network.gateway().into(), 53),
+        services.clone(),
+        config.dns_upstreams.clone(),
+    )
+    .await?;
+    match config.http_addr {
+        Some(addr) => router::start(addr, services.clone()).await?,
+        None => tracing::info!("HTTP router off (--http-addr off)"),
+    }
 
     Ok(AgentService::new(Parts {
         node_name: config.node_name.clone(),
@@ -90,6 +110,7 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),
+        services,
     }))
 }
 

@@ -38,10 +38,15 @@ impl AgentService {
         records.sort_by(|a, b| {
             (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms))
         });
+        let table = parts.services.table();
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
-                .map(|r| convert::container(r, apps.iter().find(|a| a.name == r.app)))
+                .map(|r| {
+                    let mut info = convert::container(r, apps.iter().find(|a| a.name == r.app));
+                    convert::add_container_service(&mut info, table.service(&r.app));
+                    info
+                })
                 .collect(),
         })
     }
@@ -51,6 +56,7 @@ impl AgentService {
         let record = self.existing_container(id).await?;
         let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
         let mut info = convert::container(&record, app.as_ref());
+        convert::add_container_service(&mut info, parts.services.table().service(&record.app));
         info.log_path = self.log_path(id).display().to_string();
         // Usage is best effort: a stopped container or an unreachable containerd has none.
         if let Ok(Some(usage)) = parts.runtime.usage(id).await {

@@ -16,6 +16,7 @@ use crate::{
     proto,
     reconcile::ReconcilerHandle,
     runtime::Runtime,
+    service::Services,
     state::State,
     volumes::VolumeDirs,
 };
@@ -37,6 +38,8 @@ pub struct Parts {
     pub volumes: VolumeDirs,
     /// `<data dir>/containers`: per-container logs and files.
     pub containers_dir: PathBuf,
+    /// Service records (names and serving replicas), as DNS and the router see them.
+    pub services: Services,
 }
 
 #[derive(Debug)]
