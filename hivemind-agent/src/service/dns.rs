@@ -184,7 +184,16 @@ impl Resolver {
                 reply(&request, ResponseCode::ServFail)
             }
         };
-        message.to_vec().ok()
+        let wire = message.to_vec().ok()?;
+        // A UDP answer larger than the client takes is cut: the TC bit makes it ask over TCP.
+        let limit = request
+            .edns
+            .as_ref()
+            .map_or(512, |edns| usize::from(edns.max_payload().max(512)));
+        if transport == Transport::Udp && wire.len() > limit {
+            return message.truncate().to_vec().ok();
+        }
+        Some(wire)
     }
 
     /// The upstream's answer, relayed as it came, or `None` if none answered in time.
