@@ -382,6 +382,65 @@ fn router_routes_by_host_to_every_healthy_replica() {
 }
 
 #[test]
+fn idempotent_requests_are_retried_on_another_replica() {
+    let node = SingleNode::start_with_world(&AgentOptions {
+        extra_args: vec!["--dns-upstream".into(), "none".into()],
+        ..AgentOptions::default()
+    });
+    // No health check: a replica that refuses connections stays in rotation, as one that has
+    // just died would be until its record changes.
+    deploy(&node, "flaky", &["--replicas", "2"]);
+    let replicas = wait_for("two serving replicas", TIMEOUT, || {
+        let all = containers(&node, "flaky");
+        (all.len() == 2 && all.iter().all(|c| c["serving"] == true)).then_some(all)
+    });
+    let broken = replicas[0]["id"].as_str().expect("id");
+    let out = node.in_container(
+        broken,
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    );
+    assert!(out.status.success(), "iptables: {}", stderr(&out));
+
+    for _ in 0..6 {
+        let (code, body) = curl_host(&node, "flaky.hivemind", "/index.html");
+        assert_eq!(code, 200, "a GET is retried on the other replica: {body}");
+    }
+    // A POST is not retried: the turn that lands on the broken replica answers 502.
+    let world = node.world.as_ref().expect("world");
+    let codes: Vec<String> = (0..4)
+        .map(|_| {
+            stdout(&world.netns.run(
+                "curl",
+                &[
+                    "-s",
+                    "-m",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Host: flaky.hivemind",
+                    "--data-binary",
+                    "x",
+                    &format!("http://{NODE_IP}/index.html"),
+                ],
+            ))
+        })
+        .collect();
+    assert_eq!(codes.iter().filter(|c| *c == "502").count(), 2, "{codes:?}");
+    let metrics = node.netns.check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("hivemind_router_retries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(retries >= 3, "{metrics}");
+}
+
+#[test]
 fn an_unhealthy_replica_leaves_dns_and_the_router_within_one_interval() {
     let node = SingleNode::start_with_world(&AgentOptions {
         extra_args: vec!["--dns-upstream".into(), "none".into()],
