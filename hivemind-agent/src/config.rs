@@ -260,7 +260,12 @@ impl AgentConfig {
             .unwrap_or_else(|| crate::service::DEFAULT_SUFFIX.into());
         let dns_suffix = parse_dns_suffix(&dns_suffix)?;
         let dns_upstreams = parse_dns_upstreams(merge(args.dns_upstream, file.dns_upstream))?;
-        let http_addr = parse_http_addr(&args.http_addr.or(file.http_addr).unwrap_or_else(|| "0.0.0.0:80".into()))?;
+        let http_addr = parse_http_addr(
+            &args
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| "0.0.0.0:80".into()),
+        )?;
 
         Ok(Self {
             data_dir: paths::DataDir::new(data_dir),
@@ -315,9 +320,11 @@ fn parse_dns_upstreams(values: Vec<String>) -> Result<Vec<SocketAddr>, ConfigErr
         if value.is_empty() || value == "none" {
             continue;
         }
-        upstreams.push(crate::service::dns::parse_upstream(value).ok_or_else(|| {
-            invalid("--dns-upstream", value, "expected IP or IP:PORT, or none")
-        })?);
+        upstreams.push(
+            crate::service::dns::parse_upstream(value).ok_or_else(|| {
+                invalid("--dns-upstream", value, "expected IP or IP:PORT, or none")
+            })?,
+        );
     }
     Ok(upstreams)
 }

@@ -96,8 +96,7 @@ fn dig_container(node: &SingleNode, id: &str, name: &str, kind: &str, extra: &st
 /// `sh -c SCRIPT` with the container's own files and network (its resolv.conf, its wget).
 fn in_container_fs(container: &Value, script: &str) -> Output {
     let pid = container["pid"].as_u64().expect("pid").to_string();
-    run(Command::new("nsenter")
-        .args(["-t", &pid, "-m", "-n", "--", "sh", "-c", script]))
+    run(Command::new("nsenter").args(["-t", &pid, "-m", "-n", "--", "sh", "-c", script]))
 }
 
 /// `wget URL` in container `id`'s network namespace, resolving with its `/etc/resolv.conf`.
@@ -179,7 +178,10 @@ fn dns_answers_service_names_for_nodes_and_containers() {
         started.elapsed()
     );
     // Over TCP too.
-    assert_eq!(short(&dig_node(&node, "web.hivemind", "A", "+short +tcp")), web_ips);
+    assert_eq!(
+        short(&dig_node(&node, "web.hivemind", "A", "+short +tcp")),
+        web_ips
+    );
 
     // From inside a container: the same answers, through its own network.
     let client = containers(&node, "client")
@@ -188,11 +190,23 @@ fn dns_answers_service_names_for_nodes_and_containers() {
         .expect("client container");
     let client_id = client["id"].as_str().expect("id").to_owned();
     assert_eq!(
-        short(&dig_container(&node, &client_id, "shop.example.com", "A", "+short")),
+        short(&dig_container(
+            &node,
+            &client_id,
+            "shop.example.com",
+            "A",
+            "+short"
+        )),
         web_ips
     );
     assert_eq!(
-        status_of(&dig_container(&node, &client_id, "nope.hivemind", "A", "+comments")),
+        status_of(&dig_container(
+            &node,
+            &client_id,
+            "nope.hivemind",
+            "A",
+            "+comments"
+        )),
         "NXDOMAIN"
     );
 
@@ -229,7 +243,9 @@ fn dns_answers_service_names_for_nodes_and_containers() {
     }
 
     // Counters.
-    let metrics = node.netns.check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
+    let metrics = node
+        .netns
+        .check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
     assert!(
         metrics
             .lines()
@@ -370,13 +386,20 @@ fn router_routes_by_host_to_every_healthy_replica() {
         (answer.0 == 503).then_some(answer)
     });
     assert_eq!(code, 503);
-    assert!(body.contains("shop.example.com") && body.contains("no healthy replica"), "{body}");
+    assert!(
+        body.contains("shop.example.com") && body.contains("no healthy replica"),
+        "{body}"
+    );
 
-    let metrics = node.netns.check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
+    let metrics = node
+        .netns
+        .check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("hivemind_router_requests_total{") && l.contains("code=\"2xx\"") && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("hivemind_router_requests_total{")
+                && l.contains("code=\"2xx\"")
+                && !l.ends_with(" 0")),
         "{metrics}"
     );
 }
@@ -398,7 +421,18 @@ fn idempotent_requests_are_retried_on_another_replica() {
     let out = node.in_container(
         broken,
         "iptables",
-        &["-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "REJECT", "--reject-with", "tcp-reset"],
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
     );
     assert!(out.status.success(), "iptables: {}", stderr(&out));
 
@@ -430,7 +464,9 @@ fn idempotent_requests_are_retried_on_another_replica() {
         })
         .collect();
     assert_eq!(codes.iter().filter(|c| *c == "502").count(), 2, "{codes:?}");
-    let metrics = node.netns.check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
+    let metrics = node
+        .netns
+        .check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
     let retries = metrics
         .lines()
         .find(|l| l.starts_with("hivemind_router_retries_total"))
@@ -478,9 +514,14 @@ fn an_unhealthy_replica_leaves_dns_and_the_router_within_one_interval() {
     let sick_ip = sick["ip"].as_str().expect("ip").to_owned();
     let broke = Instant::now();
     assert!(in_container_fs(sick, "rm /www/index.html").status.success());
-    wait_for("the sick replica to leave DNS", Duration::from_secs(10), || {
-        (!short(&dig_node(&node, "web.hivemind", "A", "+short")).contains(&sick_ip)).then_some(())
-    });
+    wait_for(
+        "the sick replica to leave DNS",
+        Duration::from_secs(10),
+        || {
+            (!short(&dig_node(&node, "web.hivemind", "A", "+short")).contains(&sick_ip))
+                .then_some(())
+        },
+    );
     let gone_after = broke.elapsed();
     // One interval (1 s) until the next check, its timeout (0.5 s), and the store's watch.
     assert!(
@@ -526,7 +567,11 @@ fn taken_service_names_are_refused_and_nothing_changes() {
         assert!(!out.status.success(), "{service} accepted");
         assert!(stderr(&out).contains(needle), "{service}: {}", stderr(&out));
     }
-    assert_eq!(node.agent.cli_json(&["app", "ls"]), before, "nothing changed");
+    assert_eq!(
+        node.agent.cli_json(&["app", "ls"]),
+        before,
+        "nothing changed"
+    );
     assert!(
         !node.agent.cli_ok(&["app", "containers"]).contains("other-"),
         "no container made"
@@ -562,5 +607,8 @@ fn taken_service_names_are_refused_and_nothing_changes() {
         "{info}"
     );
     let table = node.agent.cli_ok(&["app", "containers"]);
-    assert!(table.contains("web.hivemind, shop.example.com -> 10."), "{table}");
+    assert!(
+        table.contains("web.hivemind, shop.example.com -> 10."),
+        "{table}"
+    );
 }

@@ -371,10 +371,18 @@ fn service_summary(containers: &[proto::ContainerInfo]) -> String {
     apps.dedup();
     for app in apps {
         let mine: Vec<&proto::ContainerInfo> = containers.iter().filter(|c| c.app == app).collect();
-        let Some(names) = mine.first().map(|c| &c.service_names).filter(|n| !n.is_empty()) else {
+        let Some(names) = mine
+            .first()
+            .map(|c| &c.service_names)
+            .filter(|n| !n.is_empty())
+        else {
             continue;
         };
-        let serving: Vec<&str> = mine.iter().filter(|c| c.serving).map(|c| c.ip.as_str()).collect();
+        let serving: Vec<&str> = mine
+            .iter()
+            .filter(|c| c.serving)
+            .map(|c| c.ip.as_str())
+            .collect();
         let _ = write!(
             out,
             "\n{} -> {}",

@@ -246,7 +246,11 @@ async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<
 
 /// An empty response to `request` with `code`.
 fn reply(request: &Message, code: ResponseCode) -> Message {
-    let mut message = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    let mut message = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
     message.metadata = Metadata::response_from_request(&request.metadata);
     message.metadata.response_code = code;
     message.add_queries(request.queries.iter().cloned());
@@ -315,7 +319,9 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
 
 /// The resolv.conf every container gets: the node's DNS server and the suffix to search.
 pub fn container_resolv_conf(gateway: Ipv4Addr, suffix: &str) -> String {
-    format!("# Written by hivemind: the node's DNS server answers <app>.{suffix} and service domains.\nnameserver {gateway}\nsearch {suffix}\noptions ndots:1\n")
+    format!(
+        "# Written by hivemind: the node's DNS server answers <app>.{suffix} and service domains.\nnameserver {gateway}\nsearch {suffix}\noptions ndots:1\n"
+    )
 }
 
 #[cfg(test)]

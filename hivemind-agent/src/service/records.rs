@@ -190,7 +190,10 @@ pub fn name_clash(spec: &AppSpec, others: &[AppSpec], suffix: &str) -> Option<St
     for other in others.iter().filter(|o| o.name != spec.name) {
         let theirs = names_of(other, suffix);
         if let Some(name) = mine.iter().find(|n| theirs.contains(n)) {
-            return Some(format!("service name {name} is already taken by app {}", other.name));
+            return Some(format!(
+                "service name {name} is already taken by app {}",
+                other.name
+            ));
         }
     }
     None
@@ -247,11 +250,7 @@ impl Services {
 const WATCHED: [&str; 4] = [keys::APPS, keys::CONTAINERS, keys::NODES, keys::ALIVE];
 
 /// Reads everything the table depends on; returns it with the revision to watch from.
-async fn load(
-    state: &State,
-    node: &str,
-    suffix: &str,
-) -> Result<(ServiceTable, u64), StoreError> {
+async fn load(state: &State, node: &str, suffix: &str) -> Result<(ServiceTable, u64), StoreError> {
     // The revision first: a change after it is then seen by the watch, never lost.
     let (_, revision) = state.store().range(keys::APPS).await?;
     let apps = state.apps().await?;
@@ -400,7 +399,10 @@ mod tests {
 
     #[test]
     fn healthy_replicas_only() {
-        let apps = [app("web", Some("Web.Example.com.")), checked(app("api", None))];
+        let apps = [
+            app("web", Some("Web.Example.com.")),
+            checked(app("api", None)),
+        ];
         let containers = [
             replica("web", 2, ContainerState::Running, None),
             replica("web", 3, ContainerState::Exited, None),
@@ -432,10 +434,23 @@ mod tests {
     fn lookups() {
         let apps = [app("web", Some("web.example.com"))];
         let table = ServiceTable::build("hivemind", &apps, &[], None);
-        for name in ["web.hivemind", "WEB.hivemind.", "web.example.com", "Web.Example.Com."] {
-            assert!(matches!(table.lookup(name), Lookup::Service(s) if s.app == "web"), "{name}");
+        for name in [
+            "web.hivemind",
+            "WEB.hivemind.",
+            "web.example.com",
+            "Web.Example.Com.",
+        ] {
+            assert!(
+                matches!(table.lookup(name), Lookup::Service(s) if s.app == "web"),
+                "{name}"
+            );
         }
-        for name in ["nope.hivemind", "hivemind", "a.web.hivemind", "x.web.example.com"] {
+        for name in [
+            "nope.hivemind",
+            "hivemind",
+            "a.web.hivemind",
+            "x.web.example.com",
+        ] {
             assert_eq!(table.lookup(name), Lookup::Unknown, "{name}");
         }
         for name in ["example.com", "registry.example.org", "hivemind.io"] {
@@ -470,7 +485,10 @@ mod tests {
         assert_eq!(ok(&app("web", Some("shop.example.com"))), None);
         assert_eq!(ok(&app("new", Some("new.hivemind"))), None);
         let taken = ok(&app("new", Some("Shop.Example.com"))).expect("taken");
-        assert!(taken.contains("shop.example.com") && taken.contains("app web"), "{taken}");
+        assert!(
+            taken.contains("shop.example.com") && taken.contains("app web"),
+            "{taken}"
+        );
         let reserved = ok(&app("new", Some("api.hivemind"))).expect("reserved");
         assert!(reserved.contains("reserved"), "{reserved}");
         assert!(ok(&app("new", Some("hivemind"))).is_some());

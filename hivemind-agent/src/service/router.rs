@@ -265,10 +265,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn forwarded_headers(original: &HeaderMap, client: IpAddr, host: &str) -> HeaderMap {
     let mut headers = original.clone();
     strip_hop_by_hop(&mut headers);
-    let chain = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
         _ => client.to_string(),
     };
@@ -309,7 +306,10 @@ mod tests {
             headers.insert(header::HOST, HeaderValue::from_str(value).expect("header"));
             request_host(&headers, &Uri::from_static("/"))
         };
-        assert_eq!(host("Shop.Example.COM:8080").as_deref(), Some("shop.example.com"));
+        assert_eq!(
+            host("Shop.Example.COM:8080").as_deref(),
+            Some("shop.example.com")
+        );
         assert_eq!(host("web.hivemind.").as_deref(), Some("web.hivemind"));
         assert_eq!(host("[::1]:80").as_deref(), Some("::1"));
         assert_eq!(host("").as_deref(), None);
@@ -322,7 +322,10 @@ mod tests {
     #[test]
     fn forwarding_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));

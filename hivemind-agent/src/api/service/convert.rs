@@ -163,10 +163,7 @@ pub fn add_container_service(info: &mut proto::ContainerInfo, service: Option<&S
         return;
     };
     info.service_names.clone_from(&service.names);
-    info.serving = service
-        .endpoints
-        .iter()
-        .any(|ip| ip.to_string() == info.ip);
+    info.serving = service.endpoints.iter().any(|ip| ip.to_string() == info.ip);
 }
 
 /// "http 80/healthz every 10s, timeout 5s, 3 retries, start period 30s".
