@@ -259,7 +259,7 @@ impl AgentConfig {
             .or(file.dns_suffix)
             .unwrap_or_else(|| crate::service::DEFAULT_SUFFIX.into());
         let dns_suffix = parse_dns_suffix(&dns_suffix)?;
-        let dns_upstreams = parse_dns_upstreams(merge(args.dns_upstream, file.dns_upstream))?;
+        let dns_upstreams = parse_dns_upstreams(&merge(args.dns_upstream, file.dns_upstream))?;
         let http_addr = parse_http_addr(
             &args
                 .http_addr
@@ -309,13 +309,13 @@ fn parse_dns_suffix(value: &str) -> Result<String, ConfigError> {
 }
 
 /// No flag: the host's resolvers. `none` (or an empty value): no forwarding at all.
-fn parse_dns_upstreams(values: Vec<String>) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_dns_upstreams(values: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
     if values.is_empty() {
         let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         return Ok(crate::service::dns::upstreams_from_resolv_conf(&resolv));
     }
     let mut upstreams = Vec::new();
-    for value in &values {
+    for value in values {
         let value = value.trim();
         if value.is_empty() || value == "none" {
             continue;
@@ -518,7 +518,7 @@ mod tests {
         args.http_addr = Some("off".into());
         let config = AgentConfig::load(args).expect("load");
         assert_eq!(config.dns_suffix, "svc.corp");
-        assert!(config.dns_upstreams.is_empty());
+        assert_eq!(config.dns_upstreams, []);
         assert_eq!(config.http_addr, None);
         let mut args = args_in(&dir);
         args.dns_upstream = vec!["10.0.0.2".into(), "10.0.0.3:5353".into()];

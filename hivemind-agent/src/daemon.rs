@@ -96,9 +96,10 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
         config.dns_upstreams.clone(),
     )
     .await?;
-    match config.http_addr {
-        Some(addr) => router::start(addr, services.clone()).await?,
-        None => tracing::info!("HTTP router off (--http-addr off)"),
+    if let Some(addr) = config.http_addr {
+        router::start(addr, services.clone()).await?;
+    } else {
+        tracing::info!("HTTP router off (--http-addr off)");
     }
 
     Ok(AgentService::new(Parts {

@@ -165,24 +165,21 @@ impl Resolver {
             }
             _ => Some(reply(&request, ResponseCode::NotImp)),
         };
-        let message = match local {
-            Some(message) => {
-                let counter = match message.metadata.response_code {
-                    ResponseCode::NoError => &counters.dns_answered,
-                    ResponseCode::NXDomain => &counters.dns_nxdomain,
-                    _ => &counters.dns_refused,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                message
+        let message = if let Some(message) = local {
+            let counter = match message.metadata.response_code {
+                ResponseCode::NoError => &counters.dns_answered,
+                ResponseCode::NXDomain => &counters.dns_nxdomain,
+                _ => &counters.dns_refused,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            message
+        } else {
+            if let Some(relayed) = self.forward(query, request.metadata.id, transport).await {
+                counters.dns_forwarded.fetch_add(1, Ordering::Relaxed);
+                return Some(relayed);
             }
-            None => {
-                if let Some(relayed) = self.forward(query, request.metadata.id, transport).await {
-                    counters.dns_forwarded.fetch_add(1, Ordering::Relaxed);
-                    return Some(relayed);
-                }
-                counters.dns_servfail.fetch_add(1, Ordering::Relaxed);
-                reply(&request, ResponseCode::ServFail)
-            }
+            counters.dns_servfail.fetch_add(1, Ordering::Relaxed);
+            reply(&request, ResponseCode::ServFail)
         };
         let wire = message.to_vec().ok()?;
         // A UDP answer larger than the client takes is cut: the TC bit makes it ask over TCP.
@@ -338,7 +335,7 @@ mod tests {
                 "[2001:db8::1]:53".parse().expect("addr"),
             ]
         );
-        assert!(upstreams_from_resolv_conf("nameserver 127.0.0.1\n").is_empty());
+        assert_eq!(upstreams_from_resolv_conf("nameserver 127.0.0.1\n"), []);
     }
 
     #[test]

@@ -310,9 +310,7 @@ async fn follow(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // A resync: the history may be gone, so read everything again.
-        if !rebuild(&state, &node, &suffix, &tx, &mut revision).await {
-            continue;
-        }
+        rebuild(&state, &node, &suffix, &tx, &mut revision).await;
     }
 }
 
@@ -427,7 +425,7 @@ mod tests {
         // Containers of nodes that are not ready do not serve.
         let ready = BTreeSet::from(["n2".to_owned()]);
         let table = ServiceTable::build("hivemind", &apps, &containers, Some(&ready));
-        assert!(table.service("web").expect("web").endpoints.is_empty());
+        assert_eq!(table.service("web").expect("web").endpoints, []);
     }
 
     #[test]
