@@ -518,7 +518,7 @@ mod tests {
         args.http_addr = Some("off".into());
         let config = AgentConfig::load(args).expect("load");
         assert_eq!(config.dns_suffix, "svc.corp");
-        assert_eq!(config.dns_upstreams, []);
+        assert_eq!(config.dns_upstreams, [] as [SocketAddr; 0]);
         assert_eq!(config.http_addr, None);
         let mut args = args_in(&dir);
         args.dns_upstream = vec!["10.0.0.2".into(), "10.0.0.3:5353".into()];

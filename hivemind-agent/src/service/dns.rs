@@ -335,7 +335,10 @@ mod tests {
                 "[2001:db8::1]:53".parse().expect("addr"),
             ]
         );
-        assert_eq!(upstreams_from_resolv_conf("nameserver 127.0.0.1\n"), []);
+        assert_eq!(
+            upstreams_from_resolv_conf("nameserver 127.0.0.1\n"),
+            [] as [SocketAddr; 0]
+        );
     }
 
     #[test]

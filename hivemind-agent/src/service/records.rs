@@ -425,7 +425,10 @@ mod tests {
         // Containers of nodes that are not ready do not serve.
         let ready = BTreeSet::from(["n2".to_owned()]);
         let table = ServiceTable::build("hivemind", &apps, &containers, Some(&ready));
-        assert_eq!(table.service("web").expect("web").endpoints, []);
+        assert_eq!(
+            table.service("web").expect("web").endpoints,
+            [] as [Ipv4Addr; 0]
+        );
     }
 
     #[test]
