@@ -10,7 +10,7 @@ use std::{
 };
 
 use hivemind_tests::{
-    AgentOptions, NODE_IP, SingleNode,
+    AgentOptions, NODE_IP, Process, SingleNode, WORLD_IP,
     util::{run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
@@ -273,6 +273,60 @@ fn dns_answers_service_names_for_nodes_and_containers() {
     wait_for("DNS to follow the scale-down", TIMEOUT, || {
         (short(&dig_node(&node, "web.hivemind", "A", "+short")) == one).then_some(())
     });
+}
+
+/// A resolver out in the world: answers every A question with 198.51.100.7 (a minimal DNS
+/// responder on a real UDP socket, standing in for the node's upstream).
+const UPSTREAM: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+while True:
+    q, peer = s.recvfrom(4096)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([198, 51, 100, 7])
+    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, peer)
+"#;
+
+#[test]
+fn other_names_are_forwarded_upstream() {
+    let node = SingleNode::start_with_world(&AgentOptions {
+        extra_args: vec!["--dns-upstream".into(), WORLD_IP.into()],
+        ..AgentOptions::default()
+    });
+    let world = node.world.as_ref().expect("world");
+    let log = node.agent.data_dir().join("upstream.log");
+    let _upstream = Process::spawn(
+        "upstream resolver",
+        world
+            .netns
+            .command("/usr/bin/python3")
+            .args(["-c", UPSTREAM, WORLD_IP]),
+        &log,
+    );
+    let got = wait_for("a forwarded answer", TIMEOUT, || {
+        let out = dig_node(&node, "example.org", "A", "+short");
+        let got = short(&out);
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(got, BTreeSet::from(["198.51.100.7".to_owned()]));
+    // Names in our zones never leave the node.
+    assert_eq!(
+        status_of(&dig_node(&node, "nope.hivemind", "A", "+comments")),
+        "NXDOMAIN"
+    );
+    let metrics = node
+        .netns
+        .check("curl", &["-s", "http://127.0.0.1:3000/metrics"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("result=\"forwarded\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 /// `curl` from the world namespace to the node's router with a Host header; (status, body).
