@@ -77,6 +77,21 @@ pub struct AgentArgs {
     /// Log format on stderr: text or json [default: text].
     #[arg(long, env = "HIVEMIND_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// DNS suffix of app names: app `web` is `web.<suffix>` [default: hivemind].
+    #[arg(long, env = "HIVEMIND_DNS_SUFFIX", value_name = "DOMAIN")]
+    pub dns_suffix: Option<String>,
+    /// Resolvers for names that are not services (IP or IP:PORT; "none" for none)
+    /// [default: the non-loopback nameservers of /etc/resolv.conf].
+    #[arg(
+        long,
+        env = "HIVEMIND_DNS_UPSTREAM",
+        value_name = "IP[:PORT]",
+        value_delimiter = ','
+    )]
+    pub dns_upstream: Vec<String>,
+    /// Address of the public HTTP router ("off" disables it) [default: 0.0.0.0:80].
+    #[arg(long, env = "HIVEMIND_HTTP_ADDR", value_name = "ADDR:PORT")]
+    pub http_addr: Option<String>,
     /// Print the REST API's bearer token (made if there is none yet in the data dir) and exit.
     #[arg(long)]
     pub print_token: bool,
@@ -101,6 +116,9 @@ struct FileConfig {
     cluster_init: bool,
     etcd_endpoints: Vec<String>,
     log_format: Option<String>,
+    dns_suffix: Option<String>,
+    dns_upstream: Vec<String>,
+    http_addr: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +145,12 @@ pub struct AgentConfig {
     pub cluster_init: bool,
     pub etcd_endpoints: Vec<String>,
     pub log_format: LogFormat,
+    /// Lowercase, without dots at either end.
+    pub dns_suffix: String,
+    /// Where names that are not services are forwarded; empty: answered SERVFAIL.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// The public HTTP router's address; `None`: off.
+    pub http_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +267,19 @@ impl AgentConfig {
             Some(other) => return Err(invalid("--log-format", other, "expected text or json")),
         };
 
+        let dns_suffix = args
+            .dns_suffix
+            .or(file.dns_suffix)
+            .unwrap_or_else(|| crate::service::DEFAULT_SUFFIX.into());
+        let dns_suffix = parse_dns_suffix(&dns_suffix)?;
+        let dns_upstreams = parse_dns_upstreams(&merge(args.dns_upstream, file.dns_upstream))?;
+        let http_addr = parse_http_addr(
+            &args
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| "0.0.0.0:80".into()),
+        )?;
+
         Ok(Self {
             data_dir: paths::DataDir::new(data_dir),
             socket: args
@@ -265,7 +302,57 @@ impl AgentConfig {
             cluster_init,
             etcd_endpoints,
             log_format,
+            dns_suffix,
+            dns_upstreams,
+            http_addr,
         })
+    }
+}
+
+fn parse_dns_suffix(value: &str) -> Result<String, ConfigError> {
+    let suffix = value.trim_matches('.').to_ascii_lowercase();
+    if !suffix.is_empty() && suffix.len() <= 200 && suffix.split('.').all(is_dns_label) {
+        Ok(suffix)
+    } else {
+        Err(invalid(
+            "--dns-suffix",
+            value,
+            "expected a DNS name such as hivemind or svc.example.com",
+        ))
+    }
+}
+
+/// No flag: the host's resolvers. `none` (or an empty value): no forwarding at all.
+fn parse_dns_upstreams(values: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    if values.is_empty() {
+        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        return Ok(crate::service::dns::upstreams_from_resolv_conf(&resolv));
+    }
+    let mut upstreams = Vec::new();
+    for value in values {
+        let value = value.trim();
+        if value.is_empty() || value == "none" {
+            continue;
+        }
+        upstreams.push(
+            crate::service::dns::parse_upstream(value).ok_or_else(|| {
+                invalid("--dns-upstream", value, "expected IP or IP:PORT, or none")
+            })?,
+        );
+    }
+    Ok(upstreams)
+}
+
+fn parse_http_addr(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            invalid(
+                "--http-addr",
+                value,
+                "expected ADDR:PORT such as 0.0.0.0:80, or off",
+            )
+        }),
     }
 }
 
@@ -433,6 +520,26 @@ mod tests {
         assert_eq!(config.vxlan_port, 4789);
         assert_eq!(config.cluster_port, 7443);
         assert_eq!(config.containerd_namespace, "hivemind");
+        assert_eq!(config.dns_suffix, "hivemind");
+        assert_eq!(config.http_addr, Some("0.0.0.0:80".parse().expect("addr")));
+    }
+
+    #[test]
+    fn service_settings() {
+        let dir = temp_dir("service");
+        let mut args = args_in(&dir);
+        args.dns_suffix = Some("Svc.Corp.".into());
+        args.dns_upstream = vec!["none".into()];
+        args.http_addr = Some("off".into());
+        let config = AgentConfig::load(args).expect("load");
+        assert_eq!(config.dns_suffix, "svc.corp");
+        assert_eq!(config.dns_upstreams, [] as [SocketAddr; 0]);
+        assert_eq!(config.http_addr, None);
+        let mut args = args_in(&dir);
+        args.dns_upstream = vec!["10.0.0.2".into(), "10.0.0.3:5353".into()];
+        let config = AgentConfig::load(args).expect("load");
+        assert_eq!(config.dns_upstreams.len(), 2);
+        assert_eq!(config.dns_upstreams[1].port(), 5353);
     }
 
     #[test]
@@ -493,6 +600,18 @@ mod tests {
             (
                 Box::new(|a: &mut AgentArgs| a.insecure_registries = vec!["host".into()]),
                 "--insecure-registry",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.dns_suffix = Some("bad_suffix".into())),
+                "--dns-suffix",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.dns_upstream = vec!["dns.example".into()]),
+                "--dns-upstream",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.http_addr = Some("80".into())),
+                "--http-addr",
             ),
         ] {
             let mut args = args_in(&dir);

@@ -16,6 +16,7 @@ use crate::{
     paths,
     reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
+    service::{Services, dns, router},
     state::State,
     volumes::VolumeDirs,
 };
@@ -95,7 +96,8 @@ async fn start_subsystems(
         volumes.clone(),
         NetnsDir::new(paths::netns_dir(&config.node_name)),
         network.clone(),
-    );
+    )
+    .with_dns_suffix(&config.dns_suffix);
     let liveness = cluster
         .register(network.subnet(), network.node_ip())
         .await
@@ -109,6 +111,25 @@ async fn start_subsystems(
     )
     .spawn();
 
+    let services = Services::start(
+        state.clone(),
+        config.node_name.clone(),
+        config.dns_suffix.clone(),
+    )
+    .await
+    .context("loading the service records")?;
+    dns::start(
+        std::net::SocketAddr::new(network.gateway().into(), 53),
+        services.clone(),
+        config.dns_upstreams.clone(),
+    )
+    .await?;
+    if let Some(addr) = config.http_addr {
+        router::start(addr, services.clone()).await?;
+    } else {
+        tracing::info!("HTTP router off (--http-addr off)");
+    }
+
     let service = AgentService::new(Parts {
         node_name: config.node_name.clone(),
         state,
@@ -119,6 +140,7 @@ async fn start_subsystems(
         volumes,
         containers_dir: config.data_dir.containers(),
         cluster: cluster.clone(),
+        services,
     });
     Ok((service, liveness))
 }

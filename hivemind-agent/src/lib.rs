@@ -18,6 +18,7 @@ pub mod paths;
 pub mod policy;
 pub mod reconcile;
 pub mod runtime;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -361,7 +361,43 @@ fn containers_table(containers: &[proto::ContainerInfo]) -> String {
             output::ago(c.created_at_ms),
         ]);
     }
-    table.render()
+    table.render() + &service_summary(containers)
+}
+
+/// Below the containers: each app's service names and the replicas they lead to.
+fn service_summary(containers: &[proto::ContainerInfo]) -> String {
+    let mut out = String::new();
+    let mut apps: Vec<&str> = containers.iter().map(|c| c.app.as_str()).collect();
+    apps.dedup();
+    for app in apps {
+        let mine: Vec<&proto::ContainerInfo> = containers.iter().filter(|c| c.app == app).collect();
+        let Some(names) = mine
+            .first()
+            .map(|c| &c.service_names)
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let serving: Vec<&str> = mine
+            .iter()
+            .filter(|c| c.serving)
+            .map(|c| c.ip.as_str())
+            .collect();
+        let _ = write!(
+            out,
+            "\n{} -> {}",
+            names.join(", "),
+            if serving.is_empty() {
+                "no healthy replica".to_owned()
+            } else {
+                serving.join(", ")
+            }
+        );
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
 }
 
 fn container_details(c: &proto::ContainerInfo) -> String {
@@ -375,6 +411,7 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         ("Health", health_line(c)),
         ("Restarts", c.restart_count.to_string()),
         ("IP", dash(&c.ip)),
+        ("Service", service_line(c)),
     ];
     if let Some(usage) = &c.usage {
         #[allow(clippy::cast_precision_loss)] // display only
@@ -419,6 +456,18 @@ fn health_line(c: &proto::ContainerInfo) -> String {
         (health, "") => health.to_owned(),
         (health, detail) => format!("{health} (last failure: {detail})"),
     }
+}
+
+fn service_line(c: &proto::ContainerInfo) -> String {
+    if c.service_names.is_empty() {
+        return "-".to_owned();
+    }
+    let rotation = if c.serving {
+        "serving: in DNS and the router"
+    } else {
+        "not serving: out of DNS and the router"
+    };
+    format!("{} ({rotation})", c.service_names.join(", "))
 }
 
 fn state_line(c: &proto::ContainerInfo) -> String {

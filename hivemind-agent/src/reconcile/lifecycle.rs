@@ -69,6 +69,8 @@ pub struct Lifecycle {
     volumes: VolumeDirs,
     netns: NetnsDir,
     network: NodeNetwork,
+    /// Searched by containers' resolvers (`--dns-suffix`).
+    dns_suffix: String,
 }
 
 impl Lifecycle {
@@ -89,7 +91,15 @@ impl Lifecycle {
             volumes,
             netns,
             network,
+            dns_suffix: crate::service::DEFAULT_SUFFIX.to_owned(),
         }
+    }
+
+    /// The DNS suffix written into containers' resolv.conf.
+    #[must_use]
+    pub fn with_dns_suffix(mut self, suffix: &str) -> Self {
+        suffix.clone_into(&mut self.dns_suffix);
+        self
     }
 
     pub fn network(&self) -> &NodeNetwork {
@@ -333,7 +343,8 @@ impl Lifecycle {
         let _ = std::fs::remove_dir_all(self.dir(id));
     }
 
-    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the container.
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's DNS server) for the
+    /// container.
     fn write_etc_files(
         &self,
         id: &str,
@@ -341,6 +352,8 @@ impl Lifecycle {
     ) -> Result<Vec<BindMount>, LifecycleError> {
         let dir = self.dir(id);
         let write = |name: &str, contents: String| -> Result<BindMount, LifecycleError> {
+            // The resolver is the node's, and the container may not repoint it.
+            let read_only = name == "resolv.conf";
             let path = dir.join(name);
             std::fs::create_dir_all(&dir)
                 .and_then(|()| std::fs::write(&path, contents))
@@ -352,7 +365,7 @@ impl Lifecycle {
             Ok(BindMount {
                 source: path,
                 destination: format!("/etc/{name}"),
-                read_only: false,
+                read_only,
             })
         };
         Ok(vec![
@@ -363,31 +376,15 @@ impl Lifecycle {
                 ),
             )?,
             write("hostname", format!("{id}\n"))?,
-            write("resolv.conf", host_resolv_conf())?,
+            write(
+                "resolv.conf",
+                crate::service::dns::container_resolv_conf(
+                    self.network.gateway(),
+                    &self.dns_suffix,
+                ),
+            )?,
         ])
     }
-}
-
-fn host_resolv_conf() -> String {
-    without_loopback_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-}
-
-/// The node's resolvers minus loopback ones (they would point into the container itself).
-fn without_loopback_resolvers(resolv_conf: &str) -> String {
-    resolv_conf
-        .lines()
-        .filter(|line| {
-            let mut words = line.split_whitespace();
-            !(words.next() == Some("nameserver")
-                && words
-                    .next()
-                    .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
-        })
-        .fold(String::new(), |mut out, line| {
-            out.push_str(line);
-            out.push('\n');
-            out
-        })
 }
 
 /// Image env, then the app's env overriding it; PATH defaulted; HOSTNAME set.
@@ -460,12 +457,5 @@ mod tests {
             "web-1",
         );
         assert_eq!(env, ["PATH=/bin", "HOSTNAME=web-1", "B=app", "C=1"]);
-    }
-
-    #[test]
-    fn resolv_conf_drops_loopback() {
-        let filtered =
-            without_loopback_resolvers("nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch lan\n");
-        assert_eq!(filtered, "nameserver 9.9.9.9\nsearch lan\n");
     }
 }

@@ -147,13 +147,16 @@ impl AgentService {
         let parts = self.parts();
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
+        let table = parts.services.table();
         Ok(proto::ListAppsReply {
             apps: apps
                 .iter()
                 .map(|app| {
                     let mine: Vec<&ContainerRecord> =
                         records.iter().filter(|r| r.app == app.name).collect();
-                    convert::app(app, &mine)
+                    let mut info = convert::app(app, &mine);
+                    convert::add_service(&mut info, table.service(&app.name));
+                    info
                 })
                 .collect(),
         })
@@ -164,7 +167,9 @@ impl AgentService {
         let (app, _) = self.existing_app(name).await?;
         let records = parts.state.containers().await?;
         let mine: Vec<&ContainerRecord> = records.iter().filter(|r| r.app == app.name).collect();
-        Ok(convert::app(&app, &mine))
+        let mut info = convert::app(&app, &mine);
+        convert::add_service(&mut info, parts.services.table().service(&app.name));
+        Ok(info)
     }
 
     pub async fn scale(&self, name: &str, replicas: i64) -> Result<proto::ActionReply, ApiError> {
@@ -290,7 +295,7 @@ impl AgentService {
         Ok(())
     }
 
-    /// Host ports and service domains belong to one app each.
+    /// Host ports and service names belong to one app each.
     async fn check_no_clash(&self, spec: &AppSpec) -> Result<(), ApiError> {
         for other in self.parts().state.apps().await? {
             if other.name == spec.name {
@@ -309,13 +314,12 @@ impl AgentService {
                     other.name
                 )));
             }
-            if spec.service.is_some() && spec.service == other.service {
-                return Err(ApiError::conflict(format!(
-                    "service domain {} is already taken by app {}",
-                    spec.service.as_deref().unwrap_or_default(),
-                    other.name
-                )));
-            }
+        }
+        // Service names (`<app>.<suffix>` and domains) are one app's each, cluster-wide.
+        let others = self.parts().state.apps().await?;
+        let suffix = self.parts().services.table().suffix().to_owned();
+        if let Some(clash) = crate::service::records::name_clash(spec, &others, &suffix) {
+            return Err(ApiError::conflict(clash));
         }
         Ok(())
     }

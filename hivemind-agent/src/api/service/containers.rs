@@ -43,6 +43,7 @@ impl AgentService {
             (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms))
         });
         let lost = self.lost_nodes().await?;
+        let table = parts.services.table();
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
@@ -51,6 +52,7 @@ impl AgentService {
                     if lost.contains(&r.node) {
                         mark_lost(&mut info);
                     }
+                    convert::add_container_service(&mut info, table.service(&r.app));
                     info
                 })
                 .collect(),
@@ -72,6 +74,7 @@ impl AgentService {
         }
         let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
         let mut info = convert::container(&record, app.as_ref());
+        convert::add_container_service(&mut info, parts.services.table().service(&record.app));
         if remote {
             if self.lost_nodes().await?.contains(&record.node) {
                 mark_lost(&mut info);

@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState, Health, HealthCheck},
+    model::{AppSpec, ContainerRecord, ContainerState, HealthCheck},
     proto,
+    service::{Service, records},
 };
 
 /// Env values of keys that look secret are shown as this.
@@ -78,6 +79,8 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
             .map(|h| h.as_str().to_owned())
             .unwrap_or_default(),
         health_detail: record.health_detail.clone(),
+        service_names: Vec::new(),
+        serving: false,
     }
 }
 
@@ -132,9 +135,35 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .as_ref()
             .map(describe_health)
             .unwrap_or_default(),
-        healthy: u32::try_from(records.iter().filter(|r| is_healthy(r)).count())
+        healthy: u32::try_from(records.iter().filter(|r| records::serves(spec, r)).count())
             .unwrap_or(u32::MAX),
+        service_names: Vec::new(),
+        endpoints: Vec::new(),
     }
+}
+
+/// Fills in what service discovery says about the app and its containers.
+pub fn add_service(info: &mut proto::AppInfo, service: Option<&Service>) {
+    let Some(service) = service else {
+        return;
+    };
+    info.service_names.clone_from(&service.names);
+    info.endpoints = service
+        .endpoints
+        .iter()
+        .map(|ip| format!("{ip}:{}", service.port))
+        .collect();
+    for container in &mut info.containers {
+        add_container_service(container, Some(service));
+    }
+}
+
+pub fn add_container_service(info: &mut proto::ContainerInfo, service: Option<&Service>) {
+    let Some(service) = service else {
+        return;
+    };
+    info.service_names.clone_from(&service.names);
+    info.serving = service.endpoints.iter().any(|ip| ip.to_string() == info.ip);
 }
 
 /// "http 80/healthz every 10s, timeout 5s, 3 retries, start period 30s".
@@ -157,12 +186,6 @@ pub fn describe_health(check: &HealthCheck) -> String {
         let _ = write!(text, ", start period {}", secs(check.start_period_ms));
     }
     text
-}
-
-/// Running and, when the app has a health check, passing it: what DNS, the VIP and the router
-/// send traffic to.
-pub fn is_healthy(record: &ContainerRecord) -> bool {
-    record.state == ContainerState::Running && record.health.is_none_or(|h| h == Health::Healthy)
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ impl AgentService {
         for app in &apps {
             let healthy = records
                 .iter()
-                .filter(|r| r.app == app.name && super::convert::is_healthy(r))
+                .filter(|r| r.app == app.name && crate::service::records::serves(app, r))
                 .count();
             let _ = writeln!(
                 out,
@@ -96,6 +96,39 @@ impl AgentService {
                 r.app, r.id, r.node, r.restart_count
             );
         }
+        service_counters(&mut out, node, parts.services.counters());
         Ok(out)
     }
+}
+
+/// DNS queries by outcome and router responses by status class, since the agent started.
+fn service_counters(out: &mut String, node: &str, counters: &crate::service::records::Counters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    out.push_str("# HELP hivemind_dns_queries_total DNS queries the node answered, by outcome (answered: a service name; nxdomain: unknown name in a service zone; forwarded: relayed upstream; servfail: no upstream answered; error: malformed or unsupported).\n# TYPE hivemind_dns_queries_total counter\n");
+    for (result, counter) in [
+        ("answered", &counters.dns_answered),
+        ("nxdomain", &counters.dns_nxdomain),
+        ("forwarded", &counters.dns_forwarded),
+        ("servfail", &counters.dns_servfail),
+        ("error", &counters.dns_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "hivemind_dns_queries_total{{node=\"{node}\",result=\"{result}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+    out.push_str("# HELP hivemind_router_requests_total Requests the HTTP router answered, by status class.\n# TYPE hivemind_router_requests_total counter\n");
+    for (class, counter) in counters.http_responses.iter().enumerate().skip(1) {
+        let _ = writeln!(
+            out,
+            "hivemind_router_requests_total{{node=\"{node}\",code=\"{class}xx\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hivemind_router_retries_total Idempotent requests retried on another replica.\n# TYPE hivemind_router_retries_total counter\nhivemind_router_retries_total{{node=\"{node}\"}} {}",
+        counters.http_retries.load(Relaxed)
+    );
 }

@@ -19,6 +19,7 @@ use crate::{
     proto,
     reconcile::ReconcilerHandle,
     runtime::Runtime,
+    service::Services,
     state::State,
     volumes::VolumeDirs,
 };
@@ -42,6 +43,8 @@ pub struct Parts {
     pub containers_dir: PathBuf,
     /// Membership, the node registry and calls to other nodes.
     pub cluster: Cluster,
+    /// Service records (names and serving replicas), as DNS and the router see them.
+    pub services: Services,
 }
 
 #[derive(Debug)]

@@ -349,6 +349,8 @@ function appPage(name) {
         fact("Image", h("span", { class: "mono" }, app.image)),
         fact("Replicas", `${app.running} running of ${app.replicas}`),
         fact("Service domain", app.service || "—"),
+        fact("Service names", tags(app.service_names)),
+        fact("Endpoints", app.endpoints && app.endpoints.length ? tags(app.endpoints) : "no healthy replica"),
         fact("Ports", tags(app.ports)),
         fact("Volumes", tags(app.volumes)),
         fact("Environment", tags(app.env)),
@@ -552,7 +554,7 @@ function deployPage() {
       const m = err.message.toLowerCase();
       const target = m.includes("app name") || m.includes("app ") && m.includes("exists") ? "deploy-name"
         : m.includes("image") ? "deploy-image"
-        : m.includes("domain") ? "deploy-service"
+        : m.includes("domain") || m.includes("service name") ? "deploy-service"
         : m.includes("replica") ? "deploy-replicas"
         : m.includes("port") ? "deploy-ports"
         : m.includes("volume") ? "new-volume"
