@@ -16,6 +16,8 @@ pub mod keys {
     /// Registered nodes, and their lease-backed liveness keys.
     pub const NODES: &str = "/hivemind/nodes/";
     pub const ALIVE: &str = "/hivemind/alive/";
+    /// Each app's current (or last) rollout.
+    pub const ROLLOUTS: &str = "/hivemind/rollouts/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -34,6 +36,9 @@ pub mod keys {
     }
     pub fn assignments(app: &str) -> String {
         format!("{ASSIGNMENTS}{app}")
+    }
+    pub fn rollout(app: &str) -> String {
+        format!("{ROLLOUTS}{app}")
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod lifecycle;
 pub mod plan;
+pub mod rollout;
 pub mod schedule;
 
 use std::{
@@ -185,6 +186,7 @@ impl Reconciler {
     /// One pass: observe containerd, reconcile records with it, make sure the policies cover
     /// every app, plan, act, publish ports.
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
+        let parallel = rollout::advance(&self.state).await?;
         let apps = self.state.apps().await?;
         let placement = self.place(&apps).await?;
         let node = self.node.clone();
@@ -193,7 +195,7 @@ impl Reconciler {
         let records = self.observe(&apps, &owned, listed).await?;
         self.cover_policies(&apps, &records).await?;
         let now = now_ms();
-        let actions = plan::plan(&apps, &records, owned, &self.backoff, now);
+        let actions = plan::plan(&apps, &records, owned, &self.backoff, &parallel, now);
         let report = self.act(&apps, records, actions).await;
         let records: Vec<ContainerRecord> = self
             .state
@@ -405,6 +407,21 @@ impl Reconciler {
                 Action::Create { app, slot } => {
                     if let Some(app) = app_of(&app) {
                         creations.push((app.clone(), slot));
+                    }
+                }
+                Action::Drain { id } => {
+                    let drain = |r: &mut ContainerRecord| {
+                        if r.state != ContainerState::Stopping {
+                            let code = r.exit_code;
+                            r.transition(
+                                ContainerState::Stopping,
+                                code,
+                                "replaced by a newer generation; draining",
+                            );
+                        }
+                    };
+                    if let Err(err) = self.state.update_container(&id, drain).await {
+                        tracing::warn!(container = %id, "draining: {err}");
                     }
                 }
                 Action::Restart { id } => {

@@ -134,6 +134,7 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .unwrap_or_default(),
         healthy: u32::try_from(records.iter().filter(|r| is_healthy(r)).count())
             .unwrap_or(u32::MAX),
+        rollout: String::new(),
     }
 }
 
