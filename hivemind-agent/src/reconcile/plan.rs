@@ -51,7 +51,7 @@ pub fn plan(
     for record in records {
         if record.state == ContainerState::Stopping {
             // Drained, or an interrupted removal (agent restart): finish it.
-            if stopping_since(record) + DRAIN_MS <= now_ms {
+            if stopping_since(record).is_none_or(|since| since + DRAIN_MS <= now_ms) {
                 actions.push(remove(record, "finishing a stop"));
             }
         } else if !apps_by_name.contains_key(record.app.as_str()) {
@@ -162,14 +162,14 @@ fn split<'a>(
         .partition(|r| r.generation == app.generation)
 }
 
-/// When the container was marked stopping (0 if it never was: finish at once).
-fn stopping_since(record: &ContainerRecord) -> u64 {
+/// When the container was marked stopping, if its history says.
+fn stopping_since(record: &ContainerRecord) -> Option<u64> {
     record
         .history
         .iter()
         .rev()
         .find(|c| c.state == ContainerState::Stopping)
-        .map_or(0, |c| c.at_ms)
+        .map(|c| c.at_ms)
 }
 
 fn remove(record: &ContainerRecord, reason: &'static str) -> Action {
