@@ -1,5 +1,5 @@
 //! Rollouts on a real node: `app restart` and `app deploy --update` replace replicas while a
-//! client container keeps requesting them (zero failures), `--parallel`, a failing update
+//! client container keeps sending HTTP requests to them (zero failures), `--parallel`, a failing update
 //! rolled back with the old replicas untouched, a second rollout refused, and an agent restart
 //! mid-rollout finishing it.
 
@@ -119,8 +119,9 @@ fn exec(node: &SingleNode, id: &str, script: &str) -> String {
     ])
 }
 
-/// A client container requesting every target in `/tmp/targets` in turn with wget, until
-/// `/tmp/stop` exists; prints `FAIL ...` per failed request and `ok=N fail=M` at the end.
+/// A client container sending `GET /` to every target in `/tmp/targets` in turn, until
+/// `/tmp/stop` exists; prints `FAIL ...` per request not answered 200 and `ok=N fail=M` at the
+/// end. It speaks HTTP with `nc`: the image's static busybox `wget` crashes on its name lookup.
 struct Client {
     id: String,
     process: Child,
@@ -141,7 +142,8 @@ while [ ! -f /tmp/stop ]; do
   targets=$(cat /tmp/targets 2>/dev/null)
   [ -n "$targets" ] || { sleep 0.1; continue; }
   for ip in $targets; do
-    if wget -q -T 2 -O /dev/null "http://$ip/"; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL $ip $(date +%T)"; fi
+    status=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$ip" 80 2>&1 | head -1)
+    case $status in *" 200 "*) ok=$((ok+1)) ;; *) fail=$((fail+1)); echo "FAIL $ip $(date +%T) $status" ;; esac
   done
 done
 echo "ok=$ok fail=$fail""#;

@@ -72,6 +72,7 @@ pub fn plan(
         }
         // A rolling replacement touches `parallel` slots at a time: a slot is in flight while
         // it has both an old container and a current one that is not ready yet.
+        let rolling = parallel.contains_key(&app.name);
         let parallel = parallel.get(&app.name).copied().unwrap_or(1).max(1);
         let mut in_flight = owned
             .iter()
@@ -111,12 +112,16 @@ pub fn plan(
                 .find(|c| c.state == ContainerState::Running)
                 .or_else(|| current.first())
                 .map(|c| c.id.clone());
+            // A rollout's replacement that fails is the rollout's to judge (it rolls back),
+            // not restarted in place while the old container still serves.
+            let judged_by_rollout = rolling && !old.is_empty();
             for record in &current {
                 if Some(&record.id) != keep.as_ref() {
                     actions.push(remove(record, "duplicate in its slot"));
                     continue;
                 }
                 match record.state {
+                    _ if judged_by_rollout => {}
                     ContainerState::Exited if due(&record.id) => {
                         actions.push(Action::Restart {
                             id: record.id.clone(),
@@ -440,6 +445,19 @@ mod tests {
         assert!(actions.contains(&Action::Drain { id: "old0".into() }));
         assert!(!actions.contains(&Action::Drain { id: "old1".into() }));
         assert_eq!(creates(&actions), 1);
+        // A replacement that turns unhealthy is left to the rollout (which rolls back)...
+        records[4].health = Some(Health::Unhealthy);
+        assert!(!run(&records).contains(&Action::Restart { id: "new1".into() }));
+        // ... but restarted in place when no rollout is under way.
+        let actions = plan(
+            std::slice::from_ref(&web),
+            &records,
+            all_slots,
+            &Backoff::new(),
+            &Parallelism::new(),
+            1_000,
+        );
+        assert!(actions.contains(&Action::Restart { id: "new1".into() }));
     }
 
     #[test]
