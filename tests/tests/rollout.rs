@@ -544,3 +544,46 @@ fn bad_rollout_settings_are_refused() {
     }
     assert_eq!(app(&node, "web")["generation"], gen_before, "nothing changed");
 }
+
+#[test]
+fn rest_restart_with_parallel_and_a_rolled_back_update() {
+    let node = SingleNode::start();
+    let mut args = vec!["--replicas", "2"];
+    args.extend_from_slice(HEALTH);
+    deploy_ok(&node, "web", &args);
+    let before = wait_healthy(&node, "web", 2);
+    let api = hivemind_tests::http::Client::loopback(&node.netns);
+
+    let bad = api.request("POST", "/api/apps/web/restart?rollout_timeout=soon", &[]);
+    assert!(bad.expect_error(400).contains("invalid rollout timeout"));
+
+    let restarted = api.request("POST", "/api/apps/web/restart?parallel=2", &[]);
+    assert_eq!(restarted.status, 200, "{}", restarted.body);
+    assert!(
+        restarted.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 replicas replaced")),
+        "{}",
+        restarted.body
+    );
+    let after = wait_healthy(&node, "web", 2);
+    assert!(after.is_disjoint(&before));
+    assert_eq!(api.get_json("/api/apps/web")["rollout"], "restart done");
+
+    let body = serde_json::json!({
+        "image": node.image,
+        "name": "web",
+        "update": true,
+        "health_http": "80/missing",
+        "health_interval": "1s",
+        "health_timeout": "500ms",
+        "health_retries": 2,
+        "parallel": 2,
+        "rollout_timeout": "30s",
+    });
+    let failed = api.post_json("/api/deploy", &body.to_string());
+    let error = failed.expect_error(409);
+    assert!(error.contains("update of web failed and was rolled back"), "{error}");
+    assert!(error.contains("404"), "{error}");
+    assert_eq!(wait_healthy(&node, "web", 2), after, "the replicas before the update serve");
+}
