@@ -244,13 +244,21 @@ fn restart_under_load_drops_no_request_and_replaces_every_replica() {
     client.follow(&node, "web");
 
     let started = Instant::now();
-    let out = under_load(&node, &mut client, "web", &["app", "restart", "--name", "web"]);
+    let out = under_load(
+        &node,
+        &mut client,
+        "web",
+        &["app", "restart", "--name", "web"],
+    );
     let took = started.elapsed();
     let (ok, failed, log) = client.stop(&node);
     println!("restart of 3 replicas: {took:?} (plus 2 s after), {ok} requests, {failed} failed");
     let (said, progress) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "restart failed: {said}\n{progress}");
-    assert!(said.contains("Restarted web: 3 replicas replaced"), "{said}");
+    assert!(
+        said.contains("Restarted web: 3 replicas replaced"),
+        "{said}"
+    );
     assert_eq!(failed, 0, "failed requests during the restart:\n{log}");
     assert!(ok >= 30, "the client kept requesting: {ok} requests\n{log}");
 
@@ -275,7 +283,10 @@ fn restart_under_load_drops_no_request_and_replaces_every_replica() {
         at("replica 1: started") > first_healthy,
         "replica 1 started only after replica 0 was healthy:\n{progress}"
     );
-    assert!(progress.contains("rollout complete: 3 replicas replaced"), "{progress}");
+    assert!(
+        progress.contains("rollout complete: 3 replicas replaced"),
+        "{progress}"
+    );
     assert_eq!(app(&node, "web")["rollout"], "restart done");
 }
 
@@ -348,19 +359,29 @@ fn deploy_update_rolls_out_a_new_tag_and_env() {
     let said = stdout(&out);
     assert!(out.status.success(), "{said}\n{}", stderr(&out));
     assert!(said.contains("Updated application web"), "{said}");
-    assert!(stderr(&out).contains("update of web: replacing 2 replicas"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("update of web: replacing 2 replicas"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(failed, 0, "failed requests during the update:\n{log}");
 
     let after = wait_healthy(&node, "web", 2);
     assert!(after.is_disjoint(&before), "{before:?} -> {after:?}");
     let web = app(&node, "web");
-    assert!(web["image"].as_str().is_some_and(|i| i.ends_with(":2")), "{web}");
+    assert!(
+        web["image"].as_str().is_some_and(|i| i.ends_with(":2")),
+        "{web}"
+    );
     assert_eq!(web["generation"], 2);
     for id in &after {
         let info = node
             .agent
             .cli_json(&["app", "container-info", "--container-id", id]);
-        assert!(info["image"].as_str().is_some_and(|i| i.ends_with(":2")), "{info}");
+        assert!(
+            info["image"].as_str().is_some_and(|i| i.ends_with(":2")),
+            "{info}"
+        );
         let logs = node.agent.cli_ok(&["app", "logs", "--container-id", id]);
         assert!(logs.contains("v2"), "{logs}");
     }
@@ -397,17 +418,24 @@ fn an_update_whose_replicas_fail_their_check_is_rolled_back() {
         ],
     );
     let message = stderr(&out);
-    assert!(!out.status.success(), "the update must fail: {}", stdout(&out));
+    assert!(
+        !out.status.success(),
+        "the update must fail: {}",
+        stdout(&out)
+    );
     assert!(
         message.contains("update of web failed and was rolled back"),
         "{message}"
     );
     assert!(
-        message.contains("failed its health check (http 80/missing)")
-            && message.contains("404"),
+        message.contains("failed its health check (http 80/missing)") && message.contains("404"),
         "the failing check's output: {message}"
     );
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The old replicas never stopped, the new ones are gone, the old spec is back.
     let ids: BTreeSet<String> = containers(&node, "web")
@@ -525,7 +553,14 @@ fn bad_rollout_settings_are_refused() {
     let gen_before = app(&node, "web")["generation"].clone();
     for (args, needle) in [
         (
-            vec!["app", "restart", "--name", "web", "--rollout-timeout", "forever"],
+            vec![
+                "app",
+                "restart",
+                "--name",
+                "web",
+                "--rollout-timeout",
+                "forever",
+            ],
             "invalid rollout timeout",
         ),
         (
@@ -536,13 +571,20 @@ fn bad_rollout_settings_are_refused() {
             vec!["app", "restart", "--name", "web", "--parallel", "0"],
             "--parallel",
         ),
-        (vec!["app", "restart", "--name", "nope"], "no app named nope"),
+        (
+            vec!["app", "restart", "--name", "nope"],
+            "no app named nope",
+        ),
     ] {
         let out = node.agent.cli(&args);
         assert!(!out.status.success(), "{args:?} must be refused");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
-    assert_eq!(app(&node, "web")["generation"], gen_before, "nothing changed");
+    assert_eq!(
+        app(&node, "web")["generation"],
+        gen_before,
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -583,7 +625,14 @@ fn rest_restart_with_parallel_and_a_rolled_back_update() {
     });
     let failed = api.post_json("/api/deploy", &body.to_string());
     let error = failed.expect_error(409);
-    assert!(error.contains("update of web failed and was rolled back"), "{error}");
+    assert!(
+        error.contains("update of web failed and was rolled back"),
+        "{error}"
+    );
     assert!(error.contains("404"), "{error}");
-    assert_eq!(wait_healthy(&node, "web", 2), after, "the replicas before the update serve");
+    assert_eq!(
+        wait_healthy(&node, "web", 2),
+        after,
+        "the replicas before the update serve"
+    );
 }

@@ -379,6 +379,24 @@ impl Reconciler {
         Ok(kept)
     }
 
+    /// Takes a replaced container out of service (`stopping`: out of DNS, the VIP, the
+    /// router and published ports); the plan removes it once the drain time has passed.
+    async fn drain(&self, id: &str) {
+        let drain = |r: &mut ContainerRecord| {
+            if r.state != ContainerState::Stopping {
+                let code = r.exit_code;
+                r.transition(
+                    ContainerState::Stopping,
+                    code,
+                    "replaced by a newer generation; draining",
+                );
+            }
+        };
+        if let Err(err) = self.state.update_container(id, drain).await {
+            tracing::warn!(container = %id, "draining: {err}");
+        }
+    }
+
     async fn act(
         &mut self,
         apps: &[AppSpec],
@@ -409,21 +427,7 @@ impl Reconciler {
                         creations.push((app.clone(), slot));
                     }
                 }
-                Action::Drain { id } => {
-                    let drain = |r: &mut ContainerRecord| {
-                        if r.state != ContainerState::Stopping {
-                            let code = r.exit_code;
-                            r.transition(
-                                ContainerState::Stopping,
-                                code,
-                                "replaced by a newer generation; draining",
-                            );
-                        }
-                    };
-                    if let Err(err) = self.state.update_container(&id, drain).await {
-                        tracing::warn!(container = %id, "draining: {err}");
-                    }
-                }
+                Action::Drain { id } => self.drain(&id).await,
                 Action::Restart { id } => {
                     if let Some(record) = by_id.get(&id) {
                         let mut record = record.clone();

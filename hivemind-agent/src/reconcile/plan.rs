@@ -23,11 +23,21 @@ use crate::model::{AppSpec, ContainerRecord, ContainerState, Health};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Create { app: String, slot: u32 },
-    Restart { id: String },
+    Create {
+        app: String,
+        slot: u32,
+    },
+    Restart {
+        id: String,
+    },
     /// Take a replaced container out of service; it is removed once drained.
-    Drain { id: String },
-    Remove { id: String, reason: &'static str },
+    Drain {
+        id: String,
+    },
+    Remove {
+        id: String,
+        reason: &'static str,
+    },
 }
 
 /// When each container may next be restarted or replaced (ms since the epoch); absent = now.
@@ -311,11 +321,25 @@ mod tests {
         let mut backoff = Backoff::new();
         backoff.insert("a".into(), 5_000);
         assert_eq!(
-            plan(&[app("web", 1, 1)], &records, all_slots, &backoff, &Parallelism::new(), 1_000),
+            plan(
+                &[app("web", 1, 1)],
+                &records,
+                all_slots,
+                &backoff,
+                &Parallelism::new(),
+                1_000
+            ),
             Vec::<Action>::new()
         );
         assert_eq!(
-            plan(&[app("web", 1, 1)], &records, all_slots, &backoff, &Parallelism::new(), 5_000),
+            plan(
+                &[app("web", 1, 1)],
+                &records,
+                all_slots,
+                &backoff,
+                &Parallelism::new(),
+                5_000
+            ),
             vec![Action::Restart { id: "a".into() }]
         );
     }

@@ -555,7 +555,11 @@ mod tests {
         records[2].health = Some(Health::Healthy);
         let r = step(&r, &web, &refs(&records), 3_000).expect("c ready");
         assert!(r.slots[&0].ready);
-        assert!(r.events.last().is_some_and(|e| e.message.contains("stopping a")));
+        assert!(
+            r.events
+                .last()
+                .is_some_and(|e| e.message.contains("stopping a"))
+        );
 
         // a drained and gone, d replaces b and becomes healthy, b still there: not done yet.
         records.remove(0);
@@ -580,19 +584,31 @@ mod tests {
         new.health_detail = "HTTP 500".into();
         let failed = step(&r, &web, &[&old, &new], 3_000).expect("failed");
         assert_eq!(failed.phase, Phase::RollingBack);
-        assert!(failed.reason.contains("failed its health check (http 80/): HTTP 500"));
+        assert!(
+            failed
+                .reason
+                .contains("failed its health check (http 80/): HTTP 500")
+        );
 
         new.health = Some(Health::Starting);
         new.state = ContainerState::Exited;
         new.exit_code = Some(3);
         let failed = step(&r, &web, &[&old, &new], 3_000).expect("failed");
-        assert!(failed.reason.contains("exited with code 3"), "{}", failed.reason);
+        assert!(
+            failed.reason.contains("exited with code 3"),
+            "{}",
+            failed.reason
+        );
 
         new.state = ContainerState::Running;
         let late = 1_000 + r.deadline_ms;
         assert!(step(&r, &web, &[&old, &new], late - 1).is_none());
         let failed = step(&r, &web, &[&old, &new], late).expect("late");
-        assert!(failed.reason.contains("did not become ready"), "{}", failed.reason);
+        assert!(
+            failed.reason.contains("did not become ready"),
+            "{}",
+            failed.reason
+        );
     }
 
     #[test]

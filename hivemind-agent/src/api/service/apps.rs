@@ -54,28 +54,10 @@ impl AgentService {
         self.check_volumes_exist(&spec).await?;
         self.check_no_clash(&spec).await?;
 
-        let (pull, forwarder) = match progress.clone() {
-            Some(events) => {
-                let (pull, mut updates) = mpsc::channel(64);
-                let forwarder = tokio::spawn(async move {
-                    while let Some(update) = updates.recv().await {
-                        if events.send(Progress::Pull(update)).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                (Some(pull), Some(forwarder))
-            }
-            None => (None, None),
-        };
-        let image = parts
-            .runtime
-            .ensure_image(&spec.image, request.force_pull, pull)
-            .await;
-        if let Some(forwarder) = forwarder {
-            let _ = forwarder.await; // the pull's messages before the rollout's
-        }
-        spec.image = image?.name.clone();
+        let image = self
+            .pull(&spec.image, request.force_pull, progress.as_ref())
+            .await?;
+        spec.image.clone_from(&image.name);
 
         if let Some((current, revision)) = existing {
             spec.generation = current.generation + 1;
@@ -92,21 +74,7 @@ impl AgentService {
             );
             self.begin_rollout(&spec, revision, &rollout).await?;
             drop(change); // the rollout is recorded: a second one is refused, not queued
-            self.follow_rollout(&spec, progress.as_ref()).await?;
-            let records = self.current_records(&spec).await?;
-            let container_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-            return Ok(proto::DeployResult {
-                app: spec.name.clone(),
-                container_id: container_ids.first().cloned().unwrap_or_default(),
-                message: format!(
-                    "Updated application {} to {} ({} replicas replaced: {})",
-                    spec.name,
-                    spec.image,
-                    container_ids.len(),
-                    container_ids.join(", ")
-                ),
-                container_ids,
-            });
+            return self.finish_rollout(&spec, progress.as_ref()).await;
         }
 
         spec.generation = 1;
@@ -143,6 +111,57 @@ impl AgentService {
                 Err(failure)
             }
         }
+    }
+
+    /// Pulls `image` (if needed), reporting progress.
+    async fn pull(
+        &self,
+        image: &str,
+        force: bool,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<crate::runtime::image::PulledImage, ApiError> {
+        let (pull, forwarder) = match progress.cloned() {
+            Some(events) => {
+                let (pull, mut updates) = mpsc::channel(64);
+                let forwarder = tokio::spawn(async move {
+                    while let Some(update) = updates.recv().await {
+                        if events.send(Progress::Pull(update)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Some(pull), Some(forwarder))
+            }
+            None => (None, None),
+        };
+        let image = self.parts().runtime.ensure_image(image, force, pull).await;
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await; // the pull's messages before the rollout's
+        }
+        Ok(image?)
+    }
+
+    /// Follows an update's rollout to its end and answers with the new replicas.
+    async fn finish_rollout(
+        &self,
+        spec: &AppSpec,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<proto::DeployResult, ApiError> {
+        self.follow_rollout(spec, progress).await?;
+        let records = self.current_records(spec).await?;
+        let container_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        Ok(proto::DeployResult {
+            app: spec.name.clone(),
+            container_id: container_ids.first().cloned().unwrap_or_default(),
+            message: format!(
+                "Updated application {} to {} ({} replicas replaced: {})",
+                spec.name,
+                spec.image,
+                container_ids.len(),
+                container_ids.join(", ")
+            ),
+            container_ids,
+        })
     }
 
     /// Removes a new app that failed to start, with whatever containers it got.
