@@ -17,6 +17,8 @@ pub mod keys {
     /// each node's lease (see `cluster::nodes`).
     pub const NODES: &str = "/hivemind/nodes/";
     pub const LIVENESS: &str = "/hivemind/liveness/";
+    /// Each app's current (or last) rollout.
+    pub const ROLLOUTS: &str = "/hivemind/rollouts/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -35,6 +37,9 @@ pub mod keys {
     }
     pub fn assignments(app: &str) -> String {
         format!("{ASSIGNMENTS}{app}")
+    }
+    pub fn rollout(app: &str) -> String {
+        format!("{ROLLOUTS}{app}")
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::{AppSpec, ContainerRecord, PolicyRecord, VolumeRecord, keys},
-    reconcile::schedule::Assignments,
+    reconcile::{rollout::Rollout, schedule::Assignments},
     store::{Compare, Op, Revision, Store, StoreError, Txn},
 };
 
@@ -344,6 +344,92 @@ impl State {
             })
             .await?;
         Ok(outcome.succeeded)
+    }
+}
+
+// --- rollouts ---
+
+impl State {
+    /// Every app's current or last rollout, with the revision to pass to
+    /// [`State::update_rollout`].
+    pub async fn rollouts(&self) -> Result<Vec<(Rollout, Revision)>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<Rollout>(keys::ROLLOUTS)
+            .await?
+            .0
+            .into_iter()
+            .map(|entry| (entry.value, entry.mod_revision))
+            .collect())
+    }
+
+    pub async fn rollout(&self, app: &str) -> Result<Option<(Rollout, Revision)>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<Rollout>(&keys::rollout(app))
+            .await?
+            .map(|entry| (entry.value, entry.mod_revision)))
+    }
+
+    /// Stores the app's new spec and its rollout in one transaction, if neither changed since
+    /// they were read (`rollout_revision` 0: there was no rollout record).
+    pub async fn begin_rollout(
+        &self,
+        app: &AppSpec,
+        app_revision: Revision,
+        rollout: &Rollout,
+        rollout_revision: Revision,
+    ) -> Result<bool, StoreError> {
+        let (app_key, rollout_key) = (keys::app(&app.name), keys::rollout(&app.name));
+        let outcome = self
+            .store
+            .txn(Txn {
+                compare: vec![
+                    Compare::ModRevision(app_key.clone(), app_revision),
+                    Compare::ModRevision(rollout_key.clone(), rollout_revision),
+                ],
+                success: vec![
+                    Op::Put {
+                        key: app_key,
+                        value: json(app),
+                        lease: 0,
+                    },
+                    Op::Put {
+                        key: rollout_key,
+                        value: json(rollout),
+                        lease: 0,
+                    },
+                ],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(outcome.succeeded)
+    }
+
+    /// Replaces the rollout if it is still at `revision`.
+    pub async fn update_rollout(
+        &self,
+        rollout: &Rollout,
+        revision: Revision,
+    ) -> Result<bool, StoreError> {
+        let key = keys::rollout(&rollout.app);
+        let outcome = self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(key.clone(), revision)],
+                success: vec![Op::Put {
+                    key,
+                    value: json(rollout),
+                    lease: 0,
+                }],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(outcome.succeeded)
+    }
+
+    pub async fn delete_rollout(&self, app: &str) -> Result<(), StoreError> {
+        self.store.delete(&keys::rollout(app)).await.map(|_| ())
     }
 }
 

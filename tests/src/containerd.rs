@@ -64,7 +64,8 @@ impl Containerd {
         }
     }
 
-    fn ctr_command(&self) -> Command {
+    /// A `ctr` command against this containerd, to add arguments to (and run or spawn).
+    pub fn ctr_command(&self) -> Command {
         let mut command = match &self.bin {
             None => Command::new("ctr"),
             Some(bin) => Command::new(bin.join("ctr")),

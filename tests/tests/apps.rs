@@ -201,7 +201,7 @@ fn every_command_through_its_lifecycle() {
     );
 
     let out = node.agent.cli_ok(&["app", "restart", "--name", "web"]);
-    assert!(out.contains("3 containers replaced"), "{out}");
+    assert!(out.contains("3 replicas replaced"), "{out}");
     let restarted = wait_running(&node, "web", 3);
     assert!(
         restarted.iter().all(|id| !three.contains(id)),

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     NotFound,
     /// Name taken, resource in use, concurrent change: 409 / `AlreadyExists`.
     Conflict,
+    /// The operation ran and failed, and what it changed was undone (a rolled-back rollout):
+    /// 409 / `Aborted`.
+    Aborted,
     /// A dependency (containerd, a registry, etcd) cannot be reached: 503 / `Unavailable`.
     Unavailable,
     /// A real fault: 500 / `Internal`.
@@ -152,6 +155,7 @@ impl From<ApiError> for tonic::Status {
             ErrorKind::Invalid => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Conflict => tonic::Code::AlreadyExists,
+            ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         };

@@ -40,38 +40,17 @@ impl proto::agent_server::Agent for AgentService {
 #[tonic::async_trait]
 impl proto::apps_server::Apps for AgentService {
     type DeployStream = Streaming<proto::DeployEvent>;
+    type RestartStream = Streaming<proto::DeployEvent>;
 
     async fn deploy(
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<Self::DeployStream>, Status> {
         let request = request.into_inner();
-        let (events, rx) = mpsc::channel::<Result<proto::DeployEvent, Status>>(64);
-        let (progress, mut progress_rx) = mpsc::channel(64);
         let service = self.clone();
-        let forward = events.clone();
-        tokio::spawn(async move {
-            while let Some(update) = progress_rx.recv().await {
-                let event = proto::DeployEvent {
-                    progress: Some(super::progress::to_proto(&update)),
-                    result: None,
-                };
-                if forward.send(Ok(event)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let outcome = service.deploy(request, Some(progress)).await;
-            let message = outcome
-                .map(|result| proto::DeployEvent {
-                    progress: None,
-                    result: Some(result),
-                })
-                .map_err(Status::from);
-            let _ = events.send(message).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(with_progress(move |progress| async move {
+            service.deploy(request, Some(progress)).await
+        })))
     }
 
     async fn list(
@@ -100,11 +79,13 @@ impl proto::apps_server::Apps for AgentService {
 
     async fn restart(
         &self,
-        request: Request<proto::AppRequest>,
-    ) -> Result<Response<proto::ActionReply>, Status> {
-        Ok(Response::new(
-            AgentService::restart(self, &request.into_inner().name).await?,
-        ))
+        request: Request<proto::RestartRequest>,
+    ) -> Result<Response<Self::RestartStream>, Status> {
+        let request = request.into_inner();
+        let service = self.clone();
+        Ok(Response::new(with_progress(move |progress| async move {
+            AgentService::restart(&service, &request, Some(progress)).await
+        })))
     }
 
     async fn remove(
@@ -115,6 +96,41 @@ impl proto::apps_server::Apps for AgentService {
             self.remove_app(&request.into_inner().name).await?,
         ))
     }
+}
+
+/// Runs `operation` in its own task (it finishes even if the client goes away) and streams
+/// its progress, then its result, as deploy events.
+fn with_progress<F, Fut>(operation: F) -> Streaming<proto::DeployEvent>
+where
+    F: FnOnce(mpsc::Sender<super::progress::Progress>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<proto::DeployResult, super::error::ApiError>> + Send,
+{
+    let (events, rx) = mpsc::channel::<Result<proto::DeployEvent, Status>>(64);
+    let (progress, mut progress_rx) = mpsc::channel(64);
+    let forward = events.clone();
+    let forwarder = tokio::spawn(async move {
+        while let Some(update) = progress_rx.recv().await {
+            let event = proto::DeployEvent {
+                progress: Some(super::progress::to_proto(&update)),
+                result: None,
+            };
+            if forward.send(Ok(event)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let outcome = operation(progress).await;
+        let _ = forwarder.await; // every progress message before the result
+        let message = outcome
+            .map(|result| proto::DeployEvent {
+                progress: None,
+                result: Some(result),
+            })
+            .map_err(Status::from);
+        let _ = events.send(message).await;
+    });
+    Box::pin(ReceiverStream::new(rx))
 }
 
 #[tonic::async_trait]

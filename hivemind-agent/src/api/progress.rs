@@ -1,8 +1,27 @@
-//! Pull progress as the API reports it.
+//! Progress of a deploy or restart as the API reports it: the image pull, then the rollout.
 
 use crate::{proto, runtime::image::PullProgress};
 
-pub fn to_proto(progress: &PullProgress) -> proto::PullProgress {
+#[derive(Debug)]
+pub enum Progress {
+    Pull(PullProgress),
+    /// A rollout step ("replica 0: started web-x1 to replace web-y2; waiting ...").
+    Rollout(String),
+}
+
+pub fn to_proto(progress: &Progress) -> proto::PullProgress {
+    match progress {
+        Progress::Pull(pull) => pull_to_proto(pull),
+        Progress::Rollout(message) => proto::PullProgress {
+            phase: "rollout".into(),
+            detail: message.clone(),
+            done: 0,
+            total: 0,
+        },
+    }
+}
+
+fn pull_to_proto(progress: &PullProgress) -> proto::PullProgress {
     let (phase, detail, done, total) = match progress {
         PullProgress::Resolving { image } => ("resolve", format!("resolving {image}"), 0, 0),
         PullProgress::Resolved {

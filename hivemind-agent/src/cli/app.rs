@@ -27,10 +27,13 @@ pub enum AppCommand {
         #[arg(long)]
         container_id: String,
     },
-    /// Replace every replica with a fresh container, one at a time.
+    /// Replace every replica with a fresh container, each new one healthy before the old one
+    /// stops; rolled back if a new one does not become healthy.
     Restart {
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
     /// Set the number of replicas.
     Scale {
@@ -55,6 +58,18 @@ pub enum AppCommand {
         #[arg(long, default_value_t = 0)]
         tail: u32,
     },
+}
+
+/// How a rollout (restart, update) proceeds.
+#[derive(Args, Debug)]
+pub struct RolloutArgs {
+    /// Replicas replaced at once [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: Option<u32>,
+    /// How long each new replica may take to become healthy before the rollout is rolled back
+    /// [default: start period + (retries + 1) x (interval + timeout) + 30s].
+    #[arg(long, value_name = "DURATION")]
+    rollout_timeout: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +134,9 @@ pub struct DeployArgs {
     /// Failures this soon after a start do not count [default: 0s].
     #[arg(long, value_name = "DURATION")]
     health_start_period: Option<String>,
+    /// With --update: how the replicas are replaced.
+    #[command(flatten)]
+    rollout: RolloutArgs,
 }
 
 pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<ExitCode> {
@@ -154,12 +172,14 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
                 Output::Table => print!("{}", container_details(&info)),
             }
         }
-        AppCommand::Restart { name } => {
-            let reply = apps
-                .restart(proto::AppRequest { name: name.clone() })
-                .await?
-                .into_inner();
-            action(global, &reply)?;
+        AppCommand::Restart { name, rollout } => {
+            let request = proto::RestartRequest {
+                name: name.clone(),
+                parallel: rollout.parallel.unwrap_or(0),
+                rollout_timeout: rollout.rollout_timeout.clone().unwrap_or_default(),
+            };
+            let events = apps.restart(request).await?.into_inner();
+            follow(global, events).await?;
         }
         AppCommand::Scale { name, replicas } => {
             let request = proto::ScaleRequest {
@@ -235,8 +255,19 @@ async fn deploy(
         health_timeout: args.health_timeout.clone().unwrap_or_default(),
         health_retries: args.health_retries,
         health_start_period: args.health_start_period.clone().unwrap_or_default(),
+        parallel: args.rollout.parallel.unwrap_or(0),
+        rollout_timeout: args.rollout.rollout_timeout.clone().unwrap_or_default(),
     };
-    let mut events = apps.deploy(request).await?.into_inner();
+    let events = apps.deploy(request).await?.into_inner();
+    follow(global, events).await
+}
+
+/// Shows a deploy's or restart's progress on stderr (a pull's as one self-overwriting line on
+/// a terminal, a rollout's steps as lines), then prints the result.
+async fn follow(
+    global: &GlobalArgs,
+    mut events: tonic::Streaming<proto::DeployEvent>,
+) -> anyhow::Result<()> {
     let mut bar =
         ProgressLine::new(global.output == Output::Table && std::io::stderr().is_terminal());
     while let Some(event) = events.next().await {
@@ -248,7 +279,14 @@ async fn deploy(
             }
         };
         if let Some(progress) = event.progress {
-            bar.show(&progress);
+            if progress.phase == "rollout" {
+                bar.clear();
+                if global.output == Output::Table {
+                    eprintln!("{}", progress.detail);
+                }
+            } else {
+                bar.show(&progress);
+            }
         }
         if let Some(result) = event.result {
             bar.clear();

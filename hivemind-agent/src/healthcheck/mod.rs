@@ -14,7 +14,8 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use tokio::{task::JoinSet, time::Instant};
 
 use crate::{
-    model::{ContainerRecord, ContainerState, Health, HealthCheck, now_ms},
+    model::{AppSpec, ContainerRecord, ContainerState, Health, HealthCheck, now_ms},
+    reconcile::rollout::Rollout,
     runtime::Runtime,
     state::State,
 };
@@ -82,6 +83,7 @@ impl HealthMonitor {
         checks: &mut JoinSet<(String, u64, probe::ProbeResult)>,
     ) -> Result<(), crate::store::StoreError> {
         let apps = self.state.apps().await?;
+        let rollouts = self.state.rollouts().await?;
         let records: Vec<ContainerRecord> = self
             .state
             .containers()
@@ -96,11 +98,7 @@ impl HealthMonitor {
         });
         let now = Instant::now();
         for record in records {
-            let Some(check) = apps
-                .iter()
-                .find(|a| a.name == record.app)
-                .and_then(|a| a.health.clone())
-            else {
+            let Some(check) = check_of(&apps, &rollouts, &record) else {
                 continue;
             };
             let started_at_ms = record.started_at_ms.unwrap_or(0);
@@ -143,16 +141,14 @@ impl HealthMonitor {
         let Ok(Some(record)) = self.state.container(id).await else {
             return;
         };
-        let Ok(apps) = self.state.apps().await else {
-            return;
-        };
-        let Some(check) = apps
-            .iter()
-            .find(|a| a.name == record.app)
-            .and_then(|a| a.health.as_ref())
+        let (Ok(apps), Ok(rollouts)) = (self.state.apps().await, self.state.rollouts().await)
         else {
             return;
         };
+        let Some(check) = check_of(&apps, &rollouts, &record) else {
+            return;
+        };
+        let check = &check;
         let in_start_period = now_ms().saturating_sub(started_at_ms) < check.start_period_ms;
         (run.health, run.failures, run.detail) =
             next_health(run.health, run.failures, check, in_start_period, result);
@@ -171,6 +167,25 @@ impl HealthMonitor {
             }
         }
     }
+}
+
+/// The check a container is judged by: its own generation's. During a rollout the old
+/// replicas keep the previous spec's check (a new check that they fail must not take them out
+/// of service while they are all that serves).
+fn check_of(
+    apps: &[AppSpec],
+    rollouts: &[(Rollout, crate::store::Revision)],
+    record: &ContainerRecord,
+) -> Option<HealthCheck> {
+    let app = apps.iter().find(|a| a.name == record.app)?;
+    if record.generation != app.generation
+        && let Some((rollout, _)) = rollouts
+            .iter()
+            .find(|(r, _)| r.app == app.name && r.previous.generation == record.generation)
+    {
+        return rollout.previous.health.clone();
+    }
+    app.health.clone()
 }
 
 /// The verdict after one more check.

@@ -257,9 +257,13 @@ impl NodeNetwork {
                 .filter(|r| {
                     r.app == app.name && r.state == ContainerState::Running && r.node == inner.node
                 })
-                .filter_map(|r| Some((r.slot, r.ip?)))
+                // A replica whose check has not passed (a rollout's new one) only as a last resort.
+                .filter_map(|r| {
+                    let unready = r.health.is_some_and(|h| h != crate::model::Health::Healthy);
+                    Some((unready, r.slot, r.ip?))
+                })
                 .min();
-            let Some((_, ip)) = target else { continue };
+            let Some((_, _, ip)) = target else { continue };
             for port in &app.ports {
                 ports.push((
                     PortKey {

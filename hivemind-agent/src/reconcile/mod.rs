@@ -7,6 +7,7 @@
 
 mod lifecycle;
 pub mod plan;
+pub mod rollout;
 pub mod schedule;
 
 use std::{
@@ -185,6 +186,7 @@ impl Reconciler {
     /// One pass: observe containerd, reconcile records with it, make sure the policies cover
     /// every app, plan, act, publish ports.
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
+        let parallel = rollout::advance(&self.state).await?;
         let apps = self.state.apps().await?;
         let placement = self.place(&apps).await?;
         let node = self.node.clone();
@@ -193,7 +195,7 @@ impl Reconciler {
         let records = self.observe(&apps, &owned, listed).await?;
         self.cover_policies(&apps, &records).await?;
         let now = now_ms();
-        let actions = plan::plan(&apps, &records, owned, &self.backoff, now);
+        let actions = plan::plan(&apps, &records, owned, &self.backoff, &parallel, now);
         let report = self.act(&apps, records, actions).await;
         let records: Vec<ContainerRecord> = self
             .state
@@ -377,6 +379,24 @@ impl Reconciler {
         Ok(kept)
     }
 
+    /// Takes a replaced container out of service (`stopping`: out of DNS, the VIP, the
+    /// router and published ports); the plan removes it once the drain time has passed.
+    async fn drain(&self, id: &str) {
+        let drain = |r: &mut ContainerRecord| {
+            if r.state != ContainerState::Stopping {
+                let code = r.exit_code;
+                r.transition(
+                    ContainerState::Stopping,
+                    code,
+                    "replaced by a newer generation; draining",
+                );
+            }
+        };
+        if let Err(err) = self.state.update_container(id, drain).await {
+            tracing::warn!(container = %id, "draining: {err}");
+        }
+    }
+
     async fn act(
         &mut self,
         apps: &[AppSpec],
@@ -407,6 +427,7 @@ impl Reconciler {
                         creations.push((app.clone(), slot));
                     }
                 }
+                Action::Drain { id } => self.drain(&id).await,
                 Action::Restart { id } => {
                     if let Some(record) = by_id.get(&id) {
                         let mut record = record.clone();

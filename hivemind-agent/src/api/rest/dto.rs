@@ -79,6 +79,13 @@ pub struct DeployBody {
     /// Failures this soon after a start do not count, e.g. `"30s"` (default `"0s"`).
     #[serde(default)]
     pub health_start_period: Option<String>,
+    /// With `update`: replicas replaced at once (default 1).
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// With `update`: how long each new replica may take to become healthy before the update
+    /// is rolled back, e.g. `"2m"` (default: from the health check's timing, plus 30 s).
+    #[serde(default)]
+    pub rollout_timeout: Option<String>,
 }
 
 impl DeployBody {
@@ -104,6 +111,8 @@ impl DeployBody {
             health_timeout: self.health_timeout.unwrap_or_default(),
             health_retries: self.health_retries,
             health_start_period: self.health_start_period.unwrap_or_default(),
+            parallel: self.parallel.unwrap_or(0),
+            rollout_timeout: self.rollout_timeout.unwrap_or_default(),
         }
     }
 }
@@ -184,6 +193,17 @@ pub struct VolumeCreated {
 pub struct ContainersQuery {
     /// Only this app's containers.
     pub app: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RestartQuery {
+    /// Replicas replaced at once (default 1).
+    pub parallel: Option<u32>,
+    /// How long each new replica may take to become healthy before the restart is rolled
+    /// back, e.g. `2m` (default: from the health check's timing, plus 30 s).
+    pub rollout_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

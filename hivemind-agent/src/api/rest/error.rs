@@ -56,7 +56,7 @@ impl RestError {
             Self::Api(err) => match err.kind {
                 ErrorKind::Invalid => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
-                ErrorKind::Conflict => StatusCode::CONFLICT,
+                ErrorKind::Conflict | ErrorKind::Aborted => StatusCode::CONFLICT,
                 ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{
     AppState,
     dto::{
-        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, NodeInfo, ScaleBody,
-        VolumeBody, VolumeCreated,
+        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, NodeInfo, RestartQuery,
+        ScaleBody, VolumeBody, VolumeCreated,
     },
     error::{ErrorBody, RestError},
     extract::{JsonBody, Path, Query},
@@ -85,12 +85,14 @@ fn count(n: usize) -> u32 {
 }
 
 /// Deploy an application: pull the image, store the app and start its replicas; answers when
-/// they run. A deploy that fails leaves nothing behind.
+/// they run. A deploy that fails leaves nothing behind. An update (`update`) rolls out: each
+/// new replica healthy before an old one stops; one that does not become healthy rolls the
+/// update back (409 saying why).
 #[utoipa::path(post, path = "/api/deploy", tag = "apps",
     request_body(content = DeployBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Deployed (or updated with `update`) and running", body = DeployReply),
-        (status = 409, description = "The app exists (deploy with `update`), or a port or domain is taken", body = ErrorBody),
+        (status = 409, description = "The app exists (deploy with `update`), a port or domain is taken, a rollout of the app is in progress, or the update was rolled back", body = ErrorBody),
     ))]
 pub async fn deploy(
     State(state): State<AppState>,
@@ -143,7 +145,7 @@ pub async fn remove_app(
     responses(
         (status = 200, description = "Scaled", body = ActionReply),
         (status = 404, description = "No such app", body = ErrorBody),
-        (status = 409, description = "The app changed concurrently", body = ErrorBody),
+        (status = 409, description = "The app changed concurrently, or a rollout of it is in progress", body = ErrorBody),
     ))]
 pub async fn scale_app(
     State(state): State<AppState>,
@@ -155,19 +157,35 @@ pub async fn scale_app(
     ))
 }
 
-/// Replace every replica with a fresh container, one at a time.
+/// Replace every replica with a fresh container, `parallel` at a time; each new one must be
+/// healthy before the one it replaces stops. Answers when done; if a new replica does not
+/// become healthy, the restart is rolled back (the old replicas keep serving) and the answer
+/// is a 409 saying why.
 #[utoipa::path(post, path = "/api/apps/{name}/restart", tag = "apps",
-    params(("name" = String, Path, description = "App name")),
+    params(("name" = String, Path, description = "App name"), RestartQuery),
     responses(
         (status = 200, description = "Restarted", body = ActionReply),
+        (status = 400, description = "Bad parallel or rollout_timeout", body = ErrorBody),
         (status = 404, description = "No such app", body = ErrorBody),
-        (status = 409, description = "The app changed concurrently", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is in progress, the app changed concurrently, or the restart was rolled back", body = ErrorBody),
     ))]
 pub async fn restart_app(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<RestartQuery>,
 ) -> Result<Json<ActionReply>> {
-    Ok(Json(state.service.restart(&name).await?.into()))
+    let request = proto::RestartRequest {
+        name,
+        parallel: query.parallel.unwrap_or(0),
+        rollout_timeout: query.rollout_timeout.unwrap_or_default(),
+    };
+    let result = state.service.restart(&request, None).await?;
+    Ok(Json(
+        proto::ActionReply {
+            message: result.message,
+        }
+        .into(),
+    ))
 }
 
 /// Every container (or one app's), ordered by app and slot.

@@ -6,29 +6,38 @@ use tokio::sync::mpsc;
 
 use super::{AgentService, convert};
 use crate::{
-    api::error::{ApiError, ErrorKind},
+    api::{
+        error::{ApiError, ErrorKind},
+        progress::Progress,
+    },
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},
     proto,
-    runtime::image::{ImageRef, PullProgress},
+    reconcile::rollout::{Phase, Rollout, RolloutKind},
+    runtime::image::ImageRef,
     validate,
 };
 
-/// How long a deploy, scale, restart or removal waits for the containers to get there.
+/// How long a deploy, scale or removal waits for the containers to get there.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a rollout's progress is looked at (and a reconcile pass run).
+const ROLLOUT_POLL: Duration = Duration::from_millis(250);
+const MAX_ROLLOUT_TIMEOUT_MS: u64 = 3_600_000;
 const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
 const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 
 impl AgentService {
     /// Validates, pulls, stores and starts. A new app that fails to start is removed again; an
-    /// update that fails is rolled back to the previous settings.
+    /// update rolls out (see [`crate::reconcile::rollout`]) and is rolled back to the previous
+    /// settings if its new replicas do not become healthy.
     pub async fn deploy(
         &self,
         request: proto::DeployRequest,
-        progress: Option<mpsc::Sender<PullProgress>>,
+        progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<proto::DeployResult, ApiError> {
         let parts = self.parts();
         let mut spec = validate_deploy(&request)?;
-        let _change = self.inner.changes.lock().await;
+        let deadline_ms = rollout_timeout(&request.rollout_timeout)?;
+        let change = self.inner.changes.lock().await;
 
         let existing = parts.state.app(&spec.name).await?;
         if let Some((current, _)) = &existing
@@ -39,60 +48,52 @@ impl AgentService {
                 current.name, current.image, current.replicas
             )));
         }
+        if existing.is_some() {
+            self.check_no_rollout(&spec.name).await?;
+        }
         self.check_volumes_exist(&spec).await?;
         self.check_no_clash(&spec).await?;
 
-        let image = parts
-            .runtime
-            .ensure_image(&spec.image, request.force_pull, progress)
+        let image = self
+            .pull(&spec.image, request.force_pull, progress.as_ref())
             .await?;
-        spec.image = image.name.clone();
+        spec.image.clone_from(&image.name);
 
-        let previous = match existing {
-            None => {
-                spec.generation = 1;
-                if !parts.state.create_app(&spec).await? {
-                    return Err(ApiError::conflict(format!(
-                        "app {} was created concurrently",
-                        spec.name
-                    )));
-                }
-                None
+        if let Some((current, revision)) = existing {
+            spec.generation = current.generation + 1;
+            spec.created_at_ms = current.created_at_ms;
+            if request.replicas.is_none() {
+                spec.replicas = current.replicas;
             }
-            Some((current, revision)) => {
-                spec.generation = current.generation + 1;
-                spec.created_at_ms = current.created_at_ms;
-                if request.replicas.is_none() {
-                    spec.replicas = current.replicas;
-                }
-                if !parts.state.update_app(&spec, revision).await? {
-                    return Err(ApiError::conflict(format!(
-                        "app {} changed concurrently; try again",
-                        spec.name
-                    )));
-                }
-                Some(current)
-            }
-        };
+            let rollout = Rollout::new(
+                RolloutKind::Update,
+                current,
+                &spec,
+                request.parallel,
+                deadline_ms,
+            );
+            self.begin_rollout(&spec, revision, &rollout).await?;
+            drop(change); // the rollout is recorded: a second one is refused, not queued
+            return self.finish_rollout(&spec, progress.as_ref()).await;
+        }
 
+        spec.generation = 1;
+        if !parts.state.create_app(&spec).await? {
+            return Err(ApiError::conflict(format!(
+                "app {} was created concurrently",
+                spec.name
+            )));
+        }
         match self.converge_app(&spec, generation_done(&spec)).await {
             Ok(records) => {
                 let mut ids: Vec<&ContainerRecord> = records.iter().collect();
                 ids.sort_by_key(|r| r.slot);
                 let container_ids: Vec<String> = ids.iter().map(|r| r.id.clone()).collect();
                 let first = container_ids.first().cloned().unwrap_or_default();
-                let message = match (&previous, container_ids.len()) {
-                    (Some(_), _) => format!(
-                        "Updated application {} to {} ({} containers)",
-                        spec.name,
-                        spec.image,
-                        container_ids.len()
-                    ),
-                    (None, 0) => format!("Deployed application {} with 0 replicas", spec.name),
-                    (None, 1) => {
-                        format!("Deployed application {} with container {first}", spec.name)
-                    }
-                    (None, n) => format!(
+                let message = match container_ids.len() {
+                    0 => format!("Deployed application {} with 0 replicas", spec.name),
+                    1 => format!("Deployed application {} with container {first}", spec.name),
+                    n => format!(
                         "Deployed application {} with {n} containers: {}",
                         spec.name,
                         container_ids.join(", ")
@@ -106,39 +107,70 @@ impl AgentService {
                 })
             }
             Err(failure) => {
-                self.undo_deploy(&spec, previous).await;
+                self.undo_create(&spec).await;
                 Err(failure)
             }
         }
     }
 
-    /// Removes a new app that failed, or restores the previous settings of an updated one.
-    async fn undo_deploy(&self, spec: &AppSpec, previous: Option<AppSpec>) {
-        let parts = self.parts();
-        let result = match previous {
-            None => parts.state.delete_app(&spec.name).await.map(|_| ()),
-            Some(mut previous) => {
-                // Back to the old generation: its containers (still running where the rollout
-                // had not replaced them) match again; the new ones are removed.
-                previous.updated_at_ms = now_ms();
-                match parts.state.app(&spec.name).await {
-                    Ok(Some((_, revision))) => parts
-                        .state
-                        .update_app(&previous, revision)
-                        .await
-                        .map(|_| ()),
-                    Ok(None) => Ok(()),
-                    Err(err) => Err(err),
-                }
+    /// Pulls `image` (if needed), reporting progress.
+    async fn pull(
+        &self,
+        image: &str,
+        force: bool,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<crate::runtime::image::PulledImage, ApiError> {
+        let (pull, forwarder) = match progress.cloned() {
+            Some(events) => {
+                let (pull, mut updates) = mpsc::channel(64);
+                let forwarder = tokio::spawn(async move {
+                    while let Some(update) = updates.recv().await {
+                        if events.send(Progress::Pull(update)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Some(pull), Some(forwarder))
             }
+            None => (None, None),
         };
-        if let Err(err) = result {
+        let image = self.parts().runtime.ensure_image(image, force, pull).await;
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await; // the pull's messages before the rollout's
+        }
+        Ok(image?)
+    }
+
+    /// Follows an update's rollout to its end and answers with the new replicas.
+    async fn finish_rollout(
+        &self,
+        spec: &AppSpec,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<proto::DeployResult, ApiError> {
+        self.follow_rollout(spec, progress).await?;
+        let records = self.current_records(spec).await?;
+        let container_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        Ok(proto::DeployResult {
+            app: spec.name.clone(),
+            container_id: container_ids.first().cloned().unwrap_or_default(),
+            message: format!(
+                "Updated application {} to {} ({} replicas replaced: {})",
+                spec.name,
+                spec.image,
+                container_ids.len(),
+                container_ids.join(", ")
+            ),
+            container_ids,
+        })
+    }
+
+    /// Removes a new app that failed to start, with whatever containers it got.
+    async fn undo_create(&self, spec: &AppSpec) {
+        if let Err(err) = self.parts().state.delete_app(&spec.name).await {
             tracing::error!(app = %spec.name, "undoing a failed deploy: {err}");
             return;
         }
-        let undo =
-            |records: &[ContainerRecord]| records.iter().all(|r| r.generation != spec.generation);
-        if let Err(err) = self.converge_app(spec, undo).await {
+        if let Err(err) = self.converge_app(spec, <[ContainerRecord]>::is_empty).await {
             tracing::warn!(app = %spec.name, "cleaning up after a failed deploy: {err}");
         }
     }
@@ -148,6 +180,7 @@ impl AgentService {
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
         let table = parts.services.table();
+        let rollouts = parts.state.rollouts().await?;
         Ok(proto::ListAppsReply {
             apps: apps
                 .iter()
@@ -156,6 +189,9 @@ impl AgentService {
                         records.iter().filter(|r| r.app == app.name).collect();
                     let mut info = convert::app(app, &mine);
                     convert::add_service(&mut info, table.service(&app.name));
+                    if let Some((rollout, _)) = rollouts.iter().find(|(r, _)| r.app == app.name) {
+                        info.rollout = rollout.summary(app.replicas);
+                    }
                     info
                 })
                 .collect(),
@@ -169,6 +205,9 @@ impl AgentService {
         let mine: Vec<&ContainerRecord> = records.iter().filter(|r| r.app == app.name).collect();
         let mut info = convert::app(&app, &mine);
         convert::add_service(&mut info, parts.services.table().service(&app.name));
+        if let Some((rollout, _)) = parts.state.rollout(name).await? {
+            info.rollout = rollout.summary(app.replicas);
+        }
         Ok(info)
     }
 
@@ -176,6 +215,7 @@ impl AgentService {
         let replicas = validate::replicas(replicas)?;
         let _change = self.inner.changes.lock().await;
         let (mut app, revision) = self.existing_app(name).await?;
+        self.check_no_rollout(name).await?;
         let before = app.replicas;
         app.replicas = replicas;
         app.updated_at_ms = now_ms();
@@ -190,22 +230,160 @@ impl AgentService {
         })
     }
 
-    /// Replaces every replica with a new container, one slot at a time (each replacement
-    /// starts before the container it replaces stops).
-    pub async fn restart(&self, name: &str) -> Result<proto::ActionReply, ApiError> {
-        let _change = self.inner.changes.lock().await;
+    /// Replaces every replica with a new container, `parallel` slots at a time, each new one
+    /// ready before the one it replaces stops (a rollout; rolled back if they do not become
+    /// healthy).
+    pub async fn restart(
+        &self,
+        request: &proto::RestartRequest,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<proto::DeployResult, ApiError> {
+        let name = &request.name;
+        let deadline_ms = rollout_timeout(&request.rollout_timeout)?;
+        let change = self.inner.changes.lock().await;
         let (mut app, revision) = self.existing_app(name).await?;
+        self.check_no_rollout(name).await?;
+        let previous = app.clone();
         app.generation += 1;
         app.updated_at_ms = now_ms();
-        if !self.parts().state.update_app(&app, revision).await? {
+        let rollout = Rollout::new(
+            RolloutKind::Restart,
+            previous,
+            &app,
+            request.parallel,
+            deadline_ms,
+        );
+        self.begin_rollout(&app, revision, &rollout).await?;
+        drop(change);
+        self.follow_rollout(&app, progress.as_ref()).await?;
+        let records = self.current_records(&app).await?;
+        let container_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        Ok(proto::DeployResult {
+            app: name.clone(),
+            container_id: container_ids.first().cloned().unwrap_or_default(),
+            message: format!(
+                "Restarted {name}: {} replicas replaced ({})",
+                container_ids.len(),
+                container_ids.join(", ")
+            ),
+            container_ids,
+        })
+    }
+
+    /// Refuses a change while a rollout of the app is under way.
+    async fn check_no_rollout(&self, name: &str) -> Result<(), ApiError> {
+        if let Some((rollout, _)) = self.parts().state.rollout(name).await?
+            && rollout.phase.is_active()
+        {
+            let replicas = rollout.previous.replicas;
             return Err(ApiError::conflict(format!(
-                "app {name} changed concurrently; try again"
+                "app {name} has a rollout in progress ({}, started {}s ago); wait for it to finish (see `hivemind app ls`)",
+                rollout.summary(replicas),
+                now_ms().saturating_sub(rollout.started_at_ms) / 1000
             )));
         }
-        let records = self.converge_app(&app, generation_done(&app)).await?;
-        Ok(proto::ActionReply {
-            message: format!("Restarted {name}: {} containers replaced", records.len()),
-        })
+        Ok(())
+    }
+
+    /// Stores the new spec and its rollout together.
+    async fn begin_rollout(
+        &self,
+        spec: &AppSpec,
+        revision: u64,
+        rollout: &Rollout,
+    ) -> Result<(), ApiError> {
+        let state = &self.parts().state;
+        let rollout_revision = state.rollout(&spec.name).await?.map_or(0, |(_, rev)| rev);
+        if state
+            .begin_rollout(spec, revision, rollout, rollout_revision)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::conflict(format!(
+                "app {} changed concurrently; try again",
+                spec.name
+            )))
+        }
+    }
+
+    /// Drives reconcile passes until the rollout of `spec` finishes, streaming its steps. A
+    /// rolled-back rollout is an error saying why.
+    async fn follow_rollout(
+        &self,
+        spec: &AppSpec,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<Rollout, ApiError> {
+        let parts = self.parts();
+        let mut sent = 0;
+        let mut client_gone = progress.is_none();
+        let mut last_error = String::new();
+        loop {
+            match parts.reconciler.converge().await {
+                Err(crate::reconcile::ReconcileError::Stopped) => {
+                    return Err(crate::reconcile::ReconcileError::Stopped.into());
+                }
+                Err(err) => last_error = crate::error_chain(&err),
+                Ok(_) => {}
+            }
+            let Some((rollout, _)) = parts.state.rollout(&spec.name).await? else {
+                return Err(ApiError::conflict(format!(
+                    "app {} was removed during its rollout",
+                    spec.name
+                )));
+            };
+            if rollout.generation != spec.generation {
+                return Err(ApiError::conflict(format!(
+                    "another rollout of {} replaced this one",
+                    spec.name
+                )));
+            }
+            let fresh: Vec<_> = rollout.events.iter().filter(|e| e.seq > sent).collect();
+            for event in fresh {
+                sent = event.seq;
+                if let Some(progress) = progress
+                    && !client_gone
+                {
+                    client_gone = progress
+                        .send(Progress::Rollout(event.message.clone()))
+                        .await
+                        .is_err();
+                }
+            }
+            match rollout.phase {
+                Phase::Done => return Ok(rollout),
+                Phase::RolledBack => {
+                    return Err(ApiError::new(
+                        ErrorKind::Aborted,
+                        format!(
+                            "{} of {} failed and was rolled back: {}. The previous spec (image {}, generation {}) is restored and its replicas keep serving.",
+                            rollout.kind.as_str(),
+                            spec.name,
+                            rollout.reason,
+                            rollout.previous.image,
+                            rollout.previous.generation
+                        ),
+                    ));
+                }
+                Phase::Rolling | Phase::RollingBack => {}
+            }
+            if !last_error.is_empty() {
+                tracing::debug!(app = %spec.name, "rollout pass: {last_error}");
+            }
+            tokio::time::sleep(ROLLOUT_POLL).await;
+        }
+    }
+
+    /// The app's current-generation containers, by slot.
+    async fn current_records(&self, spec: &AppSpec) -> Result<Vec<ContainerRecord>, ApiError> {
+        let mut records: Vec<ContainerRecord> = self
+            .app_records(&spec.name)
+            .await?
+            .into_iter()
+            .filter(|r| r.generation == spec.generation && r.state != ContainerState::Stopping)
+            .collect();
+        records.sort_by_key(|r| r.slot);
+        Ok(records)
     }
 
     /// Stops and removes every container, then forgets the app. Its volumes are kept.
@@ -214,6 +392,7 @@ impl AgentService {
         let (app, _) = self.existing_app(name).await?;
         let before = self.app_records(name).await?.len();
         self.parts().state.delete_app(name).await?;
+        self.parts().state.delete_rollout(name).await?;
         self.converge_app(&app, <[ContainerRecord]>::is_empty)
             .await?;
         Ok(proto::ActionReply {
@@ -341,6 +520,20 @@ fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<>
             .count();
         running_current == replicas as usize && records.len() == replicas as usize
     }
+}
+
+/// `--rollout-timeout`: absent (the default deadline) or 1s to 1h.
+fn rollout_timeout(value: &str) -> Result<Option<u64>, ApiError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let ms = validate::duration("rollout timeout", value)?;
+    if !(1000..=MAX_ROLLOUT_TIMEOUT_MS).contains(&ms) {
+        return Err(ApiError::invalid(format!(
+            "invalid rollout timeout {value:?}: expected 1s to 1h"
+        )));
+    }
+    Ok(Some(ms))
 }
 
 /// Everything about a deploy request that can be checked without side effects.

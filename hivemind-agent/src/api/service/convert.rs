@@ -139,6 +139,7 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .unwrap_or(u32::MAX),
         service_names: Vec::new(),
         endpoints: Vec::new(),
+        rollout: String::new(),
     }
 }
 

@@ -357,6 +357,7 @@ function appPage(name) {
         fact("Labels", tags(Object.entries(app.labels || {}).map(([k, v]) => `${k}=${v}`))),
         fact("Limits", limits(app)),
         fact("Generation", app.generation),
+        fact("Rollout", app.rollout || "—"),
         fact("Created", when(app.created_at_ms)),
         fact("Updated", when(app.updated_at_ms))));
       replace(containers, h("h2", {}, `Containers (${app.containers.length})`), containerTable(app.containers, false));
