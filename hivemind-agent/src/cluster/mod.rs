@@ -427,6 +427,7 @@ impl Cluster {
                     state: record.state.as_str().into(),
                     local: record.name == self.inner.node_name,
                     name: record.name,
+                    tunnel: None,
                 }
             })
             .collect())
