@@ -66,7 +66,12 @@ fn http(from: &Replica, to: &Replica, secs: u32) -> bool {
     let out = in_container(
         from,
         "curl",
-        &["-sf", "-m", &secs.to_string(), &format!("http://{}/", to.ip)],
+        &[
+            "-sf",
+            "-m",
+            &secs.to_string(),
+            &format!("http://{}/", to.ip),
+        ],
     );
     out.status.success() && stdout(&out).contains("hivemind test image")
 }
@@ -285,7 +290,10 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
         );
         assert!(http(w, a, 5), "TCP {} -> {} across nodes", w.node, a.node);
     }
-    let (w1, a2) = (on(&web, Some(n1.name()), None), on(&api, Some(n2.name()), None));
+    let (w1, a2) = (
+        on(&web, Some(n1.name()), None),
+        on(&api, Some(n2.name()), None),
+    );
     let out = in_container(w1, "ip", &["-o", "link", "show", "eth0"]);
     assert!(
         stdout(&out).contains("mtu 1450"),
@@ -325,9 +333,15 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
     assert_eq!(tunnel["vxlan_port"], 4789, "{to_n2}");
     assert!(tunnel["tx_packets"].as_u64().unwrap_or(0) > 0, "{to_n2}");
     assert!(tunnel["rx_packets"].as_u64().unwrap_or(0) > 0, "{to_n2}");
-    assert!(tunnel["last_received_ms"].as_u64().unwrap_or(0) > 0, "{to_n2}");
+    assert!(
+        tunnel["last_received_ms"].as_u64().unwrap_or(0) > 0,
+        "{to_n2}"
+    );
     let table = n1.agent.cli_ok(&["node", "ls"]);
-    assert!(table.contains("TUNNEL TO") && table.contains("udp/4789"), "{table}");
+    assert!(
+        table.contains("TUNNEL TO") && table.contains("udp/4789"),
+        "{table}"
+    );
     let health = n1.agent.cli_ok(&["health"]);
     assert!(health.contains("TUNNEL TO"), "{health}");
 
@@ -343,7 +357,10 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
         Duration::from_secs(15),
         || (!http(d, a2, 2)).then_some(()),
     );
-    assert!(http(on(&web, Some(&d.node), None), a2, 5), "web -> api allowed");
+    assert!(
+        http(on(&web, Some(&d.node), None), a2, 5),
+        "web -> api allowed"
+    );
     assert!(http(w1, a2, 5), "web -> api allowed");
     assert!(!ping(w1, a2), "web -> api: only TCP 80");
     let denied = event(&events, Duration::from_secs(10), |e| {
@@ -375,10 +392,17 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
     let before = dropped(&n2, "dropped_not_member");
     let (mut watch, events) = monitor(&n2, &["--verdict", "drop"]);
     let out = stranger.run("curl", &["-sf", "-m", "3", &format!("http://{}/", a2.ip)]);
-    assert!(!out.status.success(), "a non-member reached api: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a non-member reached api: {}",
+        text(&out)
+    );
     let _ = stranger.run("ping", &["-c", "2", "-W", "1", &a2.ip]);
     let after = dropped(&n2, "dropped_not_member");
-    assert!(after > before, "non-member VXLAN counted: {before} -> {after}");
+    assert!(
+        after > before,
+        "non-member VXLAN counted: {before} -> {after}"
+    );
     let spoofed = event(&events, Duration::from_secs(10), |e| {
         e["reason"] == "dropped_not_member"
     });
@@ -388,7 +412,9 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
 
     // Containers come and go: a new replica on another node is reachable (its endpoint
     // synced), a removed app's endpoints leave the other nodes' maps.
-    let out = n1.agent.cli(&["app", "scale", "--name", "api", "--replicas", "4"]);
+    let out = n1
+        .agent
+        .cli(&["app", "scale", "--name", "api", "--replicas", "4"]);
     assert!(out.status.success(), "{}", text(&out));
     let api4 = replicas(&n1, "api", 4);
     let new = api4

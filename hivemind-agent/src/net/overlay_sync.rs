@@ -142,7 +142,10 @@ async fn follow(
     // only causes one extra pass.
     let (_, revision) = store.range(keys::NODES).await?;
     let mut watches = [
-        (keys::POLICIES, store.watch(keys::POLICIES, revision + 1).await?),
+        (
+            keys::POLICIES,
+            store.watch(keys::POLICIES, revision + 1).await?,
+        ),
         (keys::NODES, store.watch(keys::NODES, revision + 1).await?),
         (
             keys::CONTAINERS,
@@ -158,13 +161,21 @@ async fn follow(
     loop {
         if policies_changed {
             if let Err(err) = network.load_policies().await {
-                tracing::error!("loading policies changed elsewhere: {}", crate::error_chain(&err));
+                tracing::error!(
+                    "loading policies changed elsewhere: {}",
+                    crate::error_chain(&err)
+                );
             }
         }
         let want = read(state, node).await?;
         if applied.as_ref() != Some(&want) {
             apply(network, applied.as_ref(), &want).await?;
-            tracing::debug!(peers = want.peers.len(), tunnels = want.tunnels.len(), remotes = want.remotes.len(), "overlay maps updated");
+            tracing::debug!(
+                peers = want.peers.len(),
+                tunnels = want.tunnels.len(),
+                remotes = want.remotes.len(),
+                "overlay maps updated"
+            );
             *applied = Some(want);
         }
         let mut changed = vec![next_change(&mut watches).await?];
@@ -190,11 +201,7 @@ async fn apply(
 ) -> Result<(), SyncError> {
     let dataplane = network.dataplane();
     if before.map(|b| &b.peers) != Some(&want.peers) {
-        let peers = want
-            .peers
-            .iter()
-            .map(|ip| (*ip, Peer::default()))
-            .collect();
+        let peers = want.peers.iter().map(|ip| (*ip, Peer::default())).collect();
         dataplane.set_peers(peers).await?;
     }
     if before.map(|b| &b.tunnels) != Some(&want.tunnels) {
