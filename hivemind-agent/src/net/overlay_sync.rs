@@ -96,7 +96,7 @@ pub fn desired(
         .collect();
     remotes.sort_unstable();
     // Two records with one address (a replaced container whose old record lingers): the
-    // newest node wins deterministically; both are on the same node anyway (same /24).
+    // lower identity is kept, deterministically; both are on one node anyway (one /24).
     remotes.dedup_by_key(|r| r.0);
     Desired {
         peers,
@@ -159,13 +159,11 @@ async fn follow(
     // Loaded again on every (re)start of the watches: changes made meanwhile are covered.
     let mut policies_changed = true;
     loop {
-        if policies_changed {
-            if let Err(err) = network.load_policies().await {
-                tracing::error!(
-                    "loading policies changed elsewhere: {}",
-                    crate::error_chain(&err)
-                );
-            }
+        if policies_changed && let Err(err) = network.load_policies().await {
+            tracing::error!(
+                "loading policies changed elsewhere: {}",
+                crate::error_chain(&err)
+            );
         }
         let want = read(state, node).await?;
         if applied.as_ref() != Some(&want) {
@@ -217,12 +215,17 @@ type Watches = [(&'static str, WatchStream); 4];
 
 /// Waits for the next event on any watch; returns its prefix.
 async fn next_change(watches: &mut Watches) -> Result<&'static str, SyncError> {
-    let [(a_name, a), (b_name, b), (c_name, c), (d_name, d)] = watches;
+    let [
+        (policies_name, policies),
+        (nodes_name, nodes),
+        (containers_name, containers),
+        (identities_name, identities),
+    ] = watches;
     let (name, event) = tokio::select! {
-        e = a.next() => (*a_name, e),
-        e = b.next() => (*b_name, e),
-        e = c.next() => (*c_name, e),
-        e = d.next() => (*d_name, e),
+        event = policies.next() => (*policies_name, event),
+        event = nodes.next() => (*nodes_name, event),
+        event = containers.next() => (*containers_name, event),
+        event = identities.next() => (*identities_name, event),
     };
     match event {
         Some(Ok(_)) => Ok(name),

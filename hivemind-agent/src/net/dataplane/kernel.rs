@@ -691,7 +691,7 @@ impl Dataplane {
             .collect();
         let mut stale = Vec::new();
         let mut current = BTreeMap::new();
-        for entry in self.maps.endpoints.iter() {
+        for entry in &self.maps.endpoints {
             let (key, endpoint) = entry.map_err(map_err(names::MAP_ENDPOINTS))?;
             if endpoint.flags & FLAG_REMOTE == 0 {
                 continue;
