@@ -12,7 +12,7 @@ use crate::{
     cluster::{self, Cluster},
     config::AgentConfig,
     healthcheck::HealthMonitor,
-    net::{dataplane, network::NodeNetwork},
+    net::{dataplane, network::NodeNetwork, overlay_sync},
     paths,
     reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
@@ -102,6 +102,16 @@ async fn start_subsystems(
         .register(network.subnet(), network.node_ip())
         .await
         .context("registering the node")?;
+    // In a cluster the overlay follows the store for as long as the agent runs (the task
+    // ends with the runtime).
+    if cluster.config().is_some() {
+        overlay_sync::spawn(
+            state.clone(),
+            network.clone(),
+            config.node_name.clone(),
+            config.vxlan_port,
+        );
+    }
     let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
     HealthMonitor::new(
         state.clone(),

@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         "down" => stack::down(),
         "test" => test::run(&rest),
         "bench" => match rest.first().map(String::as_str) {
-            Some("overlay") | None | Some("list") => bench_overlay::run(&rest),
+            Some("overlay" | "list") | None => bench_overlay::run(&rest),
             _ => bench_api::run(&rest),
         },
         "" | "help" | "-h" | "--help" => {

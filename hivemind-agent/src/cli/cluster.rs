@@ -199,5 +199,41 @@ pub fn render_nodes(nodes: &[proto::NodeInfo]) -> String {
             output::ago(n.joined_at_ms),
         ]);
     }
-    table.render()
+    let mut out = table.render();
+    let tunnels: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| Some((n, n.tunnel.as_ref()?)))
+        .collect();
+    if !tunnels.is_empty() {
+        let mut table = output::Table::new(&[
+            "tunnel to",
+            "remote ip",
+            "vxlan",
+            "sent",
+            "received",
+            "last sent",
+            "last received",
+        ]);
+        for (n, t) in tunnels {
+            let when = |ms: u64| {
+                if ms == 0 {
+                    "never".to_owned()
+                } else {
+                    output::ago(ms)
+                }
+            };
+            table.row(vec![
+                n.name.clone(),
+                t.remote_ip.clone(),
+                format!("udp/{} (vni = app identity)", t.vxlan_port),
+                format!("{} pkts, {}", t.tx_packets, output::bytes(t.tx_bytes)),
+                format!("{} pkts, {}", t.rx_packets, output::bytes(t.rx_bytes)),
+                when(t.last_sent_ms),
+                when(t.last_received_ms),
+            ]);
+        }
+        out.push('\n');
+        out += &table.render();
+    }
+    out
 }

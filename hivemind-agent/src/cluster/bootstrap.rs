@@ -96,7 +96,7 @@ pub async fn node_ip(config: &AgentConfig) -> Result<Option<Ipv4Addr>, BootError
     match config.node_ip {
         Some(std::net::IpAddr::V4(ip)) => Ok(Some(ip)),
         Some(std::net::IpAddr::V6(_)) => Ok(None),
-        None => Ok(link::uplink(config.underlay_iface.as_deref())
+        None => Ok(link::uplink(config.underlay_iface.as_deref(), None)
             .await?
             .and_then(|u| u.ipv4)),
     }

@@ -330,10 +330,7 @@ impl Cluster {
         if existing.as_ref() != Some(&record) {
             nodes::put_node(&inner.store, &record).await?;
         }
-        Ok(nodes::LivenessHandle::spawn(
-            inner.store.clone(),
-            inner.node_name.clone(),
-        ))
+        Ok(nodes::LivenessHandle::start(inner.store.clone(), inner.node_name.clone()).await)
     }
 
     /// Stops the local etcd member (agent shutdown), or leaves it running for the next agent
@@ -427,6 +424,7 @@ impl Cluster {
                     state: record.state.as_str().into(),
                     local: record.name == self.inner.node_name,
                     name: record.name,
+                    tunnel: None,
                 }
             })
             .collect())

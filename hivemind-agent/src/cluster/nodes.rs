@@ -186,9 +186,23 @@ impl LivenessHandle {
     /// Starts renewing `name`'s liveness key in the background: a lease of [`LIVENESS_TTL`],
     /// renewed every [`KEEPALIVE_INTERVAL`]; a lease that expired anyway (the store was
     /// unreachable for longer than the TTL) is replaced by a new one.
-    pub fn spawn(store: Store, name: String) -> Self {
+    /// The first lease is taken before this returns, so the node is ready before anything
+    /// that reads readiness (the scheduler) starts; a store that fails here is retried in the
+    /// background like a lost lease.
+    pub async fn start(store: Store, name: String) -> Self {
+        let value = Liveness {
+            since_ms: now_ms(),
+            pid: std::process::id(),
+        };
+        let lease = match register(&store, &liveness_key(&name), &value).await {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!("registering the liveness lease: {err}");
+                None
+            }
+        };
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(keep_alive(store, name, stopped));
+        tokio::spawn(keep_alive(store, name, value, lease, stopped));
         Self { stop: Some(stop) }
     }
 
@@ -203,13 +217,14 @@ impl LivenessHandle {
     }
 }
 
-async fn keep_alive(store: Store, name: String, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+async fn keep_alive(
+    store: Store,
+    name: String,
+    value: Liveness,
+    mut lease: Option<LeaseId>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
     let key = liveness_key(&name);
-    let value = Liveness {
-        since_ms: now_ms(),
-        pid: std::process::id(),
-    };
-    let mut lease: Option<LeaseId> = None;
     let mut tick = tokio::time::interval(KEEPALIVE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -339,12 +354,11 @@ mod tests {
     async fn liveness_comes_and_goes_with_the_handle() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open_redb(&dir.path().join("s.redb")).expect("open");
-        let handle = LivenessHandle::spawn(store.clone(), "n1".into());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !is_ready(&store, "n1").await.expect("get") {
-            assert!(std::time::Instant::now() < deadline, "never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let handle = LivenessHandle::start(store.clone(), "n1".into()).await;
+        assert!(
+            is_ready(&store, "n1").await.expect("get"),
+            "ready as soon as the handle exists"
+        );
         assert_eq!(
             ready_nodes(&store).await.expect("ready"),
             BTreeSet::from(["n1".to_owned()])

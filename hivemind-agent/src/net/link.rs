@@ -247,17 +247,34 @@ async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), LinkError
         .map_err(netlink(format!("set {what} up")))
 }
 
-/// The uplink: the interface named `name`, or else the one the default route leaves by.
-/// `None` when there is no default route (an isolated node: nothing to publish ports on).
-pub async fn uplink(name: Option<&str>) -> Result<Option<Uplink>, LinkError> {
+/// The uplink: the interface named `name`, or else the one holding `address` (the node's
+/// underlay address, where the overlay arrives), or else the one the default route leaves by.
+/// `None` when there is none of these (an isolated node: nothing to publish ports on).
+pub async fn uplink(
+    name: Option<&str>,
+    address: Option<Ipv4Addr>,
+) -> Result<Option<Uplink>, LinkError> {
     let name = name.map(str::to_owned);
     with_netlink("hm-uplink", move |handle| async move {
+        let holder = match (&name, address) {
+            (None, Some(ip)) => link_holding(&handle, ip).await?,
+            _ => None,
+        };
         let link = if let Some(name) = name {
             Some(
                 find_link(&handle, &name)
                     .await?
                     .ok_or_else(|| LinkError::NotFound(name.clone()))?,
             )
+        } else if let Some(index) = holder {
+            handle
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_next()
+                .await
+                .map_err(netlink(format!("get the link holding {address:?}")))?
         } else {
             let mut routes = handle
                 .route()
@@ -325,6 +342,24 @@ pub async fn uplink(name: Option<&str>) -> Result<Option<Uplink>, LinkError> {
         }))
     })
     .await
+}
+
+/// Index of the interface that has `ip` among its addresses.
+async fn link_holding(handle: &Handle, ip: Ipv4Addr) -> Result<Option<u32>, LinkError> {
+    let mut addresses = handle.address().get().execute();
+    while let Some(address) = addresses
+        .try_next()
+        .await
+        .map_err(netlink("list addresses"))?
+    {
+        let holds = address.attributes.iter().any(|a| {
+            matches!(a, packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)
+        });
+        if holds {
+            return Ok(Some(address.header.index));
+        }
+    }
+    Ok(None)
 }
 
 /// Prepares the node's namespace: `hivemind0` with `gateway/32`, IPv4 forwarding, and the

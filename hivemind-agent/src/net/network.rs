@@ -127,7 +127,7 @@ impl NodeNetwork {
         let subnet = ipam::claim_subnet(state.store(), cluster_cidr, node).await?;
         let gateway = ipam::gateway(subnet);
         link::setup_node(subnet, gateway, cluster_cidr).await?;
-        let uplink = link::uplink(uplink_name).await?;
+        let uplink = link::uplink(uplink_name, node_ip).await?;
         let node_ip = node_ip.or_else(|| uplink.as_ref().and_then(|u| u.ipv4));
         let mtu = uplink.as_ref().map_or(DEFAULT_MTU, |u| u.mtu);
         let network = Self {

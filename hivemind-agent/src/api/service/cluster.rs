@@ -1,13 +1,25 @@
 //! Cluster membership: the node list, joining, the join token.
 
 use super::AgentService;
-use crate::{api::error::ApiError, proto};
+use crate::{api::error::ApiError, net::overlay_sync, proto};
 
 impl AgentService {
     pub async fn list_nodes(&self) -> Result<proto::ListNodesReply, ApiError> {
-        Ok(proto::ListNodesReply {
-            nodes: self.parts().cluster.list_nodes().await?,
-        })
+        let mut nodes = self.parts().cluster.list_nodes().await?;
+        self.annotate_tunnels(&mut nodes).await;
+        Ok(proto::ListNodesReply { nodes })
+    }
+
+    /// This node's tunnel to each other node, from the dataplane's per-peer statistics.
+    pub(super) async fn annotate_tunnels(&self, nodes: &mut [proto::NodeInfo]) {
+        let parts = self.parts();
+        let Some(settings) = parts.cluster.config() else {
+            return;
+        };
+        match parts.dataplane.peer_stats().await {
+            Ok(stats) => overlay_sync::annotate_tunnels(nodes, &stats, settings.vxlan_port),
+            Err(err) => tracing::warn!(error = %err, "cannot read the overlay's peer statistics"),
+        }
     }
 
     /// Joins this node to the cluster `host` belongs to; the agent restarts into it after

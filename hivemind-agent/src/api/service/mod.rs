@@ -87,6 +87,8 @@ impl AgentService {
         dataplane.node_ip = network.node_ip;
         dataplane.policies = network.policies;
         dataplane.endpoints = network.endpoints;
+        let mut nodes = parts.cluster.list_nodes().await.unwrap_or_default();
+        self.annotate_tunnels(&mut nodes).await;
         proto::HealthReply {
             version: crate::VERSION.into(),
             node_name: parts.node_name.clone(),
@@ -94,7 +96,7 @@ impl AgentService {
             store: Some(parts.state.store().status().await),
             runtime: Some(parts.runtime.status().await),
             dataplane: Some(dataplane),
-            nodes: parts.cluster.list_nodes().await.unwrap_or_default(),
+            nodes,
             cluster: Some(parts.cluster.status().await),
         }
     }

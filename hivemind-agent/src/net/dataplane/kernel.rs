@@ -670,6 +670,56 @@ impl Dataplane {
         )
     }
 
+    /// Makes the remote endpoints exactly `remotes` (address, identity, node underlay
+    /// address): adds and updates those, removes `FLAG_REMOTE` entries not among them (also
+    /// those an earlier run left pinned). Local endpoints are not touched.
+    pub fn set_remote_endpoints(
+        &mut self,
+        remotes: &[(Ipv4Addr, u32, Ipv4Addr)],
+    ) -> Result<(), DataplaneError> {
+        let wanted: BTreeMap<u32, Endpoint> = remotes
+            .iter()
+            .map(|&(ip, identity, node_ip)| {
+                let endpoint = Endpoint {
+                    identity,
+                    flags: FLAG_REMOTE,
+                    node_ip: wire(node_ip),
+                    ..Endpoint::default()
+                };
+                (wire(ip), endpoint)
+            })
+            .collect();
+        let mut stale = Vec::new();
+        let mut current = BTreeMap::new();
+        for entry in &self.maps.endpoints {
+            let (key, endpoint) = entry.map_err(map_err(names::MAP_ENDPOINTS))?;
+            if endpoint.flags & FLAG_REMOTE == 0 {
+                continue;
+            }
+            if wanted.contains_key(&key) {
+                current.insert(key, endpoint);
+            } else {
+                stale.push(key);
+            }
+        }
+        for (key, endpoint) in &wanted {
+            if current.get(key) != Some(endpoint) {
+                self.maps
+                    .endpoints
+                    .insert(key, endpoint, 0)
+                    .map_err(map_err(names::MAP_ENDPOINTS))?;
+            }
+        }
+        for key in stale {
+            match self.maps.endpoints.remove(&key) {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(map_err(names::MAP_ENDPOINTS)(err)),
+            }
+        }
+        Ok(())
+    }
+
     /// Traffic per peer, summed over CPUs, in address order.
     pub fn peer_stats(&self) -> Result<Vec<PeerStat>, DataplaneError> {
         let now_wall = SystemTime::now();

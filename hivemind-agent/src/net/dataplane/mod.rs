@@ -140,6 +140,7 @@ enum Command {
         reply: Reply<()>,
     },
     RemoveEndpoint(Ipv4Addr, Reply<()>),
+    SetRemoteEndpoints(Vec<(Ipv4Addr, u32, Ipv4Addr)>, Reply<()>),
     SetPeers(Vec<(Ipv4Addr, Peer)>, Reply<()>),
     SetTunnels(Vec<(Ipv4Net, Ipv4Addr)>, Reply<()>),
     PeerStats(Reply<Vec<PeerStat>>),
@@ -238,6 +239,15 @@ impl DataplaneHandle {
             reply,
         })
         .await
+    }
+
+    /// Makes the remote endpoints exactly `remotes`: (container address, its app's identity,
+    /// the underlay address of its node). Local endpoints are left alone.
+    pub async fn set_remote_endpoints(
+        &self,
+        remotes: Vec<(Ipv4Addr, u32, Ipv4Addr)>,
+    ) -> Result<(), DataplaneError> {
+        self.ask(|r| Command::SetRemoteEndpoints(remotes, r)).await
     }
 
     /// Makes the cluster's members exactly `peers`: node underlay address → [`Peer`]. Only
@@ -376,6 +386,9 @@ async fn run(
                 reply,
             } => {
                 let _ = reply.send(dataplane.upsert_remote_endpoint(ip, identity, node_ip));
+            }
+            Command::SetRemoteEndpoints(remotes, reply) => {
+                let _ = reply.send(dataplane.set_remote_endpoints(&remotes));
             }
             Command::SetPeers(peers, reply) => {
                 let _ = reply.send(dataplane.set_peers(&peers));
