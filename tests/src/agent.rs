@@ -22,6 +22,9 @@ pub struct AgentOptions {
     pub containerd_socket: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub extra_args: Vec<String>,
+    /// `HIVEMIND_LOG`; defaults to `info,hivemind_agent=debug` (tests want the detail,
+    /// benchmarks want the default `info`).
+    pub log_filter: Option<String>,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,7 @@ pub struct Agent {
     socket: PathBuf,
     dir: TempDir,
     args: Vec<String>,
+    log_filter: String,
 }
 
 impl Agent {
@@ -73,6 +77,10 @@ impl Agent {
             socket,
             dir,
             args,
+            log_filter: options
+                .log_filter
+                .clone()
+                .unwrap_or_else(|| "info,hivemind_agent=debug".to_owned()),
         };
         agent.launch();
         agent
@@ -87,7 +95,7 @@ impl Agent {
             .arg(hivemind_bin());
         command
             .args(&self.args)
-            .env("HIVEMIND_LOG", "info,hivemind_agent=debug");
+            .env("HIVEMIND_LOG", &self.log_filter);
         self.process = Some(Process::spawn("hivemind agent", &mut command, &log));
         self.wait_ready();
     }

@@ -2,6 +2,7 @@
 //! no dependency on the agent, whose build needs bpf-linker); it installs the pinned toolchains
 //! and runs the real builds as `cargo +<pinned> ...`.
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -23,6 +24,9 @@ tasks:
                with the web UI on http://127.0.0.1:3000
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
+  bench [NAME...] [--quick] [--reps N]
+               release build, then the named benchmarks (root); without a name, list them.
+               Tables on stdout, JSON results under target/bench/
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => test::run(&rest),
+        "bench" => bench::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
