@@ -27,7 +27,7 @@ use hivemind_common::{
 };
 
 use crate::{
-    maps::{ENDPOINTS, EVENTS, NAT, PORTS, config, count, count_policy},
+    maps::{ENDPOINTS, EVENTS, NAT, PORTS, config, count, count_policy, events_wakeup_flags},
     packet::{self, Flow, PROTO_TCP, PROTO_UDP, ParseError, Parsed},
     policy::{CtState, Decision, ct_create, ct_lookup, evaluate, forward_key, identity_of},
 };
@@ -129,7 +129,7 @@ fn conclude(ctx: &TcContext, flow: Option<&Flow>, verdict: &Verdict) -> i32 {
             event.protocol = flow.protocol;
         }
         // A full ring loses the event, never the packet.
-        let _ = EVENTS.output_untyped(&event, 0);
+        let _ = EVENTS.output_untyped(&event, events_wakeup_flags());
     }
     verdict.action
 }
