@@ -89,9 +89,21 @@ pub fn self_exe() -> PathBuf {
     std::env::current_exe().expect("the path of hivemind-bench itself")
 }
 
-/// `hivemind-bench TOOL ARGS` inside `netns`, pinned to `cpu` with taskset.
+/// Niceness of the processes that make measured traffic. The machine is shared (other
+/// people's compile jobs run at nice 0); a modest boost keeps their share of a measurement
+/// small without starving them, and applies to every path alike.
+pub const TRAFFIC_NICE: &str = "-10";
+
+/// `PROGRAM` inside `netns` at [`TRAFFIC_NICE`]; add its arguments to the result.
+pub fn traffic(netns: &Netns, program: &str) -> Command {
+    let mut command = netns.command("nice");
+    command.args(["-n", TRAFFIC_NICE, program]);
+    command
+}
+
+/// `hivemind-bench TOOL ARGS` inside `netns` at [`TRAFFIC_NICE`], pinned to `cpu`.
 pub fn tool_in(netns: &Netns, cpu: u32, tool: &str, args: &[String]) -> Command {
-    let mut command = netns.command("taskset");
+    let mut command = traffic(netns, "taskset");
     command
         .arg("-c")
         .arg(cpu.to_string())

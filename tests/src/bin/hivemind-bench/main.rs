@@ -86,12 +86,14 @@ fn run(args: &[String]) -> ExitCode {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         eprintln!("bench {}: starting", bench.name);
+        let load_before = report::loadavg();
         // Fixtures panic with a message when something cannot be set up; their guards clean
         // up while the panic unwinds. A failed bench must not stop the next one.
         let outcome = std::panic::catch_unwind(|| (bench.run)(&options));
         match outcome {
             Ok(mut report) => {
                 report.elapsed_secs = started.elapsed().as_secs_f64();
+                report.load = (load_before, report::loadavg());
                 print!("{}", report.render());
                 match report.write(&options.out, started_unix) {
                     Ok(path) => println!("\nresults: {}", path.display()),

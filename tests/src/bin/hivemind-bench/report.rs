@@ -53,15 +53,28 @@ impl Samples {
         self.sorted().last().copied().unwrap_or(f64::NAN)
     }
 
-    /// Median of the per-repetition ratios `self[i] / base[i]` when both were taken in the
-    /// same rounds (the paired ratio, which cancels slow drifts of the machine); the ratio of
-    /// the medians otherwise.
+    /// The per-round ratios `self[i] / base[i]`, when both were taken in the same rounds.
+    pub fn paired_ratios(&self, base: &Self) -> Option<Vec<f64>> {
+        (self.0.len() == base.0.len() && !self.0.is_empty())
+            .then(|| self.0.iter().zip(&base.0).map(|(a, b)| a / b).collect())
+    }
+
+    /// Median of the per-round ratios (the paired ratio, which cancels slow drifts of the
+    /// machine); the ratio of the medians when the rounds do not pair up.
     pub fn ratio_to(&self, base: &Self) -> f64 {
-        if self.0.len() == base.0.len() && !self.0.is_empty() {
-            let ratios: Vec<f64> = self.0.iter().zip(&base.0).map(|(a, b)| a / b).collect();
-            median(&ratios)
-        } else {
-            self.median() / base.median()
+        self.paired_ratios(base)
+            .map_or_else(|| self.median() / base.median(), |r| median(&r))
+    }
+
+    /// `1.05x` or, with several paired rounds, `1.05x (0.93-1.12)`: the spread of the
+    /// per-round ratios says how much to trust the median.
+    fn ratio_text(&self, base: &Self) -> String {
+        match self.paired_ratios(base) {
+            Some(r) if r.len() > 1 => {
+                let s = Samples(r);
+                format!("{:.2}x ({:.2}-{:.2})", s.median(), s.min(), s.max())
+            }
+            _ => format!("{:.2}x", self.ratio_to(base)),
         }
     }
 
@@ -150,6 +163,12 @@ impl Table {
         (!ours.is_empty() && !base.is_empty()).then(|| ours.ratio_to(base))
     }
 
+    /// The per-round ratios of column 0 to `column` in the row named `metric`.
+    pub fn paired_ratios(&self, metric: &str, column: usize) -> Option<Vec<f64>> {
+        let row = self.rows.iter().find(|r| r.metric == metric)?;
+        row.cells.first()?.paired_ratios(row.cells.get(column)?)
+    }
+
     pub fn median(&self, metric: &str, column: usize) -> Option<f64> {
         let row = self.rows.iter().find(|r| r.metric == metric)?;
         row.cells
@@ -179,7 +198,7 @@ impl Table {
                 line.push(if ours.is_empty() || base.is_empty() {
                     "-".to_owned()
                 } else {
-                    format!("{:.2}x", ours.ratio_to(base))
+                    ours.ratio_text(base)
                 });
             }
             lines.push(line);
@@ -225,8 +244,11 @@ impl Table {
                         (column.clone(), if cell.is_empty() { Value::Null } else { cell.to_json() })
                     }).collect::<serde_json::Map<String, Value>>(),
                     "ratios": self.columns[1..].iter().zip(&row.cells[1..]).filter(|_| self.ratios).map(|(column, base)| {
-                        let ratio = (!ours.is_empty() && !base.is_empty()).then(|| ours.ratio_to(base));
-                        (column.clone(), ratio.map_or(Value::Null, |r| json!(r)))
+                        let ratio = (!ours.is_empty() && !base.is_empty()).then(|| json!({
+                            "median": ours.ratio_to(base),
+                            "paired": ours.paired_ratios(base),
+                        }));
+                        (column.clone(), ratio.unwrap_or(Value::Null))
                     }).collect::<serde_json::Map<String, Value>>(),
                 })
             }).collect::<Vec<_>>(),
@@ -272,6 +294,8 @@ pub struct Report {
     /// Observations printed after the tables.
     pub notes: Vec<String>,
     pub elapsed_secs: f64,
+    /// `/proc/loadavg` before and after the run: how busy the (shared) machine was.
+    pub load: (String, String),
 }
 
 impl Report {
@@ -281,6 +305,17 @@ impl Report {
             quick,
             ..Self::default()
         }
+    }
+
+    /// `got` for a ratio target: the paired median, and in how many rounds the ratio alone
+    /// would have met `wanted` (by `meets`).
+    pub fn ratio_got(rounds: &[f64], meets: impl Fn(f64) -> bool) -> String {
+        let met = rounds.iter().filter(|r| meets(**r)).count();
+        format!(
+            "{:.2}x ({met} of {} rounds meet it)",
+            median(rounds),
+            rounds.len()
+        )
     }
 
     pub fn target(&mut self, name: &str, want: &str, got: String, met: bool) {
@@ -304,6 +339,11 @@ impl Report {
         for line in &self.method {
             let _ = writeln!(out, "  {line}");
         }
+        let _ = writeln!(
+            out,
+            "  load average (1, 5, 15 min) before: {}; after: {} — other work on the machine skews wall-clock numbers",
+            self.load.0, self.load.1
+        );
         for table in &self.tables {
             table.render(&mut out);
         }
@@ -335,6 +375,8 @@ impl Report {
             "quick": self.quick,
             "started_unix": started_unix,
             "elapsed_secs": self.elapsed_secs,
+            "loadavg_before": self.load.0,
+            "loadavg_after": self.load.1,
             "host": host(),
             "method": self.method,
             "tables": self.tables.iter().map(Table::to_json).collect::<Vec<_>>(),
@@ -376,8 +418,17 @@ fn host() -> Value {
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "cpu": cpu,
         "hostname": read("/proc/sys/kernel/hostname"),
-        "loadavg": read("/proc/loadavg"),
     })
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -404,9 +455,9 @@ mod tests {
         row.cells[1] = Samples(vec![5.0, 6.0]);
         let mut out = String::new();
         t.render(&mut out);
-        assert!(out.contains("2.00x"), "{out}");
+        assert!(out.contains("2.00x (2.00-2.00)"), "{out}");
         let json = t.to_json();
-        assert_eq!(json["rows"][0]["ratios"]["base"], 2.0);
+        assert_eq!(json["rows"][0]["ratios"]["base"]["median"], 2.0);
         assert_eq!(json["rows"][0]["values"]["ours"]["median"], 11.0);
     }
 }

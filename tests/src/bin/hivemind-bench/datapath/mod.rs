@@ -13,7 +13,7 @@ use hivemind_tests::Process;
 
 use crate::{
     Bench, Options, Report,
-    common::{check_interrupted, interleave, ms, self_exe, tool_in},
+    common::{TRAFFIC_NICE, check_interrupted, interleave, ms, self_exe, tool_in, traffic},
     report::{Better, Samples, Table},
 };
 use policy::{HivemindFlood, IptablesHost, RULE_COUNTS, RuleSet, TestRunProbe};
@@ -33,8 +33,8 @@ const RR: &str = "1-byte request/response, pinned";
 
 fn run(options: &Options) -> Report {
     let mut report = Report::new("datapath", options.quick);
-    let reps = options.reps(5, 1);
-    let iperf_secs = options.pick(4, 2);
+    let reps = options.reps(7, 1);
+    let iperf_secs = options.pick(3, 2);
     let rr_secs = options.pick(3.0, 1.0);
     let flood_reps = options.reps(5, 1);
     let flood_secs = options.pick(2.0, 1.0);
@@ -45,7 +45,7 @@ fn run(options: &Options) -> Report {
             "throughput: {reps} rounds; in each, every metric runs on every path, the path order rotating per round; ratios are medians of per-round ratios"
         ),
         format!(
-            "iperf3 -t {iperf_secs} -O 1 (first second omitted), unpinned; RR: one TCP connection, 1 byte each way, TCP_NODELAY, {rr_secs} s, client and server both pinned to CPU 0 (taskset)"
+            "iperf3 -t {iperf_secs} -O 1 (first second omitted), unpinned; RR: one TCP connection, 1 byte each way, TCP_NODELAY, {rr_secs} s, client and server both pinned to CPU 0 (taskset); every traffic process runs at nice {TRAFFIC_NICE}"
         ),
         format!(
             "policy test-run: hm_to_container under BPF_PROG_TEST_RUN, repeat {run_repeat}, {run_reps} rounds over every rule count, kernel-measured ns/run"
@@ -74,7 +74,7 @@ struct Path {
 impl Path {
     fn new(hosts: Box<dyn Hosts>) -> Self {
         let logs = tempfile::tempdir().expect("log dir");
-        let mut command = hosts.server().command("iperf3");
+        let mut command = traffic(hosts.server(), "iperf3");
         command.args(["-s", "-p", IPERF_PORT]);
         let iperf = Process::spawn("iperf3 -s", &mut command, &logs.path().join("iperf3.log"));
         let mut command = tool_in(
@@ -98,9 +98,8 @@ impl Path {
         let mut last = String::new();
         // The server may still be starting, or busy finishing the previous test.
         for _ in 0..5 {
-            let out = self.hosts.client().run(
-                "iperf3",
-                &[
+            let out = traffic(self.hosts.client(), "iperf3")
+                .args([
                     "-c",
                     &ip,
                     "-p",
@@ -114,8 +113,9 @@ impl Path {
                     "-J",
                     "--connect-timeout",
                     "2000",
-                ],
-            );
+                ])
+                .output()
+                .expect("run iperf3");
             let text = String::from_utf8_lossy(&out.stdout);
             if out.status.success()
                 && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
@@ -214,12 +214,14 @@ fn throughput(report: &mut Report, reps: usize, iperf_secs: u32, rr_secs: f64) {
 
     for (metric, label) in [(TCP_1, "TCP 1 stream"), (TCP_4, "TCP 4 streams")] {
         for (column, base) in [(1, "bridge"), (2, "bridge with bridge-nf off")] {
+            let rounds = table.paired_ratios(metric, column).unwrap_or_default();
             let ratio = table.ratio(metric, column).unwrap_or(f64::NAN);
             report.target(
                 &format!("{label} vs {base}"),
                 ">= 1.00x",
                 format!(
-                    "{ratio:.2}x ({:.1} vs {:.1} Gbit/s)",
+                    "{}; {:.2} vs {:.2} Gbit/s",
+                    Report::ratio_got(&rounds, |r| r >= 1.0),
                     table.median(metric, 0).unwrap_or(f64::NAN),
                     table.median(metric, column).unwrap_or(f64::NAN)
                 ),
@@ -302,7 +304,7 @@ fn flood_tables(report: &mut Report, sets: &[RuleSet], reps: usize, secs: f64) -
         ],
     );
     let mut load = Table::new(
-        "loading a rule set (ms)",
+        "loading a rule set (ms; hivemind: replace_policy over whichever set the interleaving left, stale CIDR identities removed after the swap; iptables: iptables-nft-restore into an empty namespace, once)",
         &["hivemind replace_policy", "iptables-nft-restore"],
     );
     for (set, host) in sets.iter().zip(&theirs) {
