@@ -260,7 +260,7 @@ fn policy_cost(
     let growth = growth_table(&sets, &run_table, &flood_table);
     policy_targets(report, &growth);
     report.notes.push("the flood's hivemind path drops in hm_from_container on the sender's host veth, before any IP processing; iptables drops in the target's INPUT hook after IP input and routing — an early drop is part of what is being compared".to_owned());
-    report.notes.push("a drop also writes a verdict event to the ring buffer (the agent's reader drains it); under test-run nothing drains it, so the deny column measures a full ring".to_owned());
+    report.notes.push("a drop also writes a verdict event to the ring buffer (the agent's reader drains it); under test-run nothing drains it, so the deny columns measure a full ring (the write fails fast)".to_owned());
     report.tables.push(flood_table);
     report.tables.push(run_table);
     report.tables.push(growth);
@@ -274,19 +274,26 @@ fn row_name(rules: usize) -> String {
 /// `BPF_PROG_TEST_RUN`: one dataplane per rule count, rounds interleaved over all of them.
 fn test_run_table(sets: &[RuleSet], reps: usize, repeat: u32) -> Table {
     let probes: Vec<TestRunProbe> = sets.iter().map(TestRunProbe::new).collect();
-    let (allowed, denied) = (policy::allowed_packet(), policy::denied_packet());
+    let packets = [
+        policy::allowed_packet(),
+        policy::denied_packet(),
+        policy::flood_packet(),
+    ];
     let mut table = Table::new(
-        "policy program hm_to_container under BPF_PROG_TEST_RUN (ns/packet, median of rounds)",
-        &["allowed (rule hit)", "default deny (every probe misses)"],
+        "policy programs under BPF_PROG_TEST_RUN (ns/packet, median of rounds)",
+        &[
+            "hm_to_container, allowed (rule hit)",
+            "hm_to_container, default deny",
+            "hm_from_container, the flood's drop",
+        ],
     )
     .without_ratios();
     for set in sets {
         table.row(row_name(set.rules), "ns/pkt", Better::Lower);
     }
-    interleave(reps, probes.len() * 2, |_, v| {
-        let (i, kind) = (v / 2, v % 2);
-        let packet = if kind == 0 { &allowed } else { &denied };
-        table.rows[i].cells[kind].push(probes[i].ns_per_packet(packet, repeat));
+    interleave(reps, probes.len() * packets.len(), |_, v| {
+        let (i, kind) = (v / packets.len(), v % packets.len());
+        table.rows[i].cells[kind].push(probes[i].ns_per_packet(&packets[kind], repeat));
     });
     table
 }
@@ -349,19 +356,21 @@ fn growth_table(sets: &[RuleSet], run: &Table, flood: &Table) -> Table {
     let mut growth = Table::new(
         "growth of the per-packet cost over 10 rules (x, median of per-round ratios)",
         &[
-            "hivemind test-run, hit",
-            "hivemind test-run, deny",
+            "test-run, hit",
+            "test-run, deny",
+            "test-run, flood's drop",
             "hivemind flood",
             "iptables flood",
         ],
     )
     .without_ratios();
     for (row, set) in sets.iter().enumerate().skip(1) {
-        let cells = [(run, 0), (run, 1), (flood, 0), (flood, 1)].map(|(table, column)| {
-            let at_n = &table.rows[row].cells[column];
-            let at_10 = &table.rows[0].cells[column];
-            Samples(at_n.0.iter().zip(&at_10.0).map(|(a, b)| a / b).collect())
-        });
+        let cells =
+            [(run, 0), (run, 1), (run, 2), (flood, 0), (flood, 1)].map(|(table, column)| {
+                let at_n = &table.rows[row].cells[column];
+                let at_10 = &table.rows[0].cells[column];
+                Samples(at_n.0.iter().zip(&at_10.0).map(|(a, b)| a / b).collect())
+            });
         growth
             .row(format!("{} / 10 rules", set.rules), "x", Better::Lower)
             .cells = cells.to_vec();
@@ -384,11 +393,12 @@ fn policy_targets(report: &mut Report, growth: &Table) {
                 }
             })
     };
-    let iptables = growth.rows.last().map_or(f64::NAN, |r| r.cells[3].median());
+    let iptables = growth.rows.last().map_or(f64::NAN, |r| r.cells[4].median());
     for (column, what) in [
         (0, "test-run, rule hit"),
         (1, "test-run, default deny"),
-        (2, "UDP flood"),
+        (2, "test-run, the flood's drop"),
+        (3, "UDP flood"),
     ] {
         let w = worst(column);
         report.target(

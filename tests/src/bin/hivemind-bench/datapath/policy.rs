@@ -45,6 +45,9 @@ use hivemind_tests::{
 };
 
 use super::topology::{CLIENT_IP, HivemindNode, SERVER_IP, rx_packets};
+
+/// The flood sender's address in test runs (a third endpoint).
+const FLOOD_SENDER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 4);
 use crate::common::{ensure_ok, tool_in};
 
 pub const RULE_COUNTS: [usize; 4] = [10, 1_000, 10_000, 100_000];
@@ -122,6 +125,16 @@ impl TestRunProbe {
             .expect("server endpoint");
         dp.upsert_endpoint(CLIENT_IP, endpoint(CLIENT_IDENTITY, 2))
             .expect("client endpoint");
+        // The flood's sender, for hm_from_container: test-run packets arrive on the loopback
+        // device, and the program only accepts the source bound to the interface it runs on.
+        dp.upsert_endpoint(
+            FLOOD_SENDER_IP,
+            Endpoint {
+                ifindex: 1,
+                ..endpoint(UNNAMED_IDENTITY, 4)
+            },
+        )
+        .expect("flood sender endpoint");
         dp.set_config(Config {
             gateway_ip: u32::from_ne_bytes([10, 244, 0, 1]),
             ..Config::default()
@@ -143,32 +156,66 @@ impl TestRunProbe {
             "{} rules: app-1 → app-0:{FLOOD_PORT}/udp should hit the default deny",
             set.rules
         );
+        assert_eq!(
+            probe.run(&flood_packet(), 1).0,
+            TC_ACT_SHOT,
+            "{} rules: the flood's packet should be dropped by hm_from_container",
+            set.rules
+        );
         probe
     }
 
-    fn run(&self, packet: &[u8], repeat: u32) -> (i32, Duration) {
+    /// The flood's packet goes to `hm_from_container` (the sender's side, egress then the
+    /// receiver's ingress); the others to `hm_to_container` (ingress only).
+    fn run(&self, packet: &Probe, repeat: u32) -> (i32, Duration) {
+        let kind = if packet.from_container {
+            ProgramKind::FromContainer
+        } else {
+            ProgramKind::ToContainer
+        };
         let out = self
             .dp
-            .test_run(ProgramKind::ToContainer, packet, repeat)
+            .test_run(kind, &packet.bytes, repeat)
             .expect("test run");
         (out.action, out.duration)
     }
 
-    /// Nanoseconds per run of `hm_to_container` on `packet`, averaged by the kernel over
-    /// `repeat` runs.
-    pub fn ns_per_packet(&self, packet: &[u8], repeat: u32) -> f64 {
+    /// Nanoseconds per run of the program on `packet`, averaged by the kernel over `repeat`
+    /// runs.
+    pub fn ns_per_packet(&self, packet: &Probe, repeat: u32) -> f64 {
         self.run(packet, repeat).1.as_secs_f64() * 1e9
     }
 }
 
+/// A crafted packet and the program it is for.
+pub struct Probe {
+    bytes: Vec<u8>,
+    from_container: bool,
+}
+
 /// TCP SYN app-1 → app-0:1024, allowed by the first rule of every set.
-pub fn allowed_packet() -> Vec<u8> {
-    Packet::tcp(CLIENT_IP, 40_000, SERVER_IP, ALLOWED_PORT, SYN).build()
+pub fn allowed_packet() -> Probe {
+    Probe {
+        bytes: Packet::tcp(CLIENT_IP, 40_000, SERVER_IP, ALLOWED_PORT, SYN).build(),
+        from_container: false,
+    }
 }
 
 /// UDP app-1 → app-0:9: every probe misses, the enforced ingress drops it.
-pub fn denied_packet() -> Vec<u8> {
-    Packet::udp(CLIENT_IP, 40_000, SERVER_IP, FLOOD_PORT).build()
+pub fn denied_packet() -> Probe {
+    Probe {
+        bytes: Packet::udp(CLIENT_IP, 40_000, SERVER_IP, FLOOD_PORT).build(),
+        from_container: false,
+    }
+}
+
+/// The flood's packet as the sender's host veth sees it: from an app no policy names (its
+/// egress is open) to app-0:9/udp (every probe of app-0's ingress misses: default deny).
+pub fn flood_packet() -> Probe {
+    Probe {
+        bytes: Packet::udp(FLOOD_SENDER_IP, 40_000, SERVER_IP, FLOOD_PORT).build(),
+        from_container: true,
+    }
 }
 
 /// One flood.
