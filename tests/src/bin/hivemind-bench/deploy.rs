@@ -48,6 +48,7 @@ fn run(options: &Options) -> Report {
         format!("scale: {scale_reps} rounds; `hivemind app scale` 0→20 and 20→0 of one app, next to 20 `ctr run -d` / `ctr tasks rm -f` 8 at a time"),
         "wall clock of the command a user types, from start to exit; both return once the task runs; cleanup between rounds is not timed".to_owned(),
         "release agent in a namespace with the harness registry and a private containerd; the image is pulled once before timing".to_owned(),
+        format!("agent binary: {}", hivemind_tests::util::hivemind_bin().display()),
     ];
 
     let node = SingleNode::start_with(&AgentOptions {

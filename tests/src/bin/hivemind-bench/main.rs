@@ -78,6 +78,7 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    use_sibling_agent();
     common::install_interrupt_handler();
     let mut failed = Vec::new();
     for bench in names {
@@ -122,6 +123,20 @@ fn run(args: &[String]) -> ExitCode {
     } else {
         eprintln!("hivemind-bench: failed: {}", failed.join(", "));
         ExitCode::FAILURE
+    }
+}
+
+/// Benches drive the `hivemind` binary `$HIVEMIND_BIN` names (as `cargo xtask bench` sets
+/// it); run by hand, they use the one built beside this binary (the release build), not the
+/// fixtures' default debug build.
+fn use_sibling_agent() {
+    if std::env::var_os("HIVEMIND_BIN").is_some() {
+        return;
+    }
+    let sibling = common::self_exe().with_file_name("hivemind");
+    if sibling.exists() {
+        // SAFETY: called at the start of `main`, before this process starts any thread.
+        unsafe { std::env::set_var("HIVEMIND_BIN", &sibling) };
     }
 }
 
