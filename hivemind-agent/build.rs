@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
         // One API model for both transports: the REST API serves these same messages as JSON.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".", "#[serde(default)]")
+        // ... and documents them in the OpenAPI schema it serves.
+        .type_attribute(".", "#[derive(utoipa::ToSchema)]")
         .compile_protos(&["proto/hivemind.proto"], &["proto"])
         .context("compiling proto/hivemind.proto (is protoc installed? run `cargo xtask setup`)")?;
     Ok(())

@@ -73,6 +73,9 @@ pub struct AgentArgs {
     /// Log format on stderr: text or json [default: text].
     #[arg(long, env = "HIVEMIND_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Print the REST API's bearer token (made if there is none yet in the data dir) and exit.
+    #[arg(long)]
+    pub print_token: bool,
 }
 
 /// The config file: the same settings as the flags.

@@ -9,7 +9,8 @@ use crate::{
         service::{AgentService, Parts},
     },
     config::AgentConfig,
-    net::dataplane,
+    healthcheck::HealthMonitor,
+    net::{dataplane, network::NodeNetwork},
     paths,
     reconcile::{Lifecycle, Reconciler},
     runtime::{Runtime, netns::NetnsDir},
@@ -20,7 +21,13 @@ use crate::{
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, node = %config.node_name, data_dir = %config.data_dir.root().display(), "starting");
+    let service = start_subsystems(&config).await?;
+    serve(&config, service).await
+}
 
+/// Store, dataplane, runtime, node network, reconciler and health monitor, wired into the
+/// service the APIs serve.
+async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> {
     let store = if config.etcd_endpoints.is_empty() {
         Store::open_redb(&config.data_dir.store_db())?
     } else {
@@ -39,6 +46,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Err(err) => tracing::warn!("{err}"),
     }
 
+    let node_ip = match config.node_ip {
+        Some(std::net::IpAddr::V4(ip)) => Some(ip),
+        Some(std::net::IpAddr::V6(ip)) => anyhow::bail!("--node-ip {ip}: the overlay is IPv4 only"),
+        None => None,
+    };
+    let network = NodeNetwork::start(
+        state.clone(),
+        dataplane.clone(),
+        &config.node_name,
+        config.cluster_cidr,
+        config.underlay_iface.as_deref(),
+        node_ip,
+    )
+    .await
+    .context("setting up the node's container network")?;
+
     let volumes = VolumeDirs::new(config.data_dir.volumes());
     let lifecycle = Lifecycle::new(
         runtime.clone(),
@@ -47,18 +70,35 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.data_dir.containers(),
         volumes.clone(),
         NetnsDir::new(paths::netns_dir(&config.node_name)),
+        network.clone(),
     );
     let reconciler = Reconciler::new(lifecycle, state.clone(), config.node_name.clone()).spawn();
+    HealthMonitor::new(
+        state.clone(),
+        runtime.clone(),
+        config.node_name.clone(),
+        config.data_dir.containers(),
+    )
+    .spawn();
 
-    let service = AgentService::new(Parts {
+    Ok(AgentService::new(Parts {
         node_name: config.node_name.clone(),
         state,
         runtime,
         dataplane,
+        network,
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),
-    });
+    }))
+}
+
+/// gRPC on the socket, REST and the UI on the API address, until SIGTERM or SIGINT.
+async fn serve(config: &AgentConfig, service: AgentService) -> anyhow::Result<()> {
+    let token = rest::security::load_or_create_token(&config.data_dir.api_token())?;
+    if !config.api_addr.ip().is_loopback() {
+        tracing::info!(api = %config.api_addr, token_file = %config.data_dir.api_token().display(), "the REST API is not on loopback: requests need the bearer token");
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -78,8 +118,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(grpc::serve(grpc_listener, service.clone(), stopped()));
     let rest_task = tokio::spawn({
         let shutdown = stopped();
+        let api_addr = config.api_addr;
         async move {
-            axum::serve(rest_listener, rest::router(service))
+            axum::serve(rest_listener, rest::router(service, api_addr, token))
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod healthcheck;
 pub mod model;
 pub mod net;
 pub mod paths;
@@ -31,3 +32,19 @@ pub mod proto {
 
 /// The version every component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error and its sources on one line (`a: b: c`), for logs: `thiserror` messages name only
+/// their own layer.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

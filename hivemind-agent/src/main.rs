@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hivemind_agent::{cli, config, daemon, telemetry};
+use hivemind_agent::{api, cli, config, daemon, telemetry};
 
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: config::AgentArgs) -> ExitCode {
+    let print_token = args.print_token;
     let config = match config::AgentConfig::load(args) {
         Ok(config) => config,
         Err(err) => {
@@ -28,6 +29,18 @@ fn run_agent(args: config::AgentArgs) -> ExitCode {
             return ExitCode::from(cli::EXIT_USAGE);
         }
     };
+    if print_token {
+        return match api::rest::security::load_or_create_token(&config.data_dir.api_token()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("hivemind agent: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(err) = telemetry::init(config.log_format) {
         eprintln!("hivemind agent: {err}");
         return ExitCode::from(cli::EXIT_USAGE);

@@ -10,6 +10,12 @@ pub mod keys {
     pub const APPS: &str = "/hivemind/apps/";
     pub const CONTAINERS: &str = "/hivemind/containers/";
     pub const VOLUMES: &str = "/hivemind/volumes/";
+    pub const IDENTITIES: &str = "/hivemind/identities/";
+    pub const POLICIES: &str = "/hivemind/policies/";
+    pub const ASSIGNMENTS: &str = "/hivemind/assignments/";
+    /// Registered nodes, and their lease-backed liveness keys.
+    pub const NODES: &str = "/hivemind/nodes/";
+    pub const ALIVE: &str = "/hivemind/alive/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -19,6 +25,15 @@ pub mod keys {
     }
     pub fn volume(name: &str) -> String {
         format!("{VOLUMES}{name}")
+    }
+    pub fn identity(app: &str) -> String {
+        format!("{IDENTITIES}{app}")
+    }
+    pub fn policy(name: &str) -> String {
+        format!("{POLICIES}{name}")
+    }
+    pub fn assignments(app: &str) -> String {
+        format!("{ASSIGNMENTS}{app}")
     }
 }
 
@@ -96,6 +111,9 @@ pub struct AppSpec {
     pub cpu_millis: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a container stops.
     pub stop_timeout_secs: u32,
+    /// How to tell a replica is healthy (`--health-cmd`, `--health-http`, `--health-tcp`).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
     /// Bumped by every change that needs new containers (image, env, restart...).
     pub generation: u64,
     pub created_at_ms: u64,
@@ -108,6 +126,62 @@ impl AppSpec {
         let mut labels = self.labels.clone();
         labels.insert("app".into(), self.name.clone());
         labels
+    }
+}
+
+/// What a health check runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Probe {
+    /// A command run inside the container with `sh -c`; exit code 0 is healthy.
+    Cmd { command: String },
+    /// An HTTP GET of `path` on the container's `port`; a 2xx or 3xx status is healthy.
+    Http { port: u16, path: String },
+    /// A TCP connection to the container's `port`.
+    Tcp { port: u16 },
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cmd { command } => write!(f, "cmd {command:?}"),
+            Self::Http { port, path } => write!(f, "http {port}{path}"),
+            Self::Tcp { port } => write!(f, "tcp {port}"),
+        }
+    }
+}
+
+/// `--health-*`: what to check, how often, and how much failure makes a replica unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that make a healthy replica unhealthy.
+    pub retries: u32,
+    /// Failures during this time after a start do not count.
+    pub start_period_ms: u64,
+}
+
+/// A replica's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Started; no check has passed yet.
+    Starting,
+    Healthy,
+    /// Failed its check `retries` times in a row: out of DNS, the VIP and the router, and
+    /// restarted.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
     }
 }
 
@@ -170,6 +244,12 @@ pub struct ContainerRecord {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub history: Vec<StatusChange>,
+    /// The health check's verdict; `None` when the app has no health check.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Why the last check failed (its output, status or error), empty once it passes.
+    #[serde(default)]
+    pub health_detail: String,
 }
 
 impl ContainerRecord {
@@ -207,6 +287,19 @@ pub struct VolumeRecord {
     pub created_at_ms: u64,
 }
 
+/// A network policy as applied: its YAML document (one per record) and the small id the
+/// datapath's entries and counters carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub id: u32,
+    /// The policy as one YAML document (normalised: re-serialised from the parsed form).
+    pub yaml: String,
+    /// The file (or API request) it came from.
+    pub source: String,
+    pub applied_at_ms: u64,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -236,6 +329,8 @@ mod tests {
             created_at_ms: 0,
             started_at_ms: None,
             history: Vec::new(),
+            health: None,
+            health_detail: String::new(),
         };
         for i in 0..(HISTORY_LIMIT + 5) {
             record.transition(

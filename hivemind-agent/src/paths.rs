@@ -33,6 +33,11 @@ impl DataDir {
         self.root.join("containers")
     }
 
+    /// The REST API's bearer token (mode 0600), made at first start.
+    pub fn api_token(&self) -> PathBuf {
+        self.root.join("api-token")
+    }
+
     /// Named volumes: `<name>/_data`.
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")

@@ -1,8 +1,11 @@
 //! Typed access to Hivemind's records in the store: the only module that knows the key layout
 //! and the JSON encoding. Writes that must not race use compare-and-swap transactions.
 
+use std::collections::BTreeMap;
+
 use crate::{
-    model::{AppSpec, ContainerRecord, VolumeRecord, keys},
+    model::{AppSpec, ContainerRecord, PolicyRecord, VolumeRecord, keys},
+    reconcile::schedule::Assignments,
     store::{Compare, Op, Revision, Store, StoreError, Txn},
 };
 
@@ -98,6 +101,38 @@ impl State {
             .map(|_| ())
     }
 
+    /// Changes a record in place with compare-and-swap, retrying if it changed meanwhile, so
+    /// a writer of one field (health) never reverts another's (state). No-op if it is gone.
+    pub async fn update_container(
+        &self,
+        id: &str,
+        change: impl Fn(&mut ContainerRecord),
+    ) -> Result<(), StoreError> {
+        let key = keys::container(id);
+        loop {
+            let Some(entry) = self.store.get_json::<ContainerRecord>(&key).await? else {
+                return Ok(());
+            };
+            let mut record = entry.value;
+            change(&mut record);
+            let outcome = self
+                .store
+                .txn(Txn {
+                    compare: vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
+                    success: vec![Op::Put {
+                        key: key.clone(),
+                        value: json(&record),
+                        lease: 0,
+                    }],
+                    failure: Vec::new(),
+                })
+                .await?;
+            if outcome.succeeded {
+                return Ok(());
+            }
+        }
+    }
+
     pub async fn delete_container(&self, id: &str) -> Result<(), StoreError> {
         self.store.delete(&keys::container(id)).await.map(|_| ())
     }
@@ -131,6 +166,168 @@ impl State {
 
     pub async fn delete_volume(&self, name: &str) -> Result<bool, StoreError> {
         self.store.delete(&keys::volume(name)).await
+    }
+
+    // --- policies ---
+
+    pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<PolicyRecord>(keys::POLICIES)
+            .await?
+            .0
+            .into_iter()
+            .map(|entry| entry.value)
+            .collect())
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<PolicyRecord>(&keys::policy(name))
+            .await?
+            .map(|entry| entry.value))
+    }
+
+    /// Writes a whole set of policies in one transaction: all of them or none.
+    pub async fn put_policies(&self, records: &[PolicyRecord]) -> Result<(), StoreError> {
+        let success = records
+            .iter()
+            .map(|r| Op::Put {
+                key: keys::policy(&r.name),
+                value: json(r),
+                lease: 0,
+            })
+            .collect();
+        self.store
+            .txn(Txn {
+                compare: Vec::new(),
+                success,
+                failure: Vec::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        self.store.delete(&keys::policy(name)).await
+    }
+
+    // --- replica placement ---
+
+    /// Every app's slot → node assignments, with the revision to pass to
+    /// [`State::set_assignments`] (0 when the app has none yet).
+    pub async fn assignments(
+        &self,
+    ) -> Result<BTreeMap<String, (Assignments, Revision)>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<Assignments>(keys::ASSIGNMENTS)
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|entry| {
+                let app = entry.key.strip_prefix(keys::ASSIGNMENTS)?.to_owned();
+                Some((app, (entry.value, entry.mod_revision)))
+            })
+            .collect())
+    }
+
+    /// Replaces an app's assignments if they are still at `revision` (0: absent).
+    pub async fn set_assignments(
+        &self,
+        app: &str,
+        assignments: &Assignments,
+        revision: Revision,
+    ) -> Result<bool, StoreError> {
+        let key = keys::assignments(app);
+        let compare = if revision == 0 {
+            Compare::Absent(key.clone())
+        } else {
+            Compare::ModRevision(key.clone(), revision)
+        };
+        let outcome = self
+            .store
+            .txn(Txn {
+                compare: vec![compare],
+                success: vec![Op::Put {
+                    key,
+                    value: json(assignments),
+                    lease: 0,
+                }],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(outcome.succeeded)
+    }
+
+    pub async fn delete_assignments(&self, app: &str) -> Result<(), StoreError> {
+        self.store.delete(&keys::assignments(app)).await.map(|_| ())
+    }
+
+    // --- nodes ---
+
+    /// Every node of the cluster and whether it is ready (its lease-backed liveness key is
+    /// present). A node that has never joined a cluster is alone: itself, ready.
+    pub async fn cluster_nodes(&self, this_node: &str) -> Result<Vec<(String, bool)>, StoreError> {
+        let (registered, _) = self.store.range(keys::NODES).await?;
+        if registered.is_empty() {
+            return Ok(vec![(this_node.to_owned(), true)]);
+        }
+        let (alive, _) = self.store.range(keys::ALIVE).await?;
+        Ok(registered
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(keys::NODES))
+            .map(|name| {
+                let ready = alive
+                    .iter()
+                    .any(|kv| kv.key.strip_prefix(keys::ALIVE) == Some(name));
+                (name.to_owned(), ready)
+            })
+            .collect())
+    }
+
+    // --- identities (one per app, for policies) ---
+
+    /// The app's security identity, allocated on first use: the lowest free number from
+    /// `identity::FIRST_APP`.
+    pub async fn app_identity(&self, app: &str) -> Result<u32, StoreError> {
+        let key = keys::identity(app);
+        loop {
+            if let Some(entry) = self.store.get_json::<u32>(&key).await? {
+                return Ok(entry.value);
+            }
+            let taken: std::collections::BTreeSet<u32> =
+                self.identities().await?.into_values().collect();
+            let next = (hivemind_common::identity::FIRST_APP
+                ..hivemind_common::identity::FIRST_CIDR)
+                .find(|id| !taken.contains(id))
+                .unwrap_or(hivemind_common::identity::FIRST_APP);
+            if self.create_if_absent(key.clone(), json(&next)).await? {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Every app identity, by app name.
+    pub async fn identities(&self) -> Result<BTreeMap<String, u32>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<u32>(keys::IDENTITIES)
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|entry| {
+                Some((
+                    entry.key.strip_prefix(keys::IDENTITIES)?.to_owned(),
+                    entry.value,
+                ))
+            })
+            .collect())
+    }
+
+    pub async fn release_identity(&self, app: &str) -> Result<(), StoreError> {
+        self.store.delete(&keys::identity(app)).await.map(|_| ())
     }
 
     async fn create_if_absent(&self, key: String, value: Vec<u8>) -> Result<bool, StoreError> {

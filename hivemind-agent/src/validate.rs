@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{PortMapping, Protocol, VolumeMount};
+use crate::model::{HealthCheck, PortMapping, Probe, Protocol, VolumeMount};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field} {value:?}: {reason}")]
@@ -261,6 +261,173 @@ pub fn domain(value: &str) -> Result<(), InvalidInput> {
     }
 }
 
+/// `500ms`, `5s`, `2m`, `1h` (a bare number is seconds), in milliseconds.
+pub fn duration(field: &'static str, value: &str) -> Result<u64, InvalidInput> {
+    let value = value.trim();
+    let (number, unit_ms) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = value.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = value.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (value, 1000)
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .ok_or_else(|| invalid(field, value, "expected a duration such as 500ms, 5s or 1m"))
+}
+
+/// The raw `--health-*` settings.
+#[derive(Debug, Default)]
+pub struct HealthInput<'a> {
+    pub cmd: &'a str,
+    pub http: &'a str,
+    pub tcp: u32,
+    pub interval: &'a str,
+    pub timeout: &'a str,
+    pub retries: Option<u32>,
+    pub start_period: &'a str,
+}
+
+/// The health check, if one of `--health-cmd`, `--health-http PORT/PATH`, `--health-tcp PORT`
+/// is given, with sane bounds on its timing (a timeout shorter than the interval, at most 10
+/// retries, a start period of at most 10 minutes).
+pub fn health(input: &HealthInput<'_>) -> Result<Option<HealthCheck>, InvalidInput> {
+    let given = [
+        !input.cmd.is_empty(),
+        !input.http.is_empty(),
+        input.tcp != 0,
+    ];
+    let timing =
+        !(input.interval.is_empty() && input.timeout.is_empty() && input.start_period.is_empty())
+            || input.retries.is_some();
+    let Some(probe) = probe(input, given, timing)? else {
+        return Ok(None);
+    };
+    timing_of(input, probe).map(Some)
+}
+
+/// Which check, from `--health-cmd`, `--health-http` or `--health-tcp`.
+fn probe(
+    input: &HealthInput<'_>,
+    given: [bool; 3],
+    timing: bool,
+) -> Result<Option<Probe>, InvalidInput> {
+    let probe = match given {
+        [false, false, false] if timing => {
+            return Err(invalid(
+                "health check",
+                "",
+                "timing given without a check: add --health-cmd, --health-http or --health-tcp",
+            ));
+        }
+        [false, false, false] => return Ok(None),
+        [true, false, false] => Probe::Cmd {
+            command: input.cmd.to_owned(),
+        },
+        [false, true, false] => {
+            let (port, path) = input.http.split_once('/').unwrap_or((input.http, ""));
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "health-http",
+                        input.http,
+                        "expected PORT/PATH, e.g. 80/healthz",
+                    )
+                })?;
+            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "health-http",
+                    input.http,
+                    "the path must not contain spaces",
+                ));
+            }
+            Probe::Http {
+                port,
+                path: format!("/{path}"),
+            }
+        }
+        [false, false, true] => Probe::Tcp {
+            port: u16::try_from(input.tcp)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "health-tcp",
+                        &input.tcp.to_string(),
+                        "expected a port 1-65535",
+                    )
+                })?,
+        },
+        _ => {
+            return Err(invalid(
+                "health check",
+                "",
+                "give only one of --health-cmd, --health-http and --health-tcp",
+            ));
+        }
+    };
+    Ok(Some(probe))
+}
+
+/// The check's timing, with defaults and bounds.
+fn timing_of(input: &HealthInput<'_>, probe: Probe) -> Result<HealthCheck, InvalidInput> {
+    let or = |value: &str, default: &str| {
+        if value.is_empty() {
+            default.to_owned()
+        } else {
+            value.to_owned()
+        }
+    };
+    let interval_ms = duration("health-interval", &or(input.interval, "10s"))?;
+    let timeout_ms = duration("health-timeout", &or(input.timeout, "5s"))?;
+    let start_period_ms = duration("health-start-period", &or(input.start_period, "0s"))?;
+    let retries = input.retries.unwrap_or(3);
+    if !(1000..=3_600_000).contains(&interval_ms) {
+        return Err(invalid(
+            "health-interval",
+            input.interval,
+            "must be between 1s and 1h",
+        ));
+    }
+    if timeout_ms < 100 || timeout_ms >= interval_ms {
+        return Err(invalid(
+            "health-timeout",
+            input.timeout,
+            "must be at least 100ms and shorter than the interval",
+        ));
+    }
+    if !(1..=10).contains(&retries) {
+        return Err(invalid(
+            "health-retries",
+            &retries.to_string(),
+            "expected 1 to 10",
+        ));
+    }
+    if start_period_ms > 600_000 {
+        return Err(invalid(
+            "health-start-period",
+            input.start_period,
+            "at most 10m",
+        ));
+    }
+    Ok(HealthCheck {
+        probe,
+        interval_ms,
+        timeout_ms,
+        retries,
+        start_period_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +497,68 @@ mod tests {
         assert!(domain("app.example.com").is_ok());
         assert!(domain("App.example.com").is_err());
         assert!(domain("bad..com").is_err());
+    }
+
+    #[test]
+    fn health_checks() {
+        assert_eq!(health(&HealthInput::default()).expect("none"), None);
+        let check = health(&HealthInput {
+            http: "8080/healthz",
+            interval: "2s",
+            timeout: "500ms",
+            ..HealthInput::default()
+        })
+        .expect("valid")
+        .expect("some");
+        assert_eq!(
+            check.probe,
+            Probe::Http {
+                port: 8080,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(
+            (check.interval_ms, check.timeout_ms, check.retries),
+            (2000, 500, 3)
+        );
+        for bad in [
+            HealthInput {
+                cmd: "true",
+                tcp: 80,
+                ..HealthInput::default()
+            },
+            HealthInput {
+                http: "x/y",
+                ..HealthInput::default()
+            },
+            HealthInput {
+                tcp: 70_000,
+                ..HealthInput::default()
+            },
+            HealthInput {
+                tcp: 80,
+                interval: "1s",
+                timeout: "2s",
+                ..HealthInput::default()
+            },
+            HealthInput {
+                tcp: 80,
+                retries: Some(0),
+                ..HealthInput::default()
+            },
+            HealthInput {
+                interval: "5s",
+                ..HealthInput::default()
+            },
+            HealthInput {
+                tcp: 80,
+                interval: "soon",
+                ..HealthInput::default()
+            },
+        ] {
+            assert!(health(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(duration("d", "1m").expect("valid"), 60_000);
+        assert_eq!(duration("d", "7").expect("valid"), 7000);
     }
 }

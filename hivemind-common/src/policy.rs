@@ -22,8 +22,10 @@ pub const PROTO_ANY: u8 = 0;
 
 /// Marker entry `(S, ANY, PROTO_ANY, ENFORCED_PORT, dir)`: some policy selects identity `S` in
 /// direction `dir`, so that direction is default-deny. Kept in the same inner map as the rules
-/// so enforcement flips atomically with them. No rule produces this key: a rule without a
-/// protocol never names a port, so its keys use [`ANY_PORT`].
+/// so enforcement flips atomically with them. Its value names the policy (the lowest id among
+/// those enforcing the direction) that default-deny drops are counted and reported under. No
+/// rule produces this key: a rule without a protocol never names a port, so its keys use
+/// [`ANY_PORT`].
 pub const ENFORCED_PORT: u16 = 0xffff;
 /// Port value meaning "any port" in a key.
 pub const ANY_PORT: u16 = 0;

@@ -23,8 +23,9 @@ pub enum Decision {
     Allow(u32),
     /// A deny rule of `policy_id` matches.
     Deny(u32),
-    /// The direction is enforced and nothing allows it.
-    DefaultDeny,
+    /// The direction is enforced and nothing allows it; the policy that enforces it (the
+    /// lowest id among those selecting the subject) is named in counters and events.
+    DefaultDeny(u32),
 }
 
 /// Identity of an address: an endpoint's app, the node itself, a policy CIDR, or the world.
@@ -85,10 +86,10 @@ pub fn evaluate(subject: u32, peer: u32, protocol: u8, dport: u16, direction: u8
         protocol: PROTO_ANY,
         direction,
     };
-    if rules.get_ptr(&marker).is_some() {
-        Decision::DefaultDeny
-    } else {
-        Decision::Open
+    match rules.get_ptr(&marker) {
+        // SAFETY: a value pointer the lookup just returned; read once, by copy.
+        Some(value) => Decision::DefaultDeny(unsafe { (*value).policy_id }),
+        None => Decision::Open,
     }
 }
 

@@ -151,13 +151,8 @@ fn check(
             Ok(())
         }
         // Replies of allowed flows pass a default-deny direction; explicit denies still hold.
-        Decision::DefaultDeny if state == CtState::Reply => Ok(()),
-        Decision::DefaultDeny => {
-            verdict.direction = direction;
-            verdict.policy_id = 0;
-            Err(())
-        }
-        Decision::Deny(policy_id) => {
+        Decision::DefaultDeny(_) if state == CtState::Reply => Ok(()),
+        Decision::DefaultDeny(policy_id) | Decision::Deny(policy_id) => {
             verdict.direction = direction;
             verdict.policy_id = policy_id;
             Err(())

@@ -21,6 +21,8 @@ pub struct AgentOptions {
     /// containerd socket; defaults to the given [`Containerd`]'s.
     pub containerd_socket: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
+    /// `--api-addr` (default `127.0.0.1:3000`, inside the agent's namespace).
+    pub api_addr: Option<String>,
     pub extra_args: Vec<String>,
     /// `HIVEMIND_LOG`; defaults to `info,hivemind_agent=debug` (tests want the detail,
     /// benchmarks want the default `info`).
@@ -63,7 +65,10 @@ impl Agent {
             "--containerd-socket".to_owned(),
             containerd_socket.display().to_string(),
             "--api-addr".to_owned(),
-            "127.0.0.1:3000".to_owned(),
+            options
+                .api_addr
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
         ];
         for registry in &options.insecure_registries {
             args.push("--insecure-registry".to_owned());

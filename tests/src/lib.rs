@@ -6,17 +6,21 @@
 //! - [`Registry`]: a private OCI registry (docker-registry) on a loopback address;
 //! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
 //! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
+//! - [`http`]: requests to an agent's REST API with real `curl` inside its namespace;
 //! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`].
 //!
 //! Tests need root; run them with `cargo xtask test`.
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
+pub mod bench_api;
 mod containerd;
 mod etcd;
+pub mod http;
 pub mod image;
 mod netns;
 pub mod node;
+pub mod openapi;
 pub mod packet;
 mod process;
 mod registry;
@@ -29,4 +33,4 @@ pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{Netns, list as netns_list, veth};
 pub use process::Process;
 pub use registry::Registry;
-pub use single_node::{REGISTRY_ADDR, SingleNode};
+pub use single_node::{NODE_IP, REGISTRY_ADDR, SingleNode, WORLD_IP, World};

@@ -1,7 +1,24 @@
 //! A whole single-node setup: a namespace "host" with a registry holding the test image, a
 //! private containerd, and an agent that may pull from that registry over plain HTTP.
 
-use crate::{Agent, AgentOptions, Containerd, Netns, Registry};
+use std::process::{Command, Output};
+
+use crate::{Agent, AgentOptions, Containerd, Netns, Registry, util::run, veth};
+
+/// The node's address on the link to [`World`], and the world's.
+pub const NODE_IP: &str = "192.0.2.1";
+pub const WORLD_IP: &str = "192.0.2.2";
+
+/// A second namespace standing for "the rest of the network": linked to the node by a veth,
+/// the node's default route points at it. Published ports are reached from here.
+#[derive(Debug)]
+pub struct World {
+    pub netns: Netns,
+    /// The node's side of the link (its uplink).
+    pub uplink: String,
+    /// The world's side of the link.
+    pub peer: String,
+}
 
 /// Where the registry listens inside the node's namespace.
 pub const REGISTRY_ADDR: &str = "127.0.0.1:5000";
@@ -16,6 +33,8 @@ pub struct SingleNode {
     pub netns: Netns,
     /// The test image's reference in the node's registry.
     pub image: String,
+    /// Present when started with [`SingleNode::start_with_world`].
+    pub world: Option<World>,
 }
 
 impl SingleNode {
@@ -23,8 +42,34 @@ impl SingleNode {
         Self::start_with(&AgentOptions::default())
     }
 
-    pub fn start_with(options: &AgentOptions) -> Self {
+    /// A node whose uplink leads to a [`World`] namespace (for published ports and traffic
+    /// leaving the cluster).
+    pub fn start_with_world(options: &AgentOptions) -> Self {
         let netns = Netns::new("hmn");
+        let world_ns = Netns::new("hmw");
+        let (uplink, peer) = veth(
+            &netns,
+            &format!("{NODE_IP}/24"),
+            &world_ns,
+            &format!("{WORLD_IP}/24"),
+        );
+        netns.ip(&["route", "add", "default", "via", WORLD_IP]);
+        Self::start_in(
+            netns,
+            options,
+            Some(World {
+                netns: world_ns,
+                uplink,
+                peer,
+            }),
+        )
+    }
+
+    pub fn start_with(options: &AgentOptions) -> Self {
+        Self::start_in(Netns::new("hmn"), options, None)
+    }
+
+    fn start_in(netns: Netns, options: &AgentOptions, world: Option<World>) -> Self {
         let registry = Registry::start_in(&netns, REGISTRY_ADDR);
         let image = registry.push_test_image("hivemind/test:1");
         let containerd = Containerd::start();
@@ -37,7 +82,21 @@ impl SingleNode {
             registry,
             netns,
             image,
+            world,
         }
+    }
+
+    /// Runs `program args` inside container `id`'s network namespace (the host's tools, the
+    /// container's network: addresses, routes, and the datapath's programs on its veth).
+    pub fn in_container(&self, id: &str, program: &str, args: &[&str]) -> Output {
+        run(Command::new("nsenter")
+            .arg(format!(
+                "--net=/run/hivemind/netns/{}/{id}",
+                self.agent.node_name()
+            ))
+            .arg("--")
+            .arg(program)
+            .args(args))
     }
 
     /// containerd's namespace for the agent's containers.

@@ -166,10 +166,15 @@ fn key(identity: u32, peer: u32, protocol: u8, dport: u16, direction: u8) -> Pol
 }
 
 fn enforced(identity: u32, direction: u8) -> (PolicyKey, u32, u32) {
+    enforced_by(identity, direction, 0)
+}
+
+/// The marker as the compiler writes it: naming the policy that enforces the direction.
+fn enforced_by(identity: u32, direction: u8, policy_id: u32) -> (PolicyKey, u32, u32) {
     (
         key(identity, identity::ANY, PROTO_ANY, ENFORCED_PORT, direction),
-        ACTION_ALLOW,
-        0,
+        ACTION_DENY,
+        policy_id,
     )
 }
 
@@ -485,17 +490,17 @@ fn policy_rule_kinds() {
     );
     assert_eq!((e.src_identity, e.dst_identity), (ID_A, ID_B));
 
-    // Egress: A may only resolve names out in the world.
+    // Egress: A may only resolve names out in the world (policy 8 enforces and allows).
     let default_denied = |f: &Fixture| {
         f.dp.policy_counters()
             .expect("policy counters")
-            .get(&0)
+            .get(&8)
             .map_or(0, |c| c.packets)
     };
     let before = default_denied(&f);
     f.policy(
         &[
-            enforced(ID_A, DIRECTION_EGRESS),
+            enforced_by(ID_A, DIRECTION_EGRESS, 8),
             allow(key(ID_A, identity::WORLD, UDP, 53, DIRECTION_EGRESS), 8),
         ],
         &[],
@@ -510,13 +515,13 @@ fn policy_rule_kinds() {
     assert!(
         events
             .iter()
-            .all(|e| e.direction == DIRECTION_EGRESS && e.policy_id == 0),
-        "{events:?}"
+            .all(|e| e.direction == DIRECTION_EGRESS && e.policy_id == 8),
+        "default-deny drops name the enforcing policy: {events:?}"
     );
     assert_eq!(
         default_denied(&f) - before,
         2,
-        "default-deny drops count under policy id 0"
+        "default-deny drops count under the enforcing policy"
     );
 
     // ICMP is a protocol like the others.

@@ -3,6 +3,7 @@
 //! and runs the real builds as `cargo +<pinned> ...`.
 
 mod bench;
+mod bench_api;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -25,8 +26,8 @@ tasks:
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
   bench [NAME...] [--quick] [--reps N]
-               release build, then the named benchmarks (root); without a name, list them.
-               Tables on stdout, JSON results under target/bench/
+               release build, then the named benchmarks (root): deploy, datapath, api;
+               without a name, list them. Tables on stdout, results under target/bench/
 ";
 
 fn main() -> anyhow::Result<()> {

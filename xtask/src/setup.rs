@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "jq",
     "socat",
+    // web UI tests (driven by playwright-core from npm; never a downloaded browser)
+    "chromium",
+    // REST API benchmark load generator
+    "wrk",
 ];
 
 /// Other containerd releases, unpacked (not installed) for the image-pull compatibility test:
@@ -43,6 +47,8 @@ pub fn run() -> anyhow::Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     other_containerd();
+    browser_tests()?;
+    schemathesis()?;
     println!("setup: ok");
     Ok(())
 }
@@ -53,6 +59,8 @@ pub fn ensure() -> anyhow::Result<()> {
         && missing_toolchains().is_empty()
         && bpf_linker_ok()
         && missing_other_containerd().is_empty()
+        && browser_tests_ok()
+        && schemathesis_ok()
     {
         return Ok(());
     }
@@ -320,6 +328,122 @@ fn fetch_other_containerd(work: &Path, missing: &[(&str, &str)]) -> anyhow::Resu
             "setup: containerd from Debian {suite} unpacked in {}",
             target.display()
         );
+    }
+    Ok(())
+}
+
+/// Where `tests/browser` keeps playwright-core (installed from its committed lock file).
+fn browser_dir() -> std::path::PathBuf {
+    crate::cmd::root().join("tests/browser")
+}
+
+/// Node.js 20 or newer (playwright-core's minimum).
+fn node_ok() -> bool {
+    Cmd::new("node")
+        .args(["--version"])
+        .probe()
+        .and_then(|v| {
+            v.trim()
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|major| major.parse::<u32>().ok())
+        })
+        .is_some_and(|major| major >= 20)
+}
+
+/// The installed playwright-core matches the lock file (npm writes its copy of the lock).
+fn browser_tests_ok() -> bool {
+    let dir = browser_dir();
+    let lock = fs::read_to_string(dir.join("package-lock.json")).ok();
+    let installed = fs::read_to_string(dir.join("node_modules/.package-lock.json")).ok();
+    node_ok()
+        && lock.is_some()
+        && lock.as_deref().map(lock_packages) == installed.as_deref().map(lock_packages)
+}
+
+/// The `packages` of a lock file other than the root entry, as text, for comparing the
+/// committed lock with what `npm ci` installed.
+fn lock_packages(text: &str) -> String {
+    text.lines()
+        .skip_while(|line| !line.contains("\"node_modules/"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// playwright-core for the browser tests, pinned by the committed `package-lock.json`. Node.js
+/// comes with the machine (the project's machines have Node.js 20); on a machine without it,
+/// Debian's is installed, which is too old for playwright-core (the UI test then says so).
+fn browser_tests() -> anyhow::Result<()> {
+    if browser_tests_ok() {
+        println!("setup: playwright-core present");
+        return Ok(());
+    }
+    if !node_ok() && Cmd::new("npm").args(["--version"]).probe().is_none() {
+        Cmd::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "nodejs",
+                "npm",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+    }
+    if !node_ok() {
+        println!("setup: warning: Node.js 20 or newer is needed for the browser tests");
+        return Ok(());
+    }
+    let mut npm = Cmd::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+    npm.command().current_dir(browser_dir());
+    // playwright-core installs no browser; make sure nothing tries to.
+    npm.env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1").run()
+}
+
+/// Where schemathesis (the API fuzzer) lives: its own virtualenv, so the machine's Python
+/// packages stay as they are.
+pub const SCHEMATHESIS_VENV: &str = "/opt/hivemind/schemathesis";
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+fn schemathesis_ok() -> bool {
+    Cmd::new(format!("{SCHEMATHESIS_VENV}/bin/schemathesis"))
+        .args(["--version"])
+        .probe()
+        .is_some_and(|v| v.contains(SCHEMATHESIS_VERSION))
+}
+
+/// `schemathesis` from `PyPI`, pinned (about a minute on a fresh machine).
+fn schemathesis() -> anyhow::Result<()> {
+    if schemathesis_ok() {
+        println!("setup: schemathesis {SCHEMATHESIS_VERSION} present");
+        return Ok(());
+    }
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            Cmd::new(p)
+                .args(["-c", "import venv, ensurepip"])
+                .probe()
+                .is_some()
+        })
+        .context("no python3 with venv and ensurepip (apt-get install python3-venv)")?;
+    let _ = fs::remove_dir_all(SCHEMATHESIS_VENV);
+    Cmd::new(python)
+        .args(["-m", "venv", SCHEMATHESIS_VENV])
+        .run()?;
+    Cmd::new(format!("{SCHEMATHESIS_VENV}/bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        ])
+        .run()?;
+    if !schemathesis_ok() {
+        bail!("schemathesis was installed but does not run");
     }
     Ok(())
 }

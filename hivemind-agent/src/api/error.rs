@@ -100,9 +100,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Image(e) => e.into(),
             LifecycleError::Runtime(e) if e.is_unreachable() => e.into(),
             LifecycleError::Store(e) => e.into(),
-            LifecycleError::Netns(_) | LifecycleError::Files { .. } => {
-                Self::new(ErrorKind::Internal, err.to_string())
-            }
+            LifecycleError::Netns(_)
+            | LifecycleError::Files { .. }
+            | LifecycleError::Network(_) => Self::new(ErrorKind::Internal, err.to_string()),
             // The container could not be made or started from this image and these settings
             // (e.g. its command does not exist): the request's fault, said in the message.
             LifecycleError::Runtime(_)

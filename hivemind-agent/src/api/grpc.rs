@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::service::AgentService;
 use crate::proto::{
     self, agent_server::AgentServer, apps_server::AppsServer, containers_server::ContainersServer,
-    volumes_server::VolumesServer,
+    monitor_server::MonitorServer, policies_server::PoliciesServer, volumes_server::VolumesServer,
 };
 
 type Streaming<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -173,6 +173,56 @@ impl proto::volumes_server::Volumes for AgentService {
     }
 }
 
+#[tonic::async_trait]
+impl proto::policies_server::Policies for AgentService {
+    async fn apply(
+        &self,
+        request: Request<proto::ApplyPoliciesRequest>,
+    ) -> Result<Response<proto::ApplyPoliciesReply>, Status> {
+        Ok(Response::new(
+            self.apply_policies(&request.into_inner().sources).await?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesReply>, Status> {
+        Ok(Response::new(self.policies().await?))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::PolicyRequest>,
+    ) -> Result<Response<proto::PolicyInfo>, Status> {
+        Ok(Response::new(
+            self.policy(&request.into_inner().name).await?,
+        ))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::PolicyRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.remove_policy(&request.into_inner().name).await?,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::monitor_server::Monitor for AgentService {
+    type WatchStream = Streaming<proto::FlowEvent>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::MonitorRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.monitor(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
+}
+
 /// Binds the socket (replacing a stale one left by a killed agent) with mode 0660: root and
 /// the socket's group may drive the agent.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -199,7 +249,9 @@ pub async fn serve(
         .add_service(AgentServer::new(service.clone()))
         .add_service(AppsServer::new(service.clone()))
         .add_service(ContainersServer::new(service.clone()))
-        .add_service(VolumesServer::new(service))
+        .add_service(VolumesServer::new(service.clone()))
+        .add_service(PoliciesServer::new(service.clone()))
+        .add_service(MonitorServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
 }

@@ -98,6 +98,27 @@ pub struct DeployArgs {
     /// Pull the image even if it is already present.
     #[arg(long)]
     pull: bool,
+    /// Health check: a command run inside the container with `sh -c`; exit 0 is healthy.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["health_http", "health_tcp"])]
+    health_cmd: Option<String>,
+    /// Health check: HTTP GET on the container's PORT/PATH; 2xx or 3xx is healthy.
+    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
+    health_http: Option<String>,
+    /// Health check: a TCP connection to the container's PORT.
+    #[arg(long, value_name = "PORT")]
+    health_tcp: Option<u32>,
+    /// Time between checks [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// A check that takes longer fails [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Consecutive failures that make a replica unhealthy [default: 3].
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+    /// Failures this soon after a start do not count [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    health_start_period: Option<String>,
 }
 
 pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<ExitCode> {
@@ -207,6 +228,13 @@ async fn deploy(
         update: args.update,
         force_pull: args.pull,
         stop_timeout_secs: args.stop_timeout,
+        health_cmd: args.health_cmd.clone().unwrap_or_default(),
+        health_http: args.health_http.clone().unwrap_or_default(),
+        health_tcp: args.health_tcp.unwrap_or(0),
+        health_interval: args.health_interval.clone().unwrap_or_default(),
+        health_timeout: args.health_timeout.clone().unwrap_or_default(),
+        health_retries: args.health_retries,
+        health_start_period: args.health_start_period.clone().unwrap_or_default(),
     };
     let mut events = apps.deploy(request).await?.into_inner();
     let mut bar =
@@ -314,11 +342,11 @@ fn containers_table(containers: &[proto::ContainerInfo]) -> String {
         "created",
     ]);
     for c in containers {
+        let uptime = output::ago(c.started_at_ms);
+        let uptime = uptime.trim_end_matches(" ago");
         let status = match (c.state.as_str(), c.exit_code) {
-            ("running", _) => format!(
-                "running ({})",
-                output::ago(c.started_at_ms).trim_end_matches(" ago")
-            ),
+            ("running", _) if !c.health.is_empty() => format!("running ({uptime}, {})", c.health),
+            ("running", _) => format!("running ({uptime})"),
             (state, Some(code)) => format!("{state} ({code})"),
             (state, None) => state.to_owned(),
         };
@@ -344,6 +372,7 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         ("Image", c.image.clone()),
         ("Digest", dash(&c.image_digest)),
         ("State", state_line(c)),
+        ("Health", health_line(c)),
         ("Restarts", c.restart_count.to_string()),
         ("IP", dash(&c.ip)),
     ];
@@ -382,6 +411,14 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         ]);
     }
     out + &history.render()
+}
+
+fn health_line(c: &proto::ContainerInfo) -> String {
+    match (c.health.as_str(), c.health_detail.as_str()) {
+        ("", _) => "- (no health check)".to_owned(),
+        (health, "") => health.to_owned(),
+        (health, detail) => format!("{health} (last failure: {detail})"),
+    }
 }
 
 fn state_line(c: &proto::ContainerInfo) -> String {

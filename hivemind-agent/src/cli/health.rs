@@ -51,6 +51,16 @@ fn render(reply: &proto::HealthReply) -> String {
         );
     }
     if let Some(dp) = &reply.dataplane {
+        let _ = writeln!(
+            out,
+            "Network    subnet {} gateway {}, uplink {} ({}), {} endpoints, {} policies",
+            or_dash(&dp.subnet),
+            or_dash(&dp.gateway),
+            or_dash(&dp.uplink),
+            or_dash(&dp.node_ip),
+            dp.endpoints,
+            dp.policies
+        );
         let _ = write!(
             out,
             "Dataplane  {} programs, pinned at {}\n\n",
@@ -74,4 +84,8 @@ fn render(reply: &proto::HealthReply) -> String {
         out += &table.render();
     }
     out
+}
+
+fn or_dash(value: &str) -> &str {
+    if value.is_empty() { "-" } else { value }
 }

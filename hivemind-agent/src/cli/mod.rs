@@ -4,7 +4,9 @@
 mod app;
 mod client;
 mod health;
+mod monitor;
 mod output;
+mod policy;
 mod volume;
 
 use std::process::ExitCode;
@@ -64,6 +66,11 @@ pub enum Command {
     /// Create, list and remove named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Apply, list and remove network policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Stream the datapath's verdicts live: who talks to whom, what was dropped and why.
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
@@ -83,6 +90,8 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Health => health::run(global).await,
             Command::App(command) => app::run(global, command).await,
             Command::Volume(command) => volume::run(global, command).await,
+            Command::Policy(command) => policy::run(global, command).await,
+            Command::Monitor(args) => monitor::run(global, args).await,
             Command::Agent(_) => unreachable!("main runs the agent itself"),
         }
     });

@@ -27,6 +27,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
+        self,
         link::{LinkAttribute, LinkMessage},
         neighbour::NeighbourState,
         route::RouteScope,
@@ -96,10 +97,21 @@ pub struct NodeNet {
     pub gateway_ifindex: u32,
 }
 
+/// The interface that connects the node to other hosts: it receives published ports (and, in
+/// a cluster, the overlay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// Its first IPv4 address, if it has one.
+    pub ipv4: Option<Ipv4Addr>,
+}
+
 /// What [`plumb_container`] made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerLink {
-    /// Host side of the veth pair, `hm` + 8 hex characters of the container id.
+    /// Host side of the veth pair, `hm` + 12 hex characters of a hash of the container id.
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
@@ -107,23 +119,17 @@ pub struct ContainerLink {
     pub container_mac: [u8; 6],
 }
 
-/// The host-side veth name of a container: `hm` + the first 8 hex characters of its id (ids
-/// shorter than that, or not hex, are hashed into 8 hex characters instead).
+/// The host-side veth name of a container: `hm` + 12 hex characters of a hash of its whole id
+/// (14 characters, within IFNAMSIZ with room for the `hmp` temporary peer name). Hashing the
+/// whole id matters: ids of one app share their prefix.
 pub fn host_ifname(container_id: &str) -> String {
-    let hex: String = container_id
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(8)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() == 8 {
-        return format!("hm{hex}");
-    }
-    // FNV-1a: stable across runs and builds, unlike std's hasher.
-    let hash = container_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("hm{hash:08x}")
+    // FNV-1a, 64 bits: stable across runs and builds, unlike std's hasher.
+    let hash = container_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("hm{:012x}", hash >> 16)
 }
 
 /// Runs `work` with a netlink handle on a dedicated thread (in the caller's namespace).
@@ -239,6 +245,86 @@ async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), LinkError
         .execute()
         .await
         .map_err(netlink(format!("set {what} up")))
+}
+
+/// The uplink: the interface named `name`, or else the one the default route leaves by.
+/// `None` when there is no default route (an isolated node: nothing to publish ports on).
+pub async fn uplink(name: Option<&str>) -> Result<Option<Uplink>, LinkError> {
+    let name = name.map(str::to_owned);
+    with_netlink("hm-uplink", move |handle| async move {
+        let link = if let Some(name) = name {
+            Some(
+                find_link(&handle, &name)
+                    .await?
+                    .ok_or_else(|| LinkError::NotFound(name.clone()))?,
+            )
+        } else {
+            let mut routes = handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut oif = None;
+            while let Some(route) = routes.try_next().await.map_err(netlink("list routes"))? {
+                if route.header.destination_prefix_length == 0 {
+                    oif = route.attributes.iter().find_map(|a| match a {
+                        packet_route::route::RouteAttribute::Oif(index) => Some(*index),
+                        _ => None,
+                    });
+                    if oif.is_some() {
+                        break;
+                    }
+                }
+            }
+            match oif {
+                Some(index) => handle
+                    .link()
+                    .get()
+                    .match_index(index)
+                    .execute()
+                    .try_next()
+                    .await
+                    .map_err(netlink("get the default route's link"))?,
+                None => None,
+            }
+        };
+        let Some(link) = link else { return Ok(None) };
+        let index = link.header.index;
+        let mut name = String::new();
+        let mut mtu = 1500;
+        for attribute in &link.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => name.clone_from(n),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        let mut addresses = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut ipv4 = None;
+        while let Some(address) = addresses
+            .try_next()
+            .await
+            .map_err(netlink("list addresses"))?
+        {
+            ipv4 = address.attributes.iter().find_map(|a| match a {
+                packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if ipv4.is_some() {
+                break;
+            }
+        }
+        Ok(Some(Uplink {
+            name,
+            ifindex: index,
+            mtu,
+            ipv4,
+        }))
+    })
+    .await
 }
 
 /// Prepares the node's namespace: `hivemind0` with `gateway/32`, IPv4 forwarding, and the
@@ -482,13 +568,19 @@ mod tests {
     use super::host_ifname;
 
     #[test]
-    fn host_ifnames_are_hm_plus_eight_hex() {
-        assert_eq!(host_ifname("1a2b3c4d5e6f"), "hm1a2b3c4d");
-        assert_eq!(host_ifname("ABCDEF0123"), "hmabcdef01");
-        let odd = host_ifname("web-1");
-        assert_eq!(odd.len(), 10);
-        assert!(odd[2..].chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(odd, host_ifname("web-1"), "stable");
-        assert!(host_ifname("0123456789abcdef").len() <= 15, "fits IFNAMSIZ");
+    fn host_ifnames_hash_the_whole_id() {
+        let name = host_ifname("web-abc12");
+        assert_eq!(
+            name.len(),
+            14,
+            "fits IFNAMSIZ, also as the hmp... peer name"
+        );
+        assert!(name.starts_with("hm") && name[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(name, host_ifname("web-abc12"), "stable");
+        assert_ne!(
+            host_ifname("deadbeefcafe-a"),
+            host_ifname("deadbeefcafe-b"),
+            "whole id counts"
+        );
     }
 }

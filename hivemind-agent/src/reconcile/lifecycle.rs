@@ -5,7 +5,8 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState, now_ms},
+    model::{AppSpec, ContainerRecord, ContainerState, Health, now_ms},
+    net::network::{NetworkError, NodeNetwork},
     runtime::{
         Runtime, RuntimeError,
         containers::{NewContainer, labels},
@@ -32,6 +33,8 @@ pub enum LifecycleError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("container {id}: cannot write {path}")]
@@ -65,6 +68,7 @@ pub struct Lifecycle {
     containers_dir: PathBuf,
     volumes: VolumeDirs,
     netns: NetnsDir,
+    network: NodeNetwork,
 }
 
 impl Lifecycle {
@@ -75,6 +79,7 @@ impl Lifecycle {
         containers_dir: PathBuf,
         volumes: VolumeDirs,
         netns: NetnsDir,
+        network: NodeNetwork,
     ) -> Self {
         Self {
             runtime,
@@ -83,7 +88,12 @@ impl Lifecycle {
             containers_dir,
             volumes,
             netns,
+            network,
         }
+    }
+
+    pub fn network(&self) -> &NodeNetwork {
+        &self.network
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -119,6 +129,8 @@ impl Lifecycle {
             created_at_ms: now_ms(),
             started_at_ms: None,
             history: Vec::new(),
+            health: app.health.as_ref().map(|_| Health::Starting),
+            health_detail: String::new(),
         };
         record.transition(
             ContainerState::Creating,
@@ -160,7 +172,9 @@ impl Lifecycle {
         let image = self.runtime.ensure_image(&app.image, false, None).await?;
         record.image_digest.clone_from(&image.digest);
         let netns_path = self.netns.create(&id)?;
-        let mut mounts = self.write_etc_files(&id)?;
+        let attachment = self.network.attach(&id, &app.name, &netns_path).await?;
+        record.ip = Some(attachment.ip);
+        let mut mounts = self.write_etc_files(&id, attachment.ip)?;
         for volume in &app.volumes {
             mounts.push(BindMount {
                 source: self.volumes.data_path(&volume.volume),
@@ -218,13 +232,36 @@ impl Lifecycle {
     }
 
     /// Starts an exited container again (a new task in the same container).
-    pub async fn restart(&self, record: &mut ContainerRecord) -> Result<(), LifecycleError> {
+    /// A running (unhealthy) one is stopped first, with the app's grace period.
+    pub async fn restart(
+        &self,
+        record: &mut ContainerRecord,
+        grace: Duration,
+    ) -> Result<(), LifecycleError> {
+        let reason = if record.state == ContainerState::Running {
+            self.runtime.stop_task(&record.id, grace).await?;
+            format!("unhealthy: {}", record.health_detail)
+        } else {
+            format!(
+                "exit code {}",
+                record
+                    .exit_code
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string())
+            )
+        };
         record.pid = self
             .runtime
             .start_task(&record.id, &self.log_path(&record.id))
             .await?;
         record.restart_count += 1;
-        let message = format!("restarted (restart #{})", record.restart_count);
+        if record.health.is_some() {
+            record.health = Some(Health::Starting);
+            record.health_detail.clear();
+        }
+        let message = format!(
+            "restarted after {reason} (restart #{})",
+            record.restart_count
+        );
         record.transition(ContainerState::Running, None, message);
         self.state.put_container(record).await?;
         Ok(())
@@ -244,6 +281,7 @@ impl Lifecycle {
         }
         self.runtime.stop_task(&record.id, grace).await?;
         self.runtime.delete_container(&record.id).await?;
+        self.network.detach(&record.id, record.ip).await?;
         self.netns.remove(&record.id)?;
         let _ = std::fs::remove_dir_all(self.dir(&record.id));
         self.state.delete_container(&record.id).await?;
@@ -252,6 +290,7 @@ impl Lifecycle {
 
     /// Drops the record and local leftovers of a container containerd no longer has.
     pub async fn forget(&self, id: &str) -> Result<(), LifecycleError> {
+        self.network.detach(id, None).await?;
         self.netns.remove(id)?;
         let _ = std::fs::remove_dir_all(self.dir(id));
         self.state.delete_container(id).await?;
@@ -263,6 +302,7 @@ impl Lifecycle {
     pub async fn remove_unrecorded(&self, id: &str) -> Result<(), LifecycleError> {
         self.runtime.stop_task(id, ORPHAN_GRACE).await?;
         self.runtime.delete_container(id).await?;
+        self.network.detach(id, None).await?;
         self.netns.remove(id)?;
         let _ = std::fs::remove_dir_all(self.dir(id));
         Ok(())
@@ -284,6 +324,9 @@ impl Lifecycle {
         if let Err(err) = self.runtime.delete_container(id).await {
             tracing::warn!(container = id, "cleanup after failed create: {err}");
         }
+        if let Err(err) = self.network.detach(id, None).await {
+            tracing::warn!(container = id, "cleanup after failed create: {err}");
+        }
         if let Err(err) = self.netns.remove(id) {
             tracing::warn!(container = id, "cleanup after failed create: {err}");
         }
@@ -291,7 +334,11 @@ impl Lifecycle {
     }
 
     /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the container.
-    fn write_etc_files(&self, id: &str) -> Result<Vec<BindMount>, LifecycleError> {
+    fn write_etc_files(
+        &self,
+        id: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<Vec<BindMount>, LifecycleError> {
         let dir = self.dir(id);
         let write = |name: &str, contents: String| -> Result<BindMount, LifecycleError> {
             let path = dir.join(name);
@@ -312,7 +359,7 @@ impl Lifecycle {
             write(
                 "hosts",
                 format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{id}\n"
                 ),
             )?,
             write("hostname", format!("{id}\n"))?,

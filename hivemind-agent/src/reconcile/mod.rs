@@ -7,14 +7,19 @@
 
 mod lifecycle;
 pub mod plan;
+pub mod schedule;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
 
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::{mpsc, oneshot};
 
 pub use lifecycle::{FailedCreate, Lifecycle, LifecycleError};
 use plan::{Action, Backoff};
+use schedule::{Assignments, NodeLoad};
 
 use crate::{
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},
@@ -81,6 +86,9 @@ pub struct Reconciler {
     backoff: Backoff,
     /// Consecutive quick exits per container.
     failures: HashMap<String, u32>,
+    /// The apps (name, identity, labels) the loaded policies were compiled for; a change
+    /// means the policies must be compiled and loaded again before new containers start.
+    policy_basis: Vec<(String, u32, std::collections::BTreeMap<String, String>)>,
 }
 
 impl Reconciler {
@@ -91,6 +99,7 @@ impl Reconciler {
             node,
             backoff: Backoff::new(),
             failures: HashMap::new(),
+            policy_basis: Vec::new(),
         }
     }
 
@@ -126,11 +135,11 @@ impl Reconciler {
         match self.pass().await {
             Ok(report) => {
                 for (app, err) in &report.failures {
-                    tracing::warn!(app, "{err}");
+                    tracing::warn!(app, "{}", crate::error_chain(err));
                 }
             }
             Err(err) if is_unreachable(&err) => tracing::debug!("reconcile pass skipped: {err}"),
-            Err(err) => tracing::warn!("reconcile pass failed: {err}"),
+            Err(err) => tracing::warn!("reconcile pass failed: {}", crate::error_chain(&err)),
         }
     }
 
@@ -139,8 +148,11 @@ impl Reconciler {
         let Some(mut record) = self.state.container(&exit.container_id).await? else {
             return Ok(());
         };
-        if record.node != self.node || record.state != ContainerState::Running {
-            return Ok(()); // stopping on purpose, or not ours
+        if record.node != self.node
+            || record.state != ContainerState::Running
+            || record.pid != exit.pid
+        {
+            return Ok(()); // stopping on purpose, not ours, or an earlier task's exit
         }
         let code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
         record.transition(
@@ -170,14 +182,117 @@ impl Reconciler {
         self.backoff.insert(id.to_owned(), now_ms() + delay);
     }
 
-    /// One pass: observe containerd, reconcile records with it, plan, act.
+    /// One pass: observe containerd, reconcile records with it, make sure the policies cover
+    /// every app, plan, act, publish ports.
     async fn pass(&mut self) -> Result<Report, ReconcileError> {
         let apps = self.state.apps().await?;
+        let placement = self.place(&apps).await?;
+        let node = self.node.clone();
+        let owned = move |app: &AppSpec| owned_slots(&placement, app, &node);
         let listed = self.lifecycle.runtime().list_containers().await?;
-        let records = self.observe(&apps, listed).await?;
+        let records = self.observe(&apps, &owned, listed).await?;
+        self.cover_policies(&apps, &records).await?;
         let now = now_ms();
-        let actions = plan::plan(&apps, &records, owned_slots, &self.backoff, now);
-        Ok(self.act(&apps, records, actions).await)
+        let actions = plan::plan(&apps, &records, owned, &self.backoff, now);
+        let report = self.act(&apps, records, actions).await;
+        let records: Vec<ContainerRecord> = self
+            .state
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|r| r.node == self.node)
+            .collect();
+        if let Err(err) = self.lifecycle.network().sync_ports(&apps, &records).await {
+            tracing::warn!("publishing ports: {err}");
+        }
+        Ok(report)
+    }
+
+    /// Places every app's replicas on ready nodes (see [`schedule`]) and returns the placement.
+    /// Every node computes the same placement from the same store contents; writes are
+    /// compare-and-swap, so concurrent passes on several nodes never lose an update.
+    async fn place(
+        &self,
+        apps: &[AppSpec],
+    ) -> Result<BTreeMap<String, Assignments>, ReconcileError> {
+        let mut current = self.state.assignments().await?;
+        let nodes = self.state.cluster_nodes(&self.node).await?;
+        let volumes = self.state.volumes().await?;
+        let mut placement = BTreeMap::new();
+        for app in apps {
+            let (mine, revision) = current.remove(&app.name).unwrap_or_default();
+            // Load per node from every other app's placement.
+            let loads: Vec<NodeLoad> = nodes
+                .iter()
+                .map(|(name, ready)| NodeLoad {
+                    name: name.clone(),
+                    ready: *ready,
+                    containers: placement
+                        .values()
+                        .chain(current.values().map(|(a, _)| a))
+                        .flat_map(|a: &Assignments| a.values())
+                        .filter(|n| *n == name)
+                        .count(),
+                })
+                .collect();
+            let volume_nodes: BTreeSet<String> = app
+                .volumes
+                .iter()
+                .filter_map(|m| {
+                    volumes
+                        .iter()
+                        .find(|v| v.name == m.volume)
+                        .map(|v| v.node.clone())
+                })
+                .collect();
+            let next = schedule::schedule(app.replicas, &mine, &loads, &volume_nodes);
+            if next == mine {
+                placement.insert(app.name.clone(), mine);
+            } else if self
+                .state
+                .set_assignments(&app.name, &next, revision)
+                .await?
+            {
+                tracing::debug!(app = %app.name, ?next, "placed replicas");
+                placement.insert(app.name.clone(), next);
+            } else {
+                // Another node placed it first; use theirs (re-read next pass).
+                placement.insert(app.name.clone(), mine);
+            }
+        }
+        // Placements of apps that are gone.
+        for app in current.keys() {
+            self.state.delete_assignments(app).await?;
+        }
+        Ok(placement)
+    }
+
+    /// Gives every app its identity and, when the set of apps (or their labels) changed since
+    /// the policies were last compiled, compiles and loads them again — before any container
+    /// of a new app gets its endpoint, so no container ever runs unpoliced. Identities of apps
+    /// that are gone (with their containers) are released.
+    async fn cover_policies(
+        &mut self,
+        apps: &[AppSpec],
+        records: &[ContainerRecord],
+    ) -> Result<(), ReconcileError> {
+        let mut basis = Vec::with_capacity(apps.len());
+        for app in apps {
+            let identity = self.state.app_identity(&app.name).await?;
+            basis.push((app.name.clone(), identity, app.selector_labels()));
+        }
+        for app in self.state.identities().await?.into_keys() {
+            if !apps.iter().any(|a| a.name == app) && !records.iter().any(|r| r.app == app) {
+                self.state.release_identity(&app).await?;
+            }
+        }
+        if basis != self.policy_basis {
+            match self.lifecycle.network().load_policies().await {
+                Ok(_) => self.policy_basis = basis,
+                Err(err) => tracing::error!("loading policies: {}", crate::error_chain(&err)),
+            }
+        }
+        Ok(())
     }
 
     /// Brings the records of this node in line with what containerd reports: adopts
@@ -186,6 +301,7 @@ impl Reconciler {
     async fn observe(
         &mut self,
         apps: &[AppSpec],
+        owned: &impl Fn(&AppSpec) -> Vec<u32>,
         listed: Vec<ListedContainer>,
     ) -> Result<Vec<ContainerRecord>, ReconcileError> {
         let mut records: Vec<ContainerRecord> = self
@@ -208,7 +324,10 @@ impl Reconciler {
                 None => {
                     // Gone from containerd (or never made it there before a crash).
                     tracing::info!(container = %record.id, "container is gone from containerd; dropping its record");
-                    self.lifecycle.forget(&record.id).await?;
+                    // One stuck leftover must not stall the whole pass; it is retried next time.
+                    if let Err(err) = self.lifecycle.forget(&record.id).await {
+                        tracing::warn!(container = %record.id, "cleaning up: {}", crate::error_chain(&err));
+                    }
                 }
                 Some(container) => {
                     let running = container.task.is_some_and(|t| t.running);
@@ -243,13 +362,15 @@ impl Reconciler {
             if kept.iter().any(|r| r.id == container.id) {
                 continue;
             }
-            if let Some(record) = adoptable(apps, container, &self.node) {
+            if let Some(record) = adoptable(apps, owned, container, &self.node) {
                 tracing::info!(container = %record.id, app = %record.app, "adopting a running container");
                 self.state.put_container(&record).await?;
                 kept.push(record);
             } else {
                 tracing::info!(container = %container.id, "removing a container no app wants");
-                self.lifecycle.remove_unrecorded(&container.id).await?;
+                if let Err(err) = self.lifecycle.remove_unrecorded(&container.id).await {
+                    tracing::warn!(container = %container.id, "removing: {}", crate::error_chain(&err));
+                }
             }
         }
         self.lifecycle.sweep_namespaces(&kept);
@@ -289,7 +410,12 @@ impl Reconciler {
                 Action::Restart { id } => {
                     if let Some(record) = by_id.get(&id) {
                         let mut record = record.clone();
-                        match self.lifecycle.restart(&mut record).await {
+                        let grace = app_of(&record.app).map_or(10, |a| a.stop_timeout_secs);
+                        match self
+                            .lifecycle
+                            .restart(&mut record, Duration::from_secs(u64::from(grace)))
+                            .await
+                        {
                             Ok(()) => report.restarted.push(id),
                             Err(err) => {
                                 report.failures.push((record.app.clone(), err));
@@ -347,19 +473,33 @@ impl Reconciler {
     }
 }
 
-/// Replica slots this node runs. Single node: all of them.
-fn owned_slots(app: &AppSpec) -> Vec<u32> {
-    (0..app.replicas).collect()
+/// Replica slots of `app` placed on `node`.
+fn owned_slots(placement: &BTreeMap<String, Assignments>, app: &AppSpec, node: &str) -> Vec<u32> {
+    placement
+        .get(&app.name)
+        .map(|slots| {
+            slots
+                .iter()
+                .filter(|(_, n)| *n == node)
+                .map(|(slot, _)| *slot)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-/// A record for a labelled containerd container, if its app still wants that slot.
-fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Option<ContainerRecord> {
+/// A record for a labelled containerd container, if its app still wants that slot here.
+fn adoptable(
+    apps: &[AppSpec],
+    owned: &impl Fn(&AppSpec) -> Vec<u32>,
+    container: &ListedContainer,
+    node: &str,
+) -> Option<ContainerRecord> {
     let app = apps
         .iter()
         .find(|a| Some(&a.name) == container.labels.get(labels::APP))?;
     let slot: u32 = container.labels.get(labels::SLOT)?.parse().ok()?;
     let generation: u64 = container.labels.get(labels::GENERATION)?.parse().ok()?;
-    if !owned_slots(app).contains(&slot) {
+    if !owned(app).contains(&slot) {
         return None;
     }
     let running = container.task.is_some_and(|t| t.running);
@@ -379,6 +519,8 @@ fn adoptable(apps: &[AppSpec], container: &ListedContainer, node: &str) -> Optio
         created_at_ms: now_ms(),
         started_at_ms: None,
         history: Vec::new(),
+        health: app.health.as_ref().map(|_| crate::model::Health::Starting),
+        health_detail: String::new(),
     };
     let state = if running {
         ContainerState::Running

@@ -4,7 +4,8 @@
 //! Per app, each replica slot `0..replicas` (that this node owns) should have exactly one
 //! container of the app's current generation, running. Rules:
 //! - a slot with no current-generation container gets one (`Create`);
-//! - an exited container is restarted in place once its backoff has passed (`Restart`);
+//! - an exited container, or a running one that fails its health check, is restarted in
+//!   place once its backoff has passed (`Restart`);
 //! - a failed container (could not be created or started) is removed after its backoff, and
 //!   the slot refilled on a later pass;
 //! - an older-generation container is removed once its slot's replacement runs (`Remove`),
@@ -13,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{AppSpec, ContainerRecord, ContainerState};
+use crate::model::{AppSpec, ContainerRecord, ContainerState, Health};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -99,6 +100,14 @@ pub fn plan(
                             id: record.id.clone(),
                         });
                     }
+                    // Failing its health check: restarted in place like an exited one.
+                    ContainerState::Running
+                        if record.health == Some(Health::Unhealthy) && due(&record.id) =>
+                    {
+                        actions.push(Action::Restart {
+                            id: record.id.clone(),
+                        });
+                    }
                     ContainerState::Failed if due(&record.id) => {
                         actions.push(remove(record, "failed; replacing it"));
                     }
@@ -158,6 +167,7 @@ mod tests {
             memory_bytes: None,
             cpu_millis: None,
             stop_timeout_secs: 10,
+            health: None,
             generation,
             created_at_ms: 0,
             updated_at_ms: 0,
@@ -187,6 +197,8 @@ mod tests {
             created_at_ms: id.bytes().map(u64::from).sum(),
             started_at_ms: None,
             history: Vec::new(),
+            health: None,
+            health_detail: String::new(),
         }
     }
 

@@ -70,6 +70,8 @@ pub struct TaskState {
 #[derive(Debug, Clone)]
 pub struct TaskExit {
     pub container_id: String,
+    /// The process that exited: tells an old task's exit from the current one's.
+    pub pid: u32,
     pub exit_status: u32,
 }
 
@@ -364,6 +366,7 @@ impl Runtime {
             // Exec'd processes (health checks) exit too; only the init process matters here.
             (exit.id == exit.container_id || exit.id.is_empty()).then_some(TaskExit {
                 container_id: exit.container_id,
+                pid: exit.pid,
                 exit_status: exit.exit_status,
             })
         }))

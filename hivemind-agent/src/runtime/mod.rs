@@ -6,6 +6,7 @@
 //! [`image`] pulls images into containerd and reads them back.
 
 pub mod containers;
+pub mod exec;
 pub mod image;
 pub mod metrics;
 pub mod netns;

@@ -1,7 +1,9 @@
 //! Records → API messages.
 
+use std::fmt::Write as _;
+
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState},
+    model::{AppSpec, ContainerRecord, ContainerState, Health, HealthCheck},
     proto,
 };
 
@@ -71,6 +73,11 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
             .map(|a| a.ports.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
         log_path: String::new(),
+        health: record
+            .health
+            .map(|h| h.as_str().to_owned())
+            .unwrap_or_default(),
+        health_detail: record.health_detail.clone(),
     }
 }
 
@@ -120,7 +127,42 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
         updated_at_ms: spec.updated_at_ms,
         containers: records.iter().map(|r| container(r, Some(spec))).collect(),
         stop_timeout_secs: spec.stop_timeout_secs,
+        health_check: spec
+            .health
+            .as_ref()
+            .map(describe_health)
+            .unwrap_or_default(),
+        healthy: u32::try_from(records.iter().filter(|r| is_healthy(r)).count())
+            .unwrap_or(u32::MAX),
     }
+}
+
+/// "http 80/healthz every 10s, timeout 5s, 3 retries, start period 30s".
+pub fn describe_health(check: &HealthCheck) -> String {
+    let secs = |ms: u64| {
+        if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    };
+    let mut text = format!(
+        "{} every {}, timeout {}, {} retries",
+        check.probe,
+        secs(check.interval_ms),
+        secs(check.timeout_ms),
+        check.retries
+    );
+    if check.start_period_ms > 0 {
+        let _ = write!(text, ", start period {}", secs(check.start_period_ms));
+    }
+    text
+}
+
+/// Running and, when the app has a health check, passing it: what DNS, the VIP and the router
+/// send traffic to.
+pub fn is_healthy(record: &ContainerRecord) -> bool {
+    record.state == ContainerState::Running && record.health.is_none_or(|h| h == Health::Healthy)
 }
 
 #[cfg(test)]

@@ -4,13 +4,20 @@
 mod apps;
 mod containers;
 mod convert;
+mod metrics;
+mod monitor;
+mod policies;
 mod volumes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use crate::{
-    net::dataplane::DataplaneHandle, proto, reconcile::ReconcilerHandle, runtime::Runtime,
-    state::State, volumes::VolumeDirs,
+    net::{dataplane::DataplaneHandle, network::NodeNetwork},
+    proto,
+    reconcile::ReconcilerHandle,
+    runtime::Runtime,
+    state::State,
+    volumes::VolumeDirs,
 };
 
 #[derive(Clone, Debug)]
@@ -25,6 +32,7 @@ pub struct Parts {
     pub state: State,
     pub runtime: Runtime,
     pub dataplane: DataplaneHandle,
+    pub network: NodeNetwork,
     pub reconciler: ReconcilerHandle,
     pub volumes: VolumeDirs,
     /// `<data dir>/containers`: per-container logs and files.
@@ -58,7 +66,14 @@ impl AgentService {
 
     pub async fn health(&self) -> proto::HealthReply {
         let parts = self.parts();
-        let dataplane = parts.dataplane.status().await.unwrap_or_default();
+        let mut dataplane = parts.dataplane.status().await.unwrap_or_default();
+        let network = parts.network.status().await;
+        dataplane.subnet = network.subnet;
+        dataplane.gateway = network.gateway;
+        dataplane.uplink = network.uplink;
+        dataplane.node_ip = network.node_ip;
+        dataplane.policies = network.policies;
+        dataplane.endpoints = network.endpoints;
         proto::HealthReply {
             version: crate::VERSION.into(),
             node_name: parts.node_name.clone(),

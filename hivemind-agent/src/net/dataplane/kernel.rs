@@ -420,7 +420,8 @@ impl Dataplane {
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DataplaneError> {
         match self.maps.endpoints.remove(&wire(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
             Err(err) => Err(map_err(names::MAP_ENDPOINTS)(err)),
         }
     }
@@ -505,7 +506,8 @@ impl Dataplane {
 
         for key in &stale {
             match self.maps.cidr.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
                 Err(err) => return Err(map_err(names::MAP_CIDR_IDENTITY)(err)),
             }
         }
@@ -675,6 +677,8 @@ impl Dataplane {
         proto::DataplaneStatus {
             pin_path: self.pin_dir.display().to_string(),
             programs,
+            // The network fields are the node network's to fill (api::service::health).
+            ..proto::DataplaneStatus::default()
         }
     }
 
@@ -787,6 +791,18 @@ fn if_indextoname(index: u32) -> Option<String> {
     CStr::from_bytes_until_nul(&buf)
         .ok()
         .map(|s| s.to_string_lossy().into_owned())
+}
+
+/// aya reports a missing key as `KeyNotFound` from lookups but as the syscall's ENOENT from
+/// deletes.
+fn is_not_found(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

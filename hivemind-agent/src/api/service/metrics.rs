@@ -1,0 +1,101 @@
+//! `/metrics`: Prometheus text exposition of the datapath's counters and the apps' state.
+
+use std::fmt::Write as _;
+
+use super::AgentService;
+use crate::{api::error::ApiError, model::ContainerState};
+
+impl AgentService {
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        let parts = self.parts();
+        let mut out = String::new();
+        let node = &parts.node_name;
+
+        let counters = parts.dataplane.counters().await.unwrap_or_default();
+        out.push_str("# HELP hivemind_datapath_packets_total Packets the eBPF programs handled, by outcome.\n");
+        out.push_str("# TYPE hivemind_datapath_packets_total counter\n");
+        for c in &counters {
+            let _ = writeln!(
+                out,
+                "hivemind_datapath_packets_total{{node=\"{node}\",reason=\"{}\"}} {}",
+                c.label, c.packets
+            );
+        }
+        out.push_str(
+            "# HELP hivemind_datapath_bytes_total Bytes the eBPF programs handled, by outcome.\n",
+        );
+        out.push_str("# TYPE hivemind_datapath_bytes_total counter\n");
+        for c in &counters {
+            let _ = writeln!(
+                out,
+                "hivemind_datapath_bytes_total{{node=\"{node}\",reason=\"{}\"}} {}",
+                c.label, c.bytes
+            );
+        }
+
+        let policies = parts.state.policies().await?;
+        let by_policy = parts.dataplane.policy_counters().await.unwrap_or_default();
+        out.push_str("# HELP hivemind_policy_dropped_packets_total Packets dropped by each network policy.\n");
+        out.push_str("# TYPE hivemind_policy_dropped_packets_total counter\n");
+        for (id, counter) in &by_policy {
+            let name = policies
+                .iter()
+                .find(|p| p.id == *id)
+                .map_or_else(|| format!("id-{id}"), |p| p.name.clone());
+            let _ = writeln!(
+                out,
+                "hivemind_policy_dropped_packets_total{{node=\"{node}\",policy=\"{name}\"}} {}",
+                counter.packets
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hivemind_policies Network policies applied.\n# TYPE hivemind_policies gauge\nhivemind_policies {}",
+            policies.len()
+        );
+
+        let apps = parts.state.apps().await?;
+        let records = parts.state.containers().await?;
+        out.push_str("# HELP hivemind_app_replicas_desired Replicas each app asks for.\n# TYPE hivemind_app_replicas_desired gauge\n");
+        for app in &apps {
+            let _ = writeln!(
+                out,
+                "hivemind_app_replicas_desired{{app=\"{}\"}} {}",
+                app.name, app.replicas
+            );
+        }
+        out.push_str("# HELP hivemind_app_replicas_running Replicas of each app that run.\n# TYPE hivemind_app_replicas_running gauge\n");
+        for app in &apps {
+            let running = records
+                .iter()
+                .filter(|r| r.app == app.name && r.state == ContainerState::Running)
+                .count();
+            let _ = writeln!(
+                out,
+                "hivemind_app_replicas_running{{app=\"{}\"}} {running}",
+                app.name
+            );
+        }
+        out.push_str("# HELP hivemind_app_replicas_healthy Replicas of each app that pass their health check (running ones, for apps without a check).\n# TYPE hivemind_app_replicas_healthy gauge\n");
+        for app in &apps {
+            let healthy = records
+                .iter()
+                .filter(|r| r.app == app.name && super::convert::is_healthy(r))
+                .count();
+            let _ = writeln!(
+                out,
+                "hivemind_app_replicas_healthy{{app=\"{}\"}} {healthy}",
+                app.name
+            );
+        }
+        out.push_str("# HELP hivemind_container_restarts_total Restarts of each container.\n# TYPE hivemind_container_restarts_total counter\n");
+        for r in &records {
+            let _ = writeln!(
+                out,
+                "hivemind_container_restarts_total{{app=\"{}\",container=\"{}\",node=\"{}\"}} {}",
+                r.app, r.id, r.node, r.restart_count
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,143 @@
+//! `hivemind policy ...`.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use super::{GlobalArgs, Output, app::action, client, output};
+use crate::proto::{self, policies_client::PoliciesClient};
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Apply network policies from a YAML file or a directory of them (all or nothing).
+    Apply {
+        /// A .yaml/.yml file, a directory of them, or - for standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE|DIR")]
+        file: String,
+    },
+    /// List policies with what they select and how many packets they dropped.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one policy as YAML.
+    Get { name: String },
+    /// Remove a policy.
+    Rm { name: String },
+}
+
+pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
+    let mut policies = PoliciesClient::new(client::channel(global).await?);
+    match command {
+        PolicyCommand::Apply { file } => {
+            let sources = read_sources(file)?;
+            let reply = policies
+                .apply(proto::ApplyPoliciesRequest { sources })
+                .await?
+                .into_inner();
+            match global.output {
+                Output::Json => output::json(&reply)?,
+                Output::Table => {
+                    for name in &reply.created {
+                        println!("policy {name} created");
+                    }
+                    for name in &reply.updated {
+                        println!("policy {name} updated");
+                    }
+                    for warning in &reply.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                }
+            }
+        }
+        PolicyCommand::Ls => {
+            let reply = policies
+                .list(proto::ListPoliciesRequest {})
+                .await?
+                .into_inner();
+            match global.output {
+                Output::Json => output::json(&reply.policies)?,
+                Output::Table => {
+                    let mut table = output::Table::new(&[
+                        "name", "id", "selector", "selects", "rules", "dropped", "applied",
+                    ]);
+                    for p in &reply.policies {
+                        table.row(vec![
+                            p.name.clone(),
+                            p.id.to_string(),
+                            if p.selector.is_empty() {
+                                "(all apps)".into()
+                            } else {
+                                p.selector.clone()
+                            },
+                            if p.selects.is_empty() {
+                                "-".into()
+                            } else {
+                                p.selects.join(",")
+                            },
+                            format!(
+                                "{} in, {} out, {} deny",
+                                p.ingress_rules, p.egress_rules, p.deny_rules
+                            ),
+                            p.dropped_packets.to_string(),
+                            output::ago(p.applied_at_ms),
+                        ]);
+                    }
+                    print!("{}", table.render());
+                }
+            }
+        }
+        PolicyCommand::Get { name } => {
+            let info = policies
+                .get(proto::PolicyRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            match global.output {
+                Output::Json => output::json(&info)?,
+                Output::Table => print!("{}", info.yaml),
+            }
+        }
+        PolicyCommand::Rm { name } => {
+            let reply = policies
+                .remove(proto::PolicyRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            action(global, &reply)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The YAML texts to send: the file, every .yaml/.yml file of a directory (sorted), or stdin.
+fn read_sources(file: &str) -> anyhow::Result<Vec<proto::PolicySource>> {
+    if file == "-" {
+        let mut yaml = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut yaml)
+            .context("reading standard input")?;
+        return Ok(vec![proto::PolicySource {
+            name: "<stdin>".into(),
+            yaml,
+        }]);
+    }
+    let path = Path::new(file);
+    let read = |path: &Path| -> anyhow::Result<proto::PolicySource> {
+        Ok(proto::PolicySource {
+            name: path.display().to_string(),
+            yaml: std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        })
+    };
+    if !path.is_dir() {
+        return Ok(vec![read(path)?]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read directory {}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} has no .yaml or .yml files", path.display());
+    }
+    files.iter().map(|p| read(p)).collect()
+}

@@ -1,0 +1,366 @@
+//! The node's container network, as the rest of the agent sees it: the node's /24 and gateway,
+//! each container's address, veth and endpoint, the published ports and the compiled
+//! policies loaded into the dataplane. It glues [`ipam`](super::ipam), [`link`](super::link)
+//! and [`dataplane`](super::dataplane) together; the reconciler and the API call it.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, sync::Arc};
+
+use hivemind_common::{
+    config::{Config, FLAG_EVENTS_FORWARDED},
+    ct::{PortKey, PortTarget},
+    endpoint::{Endpoint, FLAG_LOCAL},
+};
+use ipnet::Ipv4Net;
+use tokio::sync::Mutex;
+
+use super::{
+    dataplane::{DataplaneError, DataplaneHandle},
+    ipam::{self, IpamError},
+    link::{self, LinkError},
+};
+use crate::{
+    model::{AppSpec, ContainerRecord, ContainerState, PolicyRecord, Protocol},
+    policy::{self, AppIdentity, PolicyErrors, PolicyRef},
+    state::State,
+    store::StoreError,
+};
+
+/// MTU of container interfaces when the uplink's is unknown.
+const DEFAULT_MTU: u32 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored policy {name} no longer parses: {errors}")]
+    StoredPolicy { name: String, errors: PolicyErrors },
+    #[error("the policies need more map entries than the datapath holds: {0}")]
+    Capacity(Box<policy::PolicyError>),
+}
+
+/// What `hivemind health` shows about the node's network.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkStatus {
+    pub subnet: String,
+    pub gateway: String,
+    pub uplink: String,
+    pub node_ip: String,
+    pub policies: u32,
+    pub endpoints: u32,
+}
+
+/// A container's place on the network.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub ip: Ipv4Addr,
+    pub host_ifname: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeNetwork {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    dataplane: DataplaneHandle,
+    node: String,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    mtu: u32,
+    uplink: Option<link::Uplink>,
+    node_ip: Option<Ipv4Addr>,
+    /// Serialises whole-set updates (policies, ports) so two never interleave.
+    updates: Mutex<Published>,
+}
+
+/// What the dataplane was last given, to skip no-op updates and report status.
+#[derive(Debug, Default)]
+struct Published {
+    ports: Vec<(PortKey, PortTarget)>,
+    ingress_attached: bool,
+    policies: u32,
+    monitors_forwarded: u32,
+}
+
+fn wire(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+impl NodeNetwork {
+    /// Claims the node's /24, prepares the node namespace (gateway device, forwarding,
+    /// masquerade) and tells the dataplane the node's addresses.
+    pub async fn start(
+        state: State,
+        dataplane: DataplaneHandle,
+        node: &str,
+        cluster_cidr: Ipv4Net,
+        uplink_name: Option<&str>,
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<Self, NetworkError> {
+        let subnet = ipam::claim_subnet(state.store(), cluster_cidr, node).await?;
+        let gateway = ipam::gateway(subnet);
+        link::setup_node(subnet, gateway, cluster_cidr).await?;
+        let uplink = link::uplink(uplink_name).await?;
+        let node_ip = node_ip.or_else(|| uplink.as_ref().and_then(|u| u.ipv4));
+        let mtu = uplink.as_ref().map_or(DEFAULT_MTU, |u| u.mtu);
+        let network = Self {
+            inner: Arc::new(Inner {
+                state,
+                dataplane,
+                node: node.to_owned(),
+                subnet,
+                gateway,
+                mtu,
+                uplink,
+                node_ip,
+                updates: Mutex::new(Published::default()),
+            }),
+        };
+        network.push_config(false).await?;
+        tracing::info!(%subnet, %gateway, uplink = ?network.inner.uplink.as_ref().map(|u| &u.name), node_ip = ?network.inner.node_ip, mtu, "node network ready");
+        Ok(network)
+    }
+
+    async fn push_config(&self, forwarded_events: bool) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        inner
+            .dataplane
+            .set_config(Config {
+                flags: if forwarded_events {
+                    FLAG_EVENTS_FORWARDED
+                } else {
+                    0
+                },
+                node_ip: inner.node_ip.map_or(0, wire),
+                gateway_ip: wire(inner.gateway),
+                ..Config::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub fn subnet(&self) -> Ipv4Net {
+        self.inner.subnet
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.inner.gateway
+    }
+
+    /// Gives container `id` of `app` an address and an `eth0` in its namespace, and tells
+    /// the dataplane about it. Undone by [`NodeNetwork::detach`].
+    pub async fn attach(
+        &self,
+        id: &str,
+        app: &str,
+        netns: &Path,
+    ) -> Result<Attachment, NetworkError> {
+        let inner = &self.inner;
+        let ip = ipam::claim_address(inner.state.store(), inner.subnet, &inner.node, id).await?;
+        let identity = inner.state.app_identity(app).await?;
+        let result = async {
+            let link = link::plumb_container(netns, id, ip, inner.gateway, inner.mtu).await?;
+            let endpoint = Endpoint {
+                ifindex: link.host_ifindex,
+                identity,
+                flags: FLAG_LOCAL,
+                mac: link.container_mac,
+                gw_mac: link.host_mac,
+                ..Endpoint::default()
+            };
+            inner.dataplane.upsert_endpoint(ip, endpoint).await?;
+            inner.dataplane.attach_container(link.host_ifindex).await?;
+            Ok::<_, NetworkError>(Attachment {
+                ip,
+                host_ifname: link.host_ifname,
+            })
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.detach(id, Some(ip)).await;
+        }
+        result
+    }
+
+    /// Removes container `id` from the network. Idempotent; `ip` is looked up if unknown.
+    pub async fn detach(&self, id: &str, ip: Option<Ipv4Addr>) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        let ip = match ip {
+            Some(ip) => Some(ip),
+            None => ipam::addresses(inner.state.store(), inner.subnet)
+                .await?
+                .into_iter()
+                .find(|(_, owner)| owner == id)
+                .map(|(ip, _)| ip),
+        };
+        if let Some(ip) = ip {
+            inner.dataplane.remove_endpoint(ip).await?;
+        }
+        // Deleting the veth detaches its programs with it.
+        link::unplumb_container(&link::host_ifname(id)).await?;
+        if let Some(ip) = ip {
+            ipam::release_address(inner.state.store(), inner.subnet, ip, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the apps' ports: each host port goes to the lowest running replica slot of
+    /// its app on this node. The node ingress program is attached while any port is published.
+    pub async fn sync_ports(
+        &self,
+        apps: &[AppSpec],
+        records: &[ContainerRecord],
+    ) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        let mut ports = Vec::new();
+        for app in apps {
+            let target = records
+                .iter()
+                .filter(|r| {
+                    r.app == app.name && r.state == ContainerState::Running && r.node == inner.node
+                })
+                .filter_map(|r| Some((r.slot, r.ip?)))
+                .min();
+            let Some((_, ip)) = target else { continue };
+            for port in &app.ports {
+                ports.push((
+                    PortKey {
+                        port: port.host,
+                        protocol: match port.protocol {
+                            Protocol::Tcp => 6,
+                            Protocol::Udp => 17,
+                        },
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        ip: wire(ip),
+                        port: port.container,
+                        _pad: 0,
+                    },
+                ));
+            }
+        }
+        ports.sort_by_key(|(key, _)| (key.port, key.protocol));
+        let mut published = inner.updates.lock().await;
+        if published.ports == ports {
+            return Ok(());
+        }
+        inner.dataplane.set_ports(ports.clone()).await?;
+        match (&inner.uplink, ports.is_empty(), published.ingress_attached) {
+            (Some(uplink), false, false) => {
+                inner.dataplane.attach_node_ingress(&uplink.name).await?;
+                published.ingress_attached = true;
+            }
+            (Some(uplink), true, true) => {
+                inner.dataplane.detach_node_ingress(&uplink.name).await?;
+                published.ingress_attached = false;
+            }
+            (None, false, _) => tracing::warn!(
+                "ports are published but the node has no uplink interface to receive them on; pass --underlay-iface"
+            ),
+            _ => {}
+        }
+        published.ports = ports;
+        Ok(())
+    }
+
+    /// Compiles every stored policy against the current apps and loads the result into the
+    /// dataplane in one swap. Returns the compiler's warnings.
+    pub async fn load_policies(&self) -> Result<Vec<String>, NetworkError> {
+        let inner = &self.inner;
+        let records = inner.state.policies().await?;
+        let apps = inner.state.apps().await?;
+        let identities = inner.state.identities().await?;
+        let (compiled, count) = compile_records(&records, &apps, &identities)?;
+        compiled
+            .check_capacity()
+            .map_err(|err| NetworkError::Capacity(Box::new(err)))?;
+        let mut published = inner.updates.lock().await;
+        inner
+            .dataplane
+            .replace_policy(compiled.entries.into_iter().collect(), compiled.cidrs)
+            .await?;
+        published.policies = count;
+        Ok(compiled.warnings)
+    }
+
+    /// A monitor asking for forwarded traffic comes (`true`) or goes (`false`); forwarded
+    /// events are switched on in the datapath only while at least one wants them.
+    pub async fn monitor_forwarded(&self, wanted: bool) -> Result<(), NetworkError> {
+        let mut published = self.inner.updates.lock().await;
+        let before = published.monitors_forwarded > 0;
+        if wanted {
+            published.monitors_forwarded += 1;
+        } else {
+            published.monitors_forwarded = published.monitors_forwarded.saturating_sub(1);
+        }
+        let after = published.monitors_forwarded > 0;
+        drop(published);
+        if before != after {
+            self.push_config(after).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> NetworkStatus {
+        let inner = &self.inner;
+        let published = inner.updates.lock().await;
+        let endpoints = ipam::addresses(inner.state.store(), inner.subnet)
+            .await
+            .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX));
+        NetworkStatus {
+            subnet: inner.subnet.to_string(),
+            gateway: inner.gateway.to_string(),
+            uplink: inner
+                .uplink
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_default(),
+            node_ip: inner.node_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            policies: published.policies,
+            endpoints,
+        }
+    }
+}
+
+/// Parses stored policies and compiles them with the apps' identities and labels.
+pub fn compile_records(
+    records: &[PolicyRecord],
+    apps: &[AppSpec],
+    identities: &BTreeMap<String, u32>,
+) -> Result<(policy::Compiled, u32), NetworkError> {
+    let mut parsed = Vec::with_capacity(records.len());
+    for record in records {
+        let policies = policy::parse_str(&record.name, &record.yaml).map_err(|errors| {
+            NetworkError::StoredPolicy {
+                name: record.name.clone(),
+                errors,
+            }
+        })?;
+        parsed.extend(policies.into_iter().map(|p| (record.id, p)));
+    }
+    let refs: Vec<PolicyRef<'_>> = parsed
+        .iter()
+        .map(|(id, policy)| PolicyRef { id: *id, policy })
+        .collect();
+    let app_identities: Vec<AppIdentity> = apps
+        .iter()
+        .filter_map(|app| {
+            Some(AppIdentity {
+                app: app.name.clone(),
+                identity: *identities.get(&app.name)?,
+                labels: app.selector_labels(),
+            })
+        })
+        .collect();
+    let count = u32::try_from(refs.len()).unwrap_or(u32::MAX);
+    Ok((policy::compile(&refs, &app_identities), count))
+}
