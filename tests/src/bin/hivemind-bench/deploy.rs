@@ -141,7 +141,7 @@ fn run(options: &Options) -> Report {
     );
     report.notes = vec![
         "ratios are paired: the median over rounds of hivemind/ctr measured in the same round".to_owned(),
-        "hivemind does more per container than `ctr run -d`: a store record written before and after (redb, fsync), its own network namespace, /etc/hosts, /etc/hostname and /etc/resolv.conf, a seccomp profile and Docker's capability set, stdout to a file, and a reconcile pass over every app".to_owned(),
+        "hivemind does more per container than `ctr run -d`: a store record written before and after (redb, fsync), a placement written to the store, its own network namespace with a veth pair, an address from IPAM and a datapath endpoint (about 50 ms: see the datapath bench's plumbing note), /etc/hosts, /etc/hostname and /etc/resolv.conf, a seccomp profile and Docker's capability set, stdout to a file, and a reconcile pass over every app".to_owned(),
         "20→0 stops every container with SIGTERM (then SIGKILL after a 1 s grace period, which httpd does not need) and removes it; `ctr tasks rm -f` sends SIGKILL at once, so that column is for information only".to_owned(),
     ];
     report.tables.push(table);
