@@ -18,7 +18,7 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "datapath",
-        "container↔container throughput and RR vs a Linux bridge; policy cost vs iptables at 10..100k rules (about 7 minutes)",
+        "container↔container throughput and RR vs a Linux bridge; policy cost vs iptables at 10..100k rules (about 8 minutes)",
     ),
     (
         "api",
