@@ -6,6 +6,12 @@ pub const VERDICT_DROPPED: u8 = 2;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
+/// The programs write events without waking the agent's reader, which drains the ring on a
+/// short timer; they wake it early only once this many bytes wait (about 2 300 events). A
+/// wakeup per event costs the packet's CPU a self-interrupt (`irq_work`) and the reader a
+/// context switch each: under a flood of drops that was more than the rest of the drop path.
+pub const EVENTS_WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictEvent {

@@ -2,11 +2,11 @@
 //! object too, and pinned by name under the agent's pin directory so they outlive the agent.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     btf_maps::{
         Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
 };
 use hivemind_common::{
@@ -17,7 +17,7 @@ use hivemind_common::{
         PortTarget,
     },
     endpoint::{self, Endpoint},
-    event::EVENTS_BYTES,
+    event::{EVENTS_BYTES, EVENTS_WAKEUP_BYTES},
     overlay::{PEERS_MAX_ENTRIES, Peer, PeerStats, TUNNELS_MAX_ENTRIES},
     policy::{CIDR_MAX_ENTRIES, MAX_POLICIES, MAX_RULE_ENTRIES, PolicyKey, PolicyValue},
     reason,
@@ -61,6 +61,26 @@ pub static NAT: LruHashMap<CtKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruH
 
 #[btf_map(name = "HM_EVENTS", pin_by_name)]
 pub static EVENTS: RingBuf<(), { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Flags for writing one event: no wakeup of the agent's reader (it drains the ring on a
+/// timer) until [`EVENTS_WAKEUP_BYTES`] are waiting.
+#[inline(always)]
+pub fn events_wakeup_flags() -> u64 {
+    // SAFETY: the helper only reads the ring's producer and consumer positions. The pointer
+    // is the map definition itself, which the loader relocates to the ring buffer map —
+    // exactly what aya's own (crate-private) `as_ptr` hands to `bpf_ringbuf_output`.
+    let waiting = unsafe {
+        bpf_ringbuf_query(
+            core::ptr::from_ref(&EVENTS).cast_mut().cast(),
+            u64::from(BPF_RB_AVAIL_DATA),
+        )
+    };
+    if waiting >= EVENTS_WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 #[btf_map(name = "HM_CONFIG", pin_by_name)]
 pub static CONFIG: Array<Config, 1> = Array::new();

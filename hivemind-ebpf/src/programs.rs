@@ -31,6 +31,7 @@ use hivemind_common::{
 use crate::{
     maps::{
         ENDPOINTS, EVENTS, NAT, PEERS, PORTS, TUNNELS, config, count, count_peer, count_policy,
+        events_wakeup_flags,
     },
     overlay::{self, vxlan_port},
     packet::{self, ETH_HLEN, Flow, PROTO_TCP, PROTO_UDP, ParseError, Parsed},
@@ -134,7 +135,7 @@ fn conclude(ctx: &TcContext, flow: Option<&Flow>, verdict: &Verdict) -> i32 {
             event.protocol = flow.protocol;
         }
         // A full ring loses the event, never the packet.
-        let _ = EVENTS.output_untyped(&event, 0);
+        let _ = EVENTS.output_untyped(&event, events_wakeup_flags());
     }
     verdict.action
 }

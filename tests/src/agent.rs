@@ -26,6 +26,9 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables of the agent process.
     pub env: Vec<(String, String)>,
+    /// `HIVEMIND_LOG`; defaults to `info,hivemind_agent=debug` (tests want the detail,
+    /// benchmarks want the default `info`).
+    pub log_filter: Option<String>,
 }
 
 #[derive(Debug)]
@@ -38,6 +41,7 @@ pub struct Agent {
     dir: TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    log_filter: String,
 }
 
 impl Agent {
@@ -82,6 +86,10 @@ impl Agent {
             dir,
             args,
             env: options.env.clone(),
+            log_filter: options
+                .log_filter
+                .clone()
+                .unwrap_or_else(|| "info,hivemind_agent=debug".to_owned()),
         };
         agent.launch();
         agent
@@ -97,7 +105,7 @@ impl Agent {
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("HIVEMIND_LOG", "info,hivemind_agent=debug");
+            .env("HIVEMIND_LOG", &self.log_filter);
         self.process = Some(Process::spawn("hivemind agent", &mut command, &log));
         self.wait_ready();
     }

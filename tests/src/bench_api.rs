@@ -54,14 +54,17 @@ pub fn bench_api() -> String {
     let body_bytes = api.get("/api/containers").body.len();
     let rss_loaded = rss_kib(pid);
 
-    // Warm up, then measure at two concurrency levels.
-    let _ = wrk(&node, 8, 3);
+    // `cargo xtask bench api --quick`: a smoke run, numbers too short to quote.
+    let quick = std::env::var_os("HIVEMIND_BENCH_QUICK").is_some();
+    let (warm_up_secs, run_secs) = if quick { (1, 3) } else { (3, 15) };
+    // Warm up, then measure at three concurrency levels.
+    let _ = wrk(&node, 8, warm_up_secs);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let runs: Vec<LoadResult> = [8, 16, 64]
         .iter()
         .map(|&c| {
             let before = cpu_ticks(pid);
-            let mut result = wrk(&node, c, 15);
+            let mut result = wrk(&node, c, run_secs);
             let ticks = cpu_ticks(pid).saturating_sub(before);
             result.cpu_us_per_request = per_request_us(ticks, result.requests);
             result
@@ -82,7 +85,8 @@ pub fn bench_api() -> String {
     );
     let _ = writeln!(
         out,
-        "wrk (2 threads, 15 s per concurrency, after a 3 s warm-up) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
+        "wrk (2 threads, {run_secs} s per concurrency, after a {warm_up_secs} s warm-up{}) inside the agent's namespace against the release build on 127.0.0.1:3000; response {body_bytes} bytes of JSON. Deploying the {CONTAINERS} containers ({APPS} apps × {}) took {deploy_secs:.1} s.\n",
+        if quick { "; --quick: a smoke run" } else { "" },
         CONTAINERS / APPS
     );
     let _ = writeln!(

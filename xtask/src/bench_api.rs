@@ -1,15 +1,11 @@
-//! `cargo xtask bench api`: the REST API benchmark (`tests/src/bench_api.rs`) against the
-//! release build (the harness itself is the debug build the tests use). Prints the report and writes it to `target/bench/api.md`.
-
-use anyhow::bail;
+//! `cargo xtask bench api [--quick]`: the REST API benchmark (`tests/src/bench_api.rs`, run as
+//! the ignored test `tests/tests/bench_api.rs`) against the release agent (the harness itself
+//! is the debug build the tests use). Prints the report and writes it to `target/bench/api.md`.
+//! Dispatched by name from [`crate::bench`].
 
 use crate::{cmd, setup};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    match args.first().map(String::as_str) {
-        Some("api") => {}
-        other => bail!("unknown benchmark {other:?}; available: api"),
-    }
+pub fn run(quick: bool) -> anyhow::Result<()> {
     setup::ensure()?;
     cmd::cargo_host(&[
         "build",
@@ -23,7 +19,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let root = cmd::root();
     let report = root.join("target/bench/api.md");
     std::fs::create_dir_all(root.join("target/bench"))?;
-    cmd::cargo_host(&[
+    let mut test = cmd::cargo_host(&[
         // The same package selection as `cargo xtask test`, so the build is shared (one
         // package alone would unify features differently and rebuild half the tree).
         "test",
@@ -38,8 +34,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "--test-threads=1",
     ])
     .env("HIVEMIND_BIN", root.join("target/release/hivemind"))
-    .env("HIVEMIND_BENCH_REPORT", &report)
-    .run()?;
+    .env("HIVEMIND_BENCH_REPORT", &report);
+    if quick {
+        test = test.env("HIVEMIND_BENCH_QUICK", "1");
+    }
+    test.run()?;
     println!("bench api: report in {}", report.display());
     Ok(())
 }

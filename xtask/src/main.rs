@@ -2,6 +2,7 @@
 //! no dependency on the agent, whose build needs bpf-linker); it installs the pinned toolchains
 //! and runs the real builds as `cargo +<pinned> ...`.
 
+mod bench;
 mod bench_api;
 mod bench_overlay;
 mod cmd;
@@ -25,10 +26,9 @@ tasks:
                with the web UI on http://127.0.0.1:3000
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
-  bench api    the REST API under load (wrk) with 100 containers; report in target/bench/api.md
-  bench overlay [--quick] [--reps N]
-               release build, then the overlay benchmark (root): Hivemind's overlay vs kernel
-               VXLAN + bridge vs the routed underlay; tables on stdout, JSON under target/bench/
+  bench [NAME...] [--quick] [--reps N]
+               release build, then the named benchmarks (root): deploy, datapath, overlay, api;
+               without a name, list them. Tables on stdout, results under target/bench/
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -42,10 +42,7 @@ fn main() -> anyhow::Result<()> {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => test::run(&rest),
-        "bench" => match rest.first().map(String::as_str) {
-            Some("overlay" | "list") | None => bench_overlay::run(&rest),
-            _ => bench_api::run(&rest),
-        },
+        "bench" => bench::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -54,7 +54,7 @@ pub fn run(filter: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     cmd::Cmd::new("id")
         .args(["-u"])
         .read()

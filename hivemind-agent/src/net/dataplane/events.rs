@@ -1,5 +1,11 @@
 //! The one reader of the `HM_EVENTS` ring buffer: decodes verdict events and fans them out to
 //! subscribers over a broadcast channel (a slow subscriber loses events, never the datapath).
+//!
+//! The programs do not wake the reader for every event (see
+//! [`hivemind_common::event::EVENTS_WAKEUP_BYTES`]): it drains the ring every
+//! [`POLL_INTERVAL`], and at once when the programs wake it because a batch has piled up.
+
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use hivemind_common::event::VerdictEvent;
@@ -7,6 +13,9 @@ use tokio::{io::unix::AsyncFd, sync::broadcast, task::JoinHandle};
 
 /// Events buffered per subscriber before the oldest are dropped for it.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// The longest an event waits in the ring before the reader picks it up.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Option<VerdictEvent> {
@@ -33,23 +42,29 @@ pub fn spawn(ring: RingBuf<MapData>, tx: broadcast::Sender<VerdictEvent>) -> Joi
             }
         };
         loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(guard) => guard,
-                Err(err) => {
+            match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+                Ok(Ok(mut guard)) => {
+                    drain(guard.get_inner_mut(), &tx);
+                    guard.clear_ready();
+                }
+                // Nobody woke us: the events written meanwhile are below the wakeup mark.
+                Err(_elapsed) => drain(fd.get_mut(), &tx),
+                Ok(Err(err)) => {
                     tracing::error!(error = %err, "events ring buffer poll failed; no verdict events");
                     return;
                 }
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if let Some(event) = decode(&item) {
-                    // No subscriber is not an error.
-                    let _ = tx.send(event);
-                }
             }
-            guard.clear_ready();
         }
     })
+}
+
+fn drain(ring: &mut RingBuf<MapData>, tx: &broadcast::Sender<VerdictEvent>) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = decode(&item) {
+            // No subscriber is not an error.
+            let _ = tx.send(event);
+        }
+    }
 }
 
 #[cfg(test)]
