@@ -10,6 +10,7 @@ use crate::{
     },
     config::AgentConfig,
     healthcheck::HealthMonitor,
+    lb,
     net::{dataplane, network::NodeNetwork},
     paths,
     reconcile::{Lifecycle, Reconciler},
@@ -62,6 +63,19 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
     .await
     .context("setting up the node's container network")?;
 
+    let vip_cgroup = match &config.vip_cgroup {
+        Some(dir) => dir.clone(),
+        None => lb::default_cgroup(&config.node_name)?,
+    };
+    let vips = lb::start(
+        state.clone(),
+        config.service_cidr,
+        &config.node_name,
+        &paths::pin_dir(&config.node_name),
+        &vip_cgroup,
+    )
+    .context("starting the VIP load balancer")?;
+
     let volumes = VolumeDirs::new(config.data_dir.volumes());
     let lifecycle = Lifecycle::new(
         runtime.clone(),
@@ -90,6 +104,7 @@ async fn start_subsystems(config: &AgentConfig) -> anyhow::Result<AgentService> 
         reconciler,
         volumes,
         containers_dir: config.data_dir.containers(),
+        vips,
     }))
 }
 

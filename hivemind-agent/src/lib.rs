@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod healthcheck;
+pub mod lb;
 pub mod model;
 pub mod net;
 pub mod paths;

@@ -16,6 +16,9 @@ pub mod keys {
     /// Registered nodes, and their lease-backed liveness keys.
     pub const NODES: &str = "/hivemind/nodes/";
     pub const ALIVE: &str = "/hivemind/alive/";
+    /// Service VIPs, both ways: `vips/app/<app>` → address, `vips/ip/<address>` → app.
+    pub const VIPS_BY_APP: &str = "/hivemind/vips/app/";
+    pub const VIPS_BY_IP: &str = "/hivemind/vips/ip/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -253,6 +256,12 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Running and, when its app has a health check, passing it: what DNS, the VIP and the
+    /// router send traffic to.
+    pub fn is_healthy(&self) -> bool {
+        self.state == ContainerState::Running && self.health.is_none_or(|h| h == Health::Healthy)
+    }
+
     /// Moves to `state` and records the change.
     pub fn transition(
         &mut self,

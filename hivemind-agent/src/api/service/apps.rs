@@ -57,6 +57,12 @@ impl AgentService {
                         spec.name
                     )));
                 }
+                // Claimed now (not by the balancer a moment later) so the deploy's answer and
+                // the first `app ls` show it; a full service CIDR fails the deploy cleanly.
+                if let Err(err) = parts.vips.ensure(&spec.name).await {
+                    let _ = parts.state.delete_app(&spec.name).await;
+                    return Err(ApiError::new(ErrorKind::Unavailable, err.to_string()));
+                }
                 None
             }
             Some((current, revision)) => {
@@ -147,13 +153,16 @@ impl AgentService {
         let parts = self.parts();
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
+        let vips = parts.vips.all().await?;
         Ok(proto::ListAppsReply {
             apps: apps
                 .iter()
                 .map(|app| {
                     let mine: Vec<&ContainerRecord> =
                         records.iter().filter(|r| r.app == app.name).collect();
-                    convert::app(app, &mine)
+                    let mut info = convert::app(app, &mine);
+                    convert::set_vip(&mut info, vips.get(&app.name).copied());
+                    info
                 })
                 .collect(),
         })
@@ -164,7 +173,9 @@ impl AgentService {
         let (app, _) = self.existing_app(name).await?;
         let records = parts.state.containers().await?;
         let mine: Vec<&ContainerRecord> = records.iter().filter(|r| r.app == app.name).collect();
-        Ok(convert::app(&app, &mine))
+        let mut info = convert::app(&app, &mine);
+        convert::set_vip(&mut info, parts.vips.of(&app.name).await?);
+        Ok(info)
     }
 
     pub async fn scale(&self, name: &str, replicas: i64) -> Result<proto::ActionReply, ApiError> {

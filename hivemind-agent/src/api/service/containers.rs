@@ -38,10 +38,15 @@ impl AgentService {
         records.sort_by(|a, b| {
             (&a.app, a.slot, a.created_at_ms).cmp(&(&b.app, b.slot, b.created_at_ms))
         });
+        let vips = parts.vips.all().await?;
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
-                .map(|r| convert::container(r, apps.iter().find(|a| a.name == r.app)))
+                .map(|r| {
+                    let mut info = convert::container(r, apps.iter().find(|a| a.name == r.app));
+                    info.vip = vips.get(&r.app).map(ToString::to_string).unwrap_or_default();
+                    info
+                })
                 .collect(),
         })
     }
@@ -52,6 +57,12 @@ impl AgentService {
         let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
         let mut info = convert::container(&record, app.as_ref());
         info.log_path = self.log_path(id).display().to_string();
+        info.vip = parts
+            .vips
+            .of(&record.app)
+            .await?
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         // Usage is best effort: a stopped container or an unreachable containerd has none.
         if let Ok(Some(usage)) = parts.runtime.usage(id).await {
             info.usage = Some(proto::ResourceUsage {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState, Health, HealthCheck},
+    model::{AppSpec, ContainerRecord, ContainerState, HealthCheck},
     proto,
 };
 
@@ -78,6 +78,7 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
             .map(|h| h.as_str().to_owned())
             .unwrap_or_default(),
         health_detail: record.health_detail.clone(),
+        vip: String::new(),
     }
 }
 
@@ -134,7 +135,17 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .unwrap_or_default(),
         healthy: u32::try_from(records.iter().filter(|r| is_healthy(r)).count())
             .unwrap_or(u32::MAX),
+        vip: String::new(),
     }
+}
+
+/// Fills in the app's VIP, on the app and on each of its containers.
+pub fn set_vip(info: &mut proto::AppInfo, vip: Option<std::net::Ipv4Addr>) {
+    let vip = vip.map(|ip| ip.to_string()).unwrap_or_default();
+    for container in &mut info.containers {
+        container.vip.clone_from(&vip);
+    }
+    info.vip = vip;
 }
 
 /// "http 80/healthz every 10s, timeout 5s, 3 retries, start period 30s".
@@ -162,7 +173,7 @@ pub fn describe_health(check: &HealthCheck) -> String {
 /// Running and, when the app has a health check, passing it: what DNS, the VIP and the router
 /// send traffic to.
 pub fn is_healthy(record: &ContainerRecord) -> bool {
-    record.state == ContainerState::Running && record.health.is_none_or(|h| h == Health::Healthy)
+    record.is_healthy()
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct Parts {
     pub volumes: VolumeDirs,
     /// `<data dir>/containers`: per-container logs and files.
     pub containers_dir: PathBuf,
+    /// The apps' virtual IPs.
+    pub vips: crate::lb::Vips,
 }
 
 #[derive(Debug)]

@@ -349,6 +349,7 @@ function appPage(name) {
         fact("Image", h("span", { class: "mono" }, app.image)),
         fact("Replicas", `${app.running} running of ${app.replicas}`),
         fact("Service domain", app.service || "—"),
+        fact("Virtual IP", h("span", { class: "mono" }, app.vip || "—")),
         fact("Ports", tags(app.ports)),
         fact("Volumes", tags(app.volumes)),
         fact("Environment", tags(app.env)),
