@@ -222,8 +222,10 @@ impl SocketLb {
                     }
                 }
             }
+            // A cgroup link takes no flags (the kernel refuses ALLOW_MULTI there) and always
+            // coexists with other programs on the same hook.
             let id = program
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(attach_err)?;
             let link = program.take_link(id).map_err(attach_err)?;
             let link = FdLink::try_from(link).map_err(|source| LbError::Link {
