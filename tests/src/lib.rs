@@ -14,6 +14,7 @@
 
 mod agent;
 pub mod bench_api;
+pub mod bench_service;
 mod containerd;
 mod etcd;
 pub mod http;

@@ -3,6 +3,7 @@
 //! and runs the real builds as `cargo +<pinned> ...`.
 
 mod bench_api;
+mod bench_service;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -25,6 +26,8 @@ tasks:
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
   bench api    the REST API under load (wrk) with 100 containers; report in target/bench/api.md
+  bench service  HTTP through a service VIP vs straight to a replica (wrk); report in
+               target/bench/service.md
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => test::run(&rest),
+        "bench" if rest.first().map(String::as_str) == Some("service") => bench_service::run(),
         "bench" => bench_api::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
