@@ -439,7 +439,9 @@ fn parse_service_cidr(value: &str, cluster_cidr: Ipv4Net) -> Result<Ipv4Net, Con
         return Err(invalid(
             "--service-cidr",
             value,
-            format!("overlaps the cluster CIDR {cluster_cidr}; VIPs must not be container addresses"),
+            format!(
+                "overlaps the cluster CIDR {cluster_cidr}; VIPs must not be container addresses"
+            ),
         ));
     }
     let first = net.network().octets()[0];

@@ -121,14 +121,19 @@ pub fn bench_service() -> String {
         report,
         "wrk -t2 -c{CONNECTIONS} in the node's namespace (in a cgroup below the containers', so the VIP programs balance its connects), {ROUNDS} alternating rounds of {SECONDS} s, medians shown; busybox httpd closes each connection, so every request is a new connect through `hm_lb_connect4` (the agent build does not matter: the kernel does the balancing).\n"
     );
-    report.push_str("| path | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |\n");
+    report.push_str(
+        "| path | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |\n",
+    );
     let mut medians = Vec::new();
     for (name, results) in &runs {
         let rps = median(results.iter().map(|r| r.requests_per_sec).collect());
         let p50 = median(results.iter().map(|r| r.p50_ms).collect());
         let p99 = median(results.iter().map(|r| r.p99_ms).collect());
         let errors: u64 = results.iter().map(|r| r.errors).sum();
-        let _ = writeln!(report, "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} |");
+        let _ = writeln!(
+            report,
+            "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} |"
+        );
         medians.push((rps, p99));
     }
     let (direct_rps, direct_p99) = medians[0];

@@ -76,17 +76,18 @@ fn app_info(node: &SingleNode, app: &str) -> Value {
 }
 
 fn vip_of(node: &SingleNode, app: &str) -> String {
-    app_info(node, app)["vip"]
-        .as_str()
-        .expect("vip")
-        .to_owned()
+    app_info(node, app)["vip"].as_str().expect("vip").to_owned()
 }
 
 fn wait_healthy(node: &SingleNode, app: &str, count: usize) -> Vec<Value> {
-    wait_for(&format!("{count} healthy replicas of {app}"), TIMEOUT, || {
-        let list = containers(node, app);
-        (list.iter().filter(|c| c["health"] == "healthy").count() == count).then_some(list)
-    })
+    wait_for(
+        &format!("{count} healthy replicas of {app}"),
+        TIMEOUT,
+        || {
+            let list = containers(node, app);
+            (list.iter().filter(|c| c["health"] == "healthy").count() == count).then_some(list)
+        },
+    )
 }
 
 fn id(c: &Value) -> String {
@@ -136,7 +137,9 @@ fn tally(answers: &[String]) -> BTreeMap<String, usize> {
 
 /// A pinned map's entries, as bpftool's BTF formatting shows them.
 fn dump(pin: &Path) -> Vec<Value> {
-    let out = run(Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(pin));
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin));
     assert!(out.status.success(), "bpftool: {}", stderr(&out));
     serde_json::from_str::<Value>(&stdout(&out))
         .expect("bpftool JSON")
@@ -206,7 +209,11 @@ fn the_vip_spreads_over_healthy_replicas_and_follows_failures() {
     let answers = tally(&requests(&node, &client, &vip, "/id", 60));
     let ids: Vec<String> = web.iter().map(id).collect();
     if answers.contains_key("FAIL") {
-        let one = exec(&node, &client, &format!("echo | nc -w 3 {vip} 80; cat /proc/self/cgroup"));
+        let one = exec(
+            &node,
+            &client,
+            &format!("echo | nc -w 3 {vip} 80; cat /proc/self/cgroup"),
+        );
         let maps = (
             dump(&node.agent.pin_dir().join("HM_LB_SERVICES")),
             dump(&node.agent.pin_dir().join("HM_LB_BACKENDS")),
@@ -266,7 +273,10 @@ fn the_vip_spreads_over_healthy_replicas_and_follows_failures() {
     let answers = tally(&requests(&node, &client, &vip, "/id", 30));
     assert!(!answers.contains_key("FAIL"), "{answers:?}");
     assert!(!answers.contains_key(&sick), "{answers:?}");
-    assert!(answers.len() >= 2, "the two healthy replicas share: {answers:?}");
+    assert!(
+        answers.len() >= 2,
+        "the two healthy replicas share: {answers:?}"
+    );
 }
 
 #[test]
@@ -323,6 +333,9 @@ fn a_bad_service_cidr_exits_64_and_names_it() {
             .args(["--service-cidr", cidr]));
         assert_eq!(out.status.code(), Some(64), "{cidr}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("--service-cidr") && err.contains(why), "{cidr}: {err}");
+        assert!(
+            err.contains("--service-cidr") && err.contains(why),
+            "{cidr}: {err}"
+        );
     }
 }

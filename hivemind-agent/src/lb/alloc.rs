@@ -80,10 +80,7 @@ pub async fn ensure(state: &State, cidr: Ipv4Net, app: &str) -> Result<Ipv4Addr,
         let outcome = state
             .store()
             .txn(Txn {
-                compare: vec![
-                    Compare::Absent(app_key(app)),
-                    Compare::Absent(ip_key(ip)),
-                ],
+                compare: vec![Compare::Absent(app_key(app)), Compare::Absent(ip_key(ip))],
                 success: vec![
                     Op::Put {
                         key: app_key(app),

@@ -258,7 +258,10 @@ impl SocketLb {
     /// Makes the maps balance exactly `wanted`: VIP → the replicas it spreads over (an empty
     /// list refuses connections). Every port of a VIP, TCP and UDP, goes to the same port of
     /// the replica. Unchanged VIPs are not touched.
-    pub fn set_services(&mut self, wanted: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> Result<(), LbError> {
+    pub fn set_services(
+        &mut self,
+        wanted: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+    ) -> Result<(), LbError> {
         for (vip, replicas) in wanted {
             let mut backends: Vec<u32> = replicas.iter().copied().map(wire).collect();
             backends.sort_unstable();

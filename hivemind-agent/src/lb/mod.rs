@@ -186,7 +186,10 @@ fn is_relevant(key: &str) -> bool {
 
 async fn sync_logged(vips: &Vips, node: &str, lb: &mut SocketLb) {
     if let Err(err) = sync(vips, node, lb).await {
-        tracing::warn!("updating the VIP maps: {}", crate::error_chain(err.as_ref()));
+        tracing::warn!(
+            "updating the VIP maps: {}",
+            crate::error_chain(err.as_ref())
+        );
     }
 }
 
@@ -238,7 +241,13 @@ mod tests {
     use super::*;
     use crate::model::{ContainerState, Health};
 
-    fn record(app: &str, ip: u8, node: &str, state: ContainerState, health: Option<Health>) -> ContainerRecord {
+    fn record(
+        app: &str,
+        ip: u8,
+        node: &str,
+        state: ContainerState,
+        health: Option<Health>,
+    ) -> ContainerRecord {
         ContainerRecord {
             id: format!("{app}-{ip}"),
             app: app.into(),
@@ -270,9 +279,27 @@ mod tests {
         .expect("app");
         let records = [
             record("web", 2, "a", ContainerState::Running, None),
-            record("web", 3, "a", ContainerState::Running, Some(Health::Healthy)),
-            record("web", 4, "a", ContainerState::Running, Some(Health::Unhealthy)),
-            record("web", 5, "a", ContainerState::Running, Some(Health::Starting)),
+            record(
+                "web",
+                3,
+                "a",
+                ContainerState::Running,
+                Some(Health::Healthy),
+            ),
+            record(
+                "web",
+                4,
+                "a",
+                ContainerState::Running,
+                Some(Health::Unhealthy),
+            ),
+            record(
+                "web",
+                5,
+                "a",
+                ContainerState::Running,
+                Some(Health::Starting),
+            ),
             record("web", 6, "a", ContainerState::Exited, None),
             record("web", 7, "down", ContainerState::Running, None),
             record("db", 8, "a", ContainerState::Running, None),

@@ -148,11 +148,7 @@ fn balance(ctx: &SockAddrContext, hook: Hook) -> i32 {
             port: backend_port,
             _pad: 0,
         };
-        let orig = LbRevValue {
-            ip,
-            port,
-            _pad: 0,
-        };
+        let orig = LbRevValue { ip, port, _pad: 0 };
         // Best effort: without it only the replies' source address differs.
         let _ = REVNAT.insert(&rev, &orig, 0);
     }

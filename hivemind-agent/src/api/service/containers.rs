@@ -44,7 +44,10 @@ impl AgentService {
                 .iter()
                 .map(|r| {
                     let mut info = convert::container(r, apps.iter().find(|a| a.name == r.app));
-                    info.vip = vips.get(&r.app).map(ToString::to_string).unwrap_or_default();
+                    info.vip = vips
+                        .get(&r.app)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     info
                 })
                 .collect(),
