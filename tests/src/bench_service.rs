@@ -6,7 +6,14 @@
 //! the case where socket-level balancing does its work on every request. Numbers are reported,
 //! never asserted.
 
-use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use crate::{
     SingleNode,
@@ -17,6 +24,9 @@ use crate::{
 const ROUNDS: usize = 5;
 const SECONDS: u32 = 5;
 const CONNECTIONS: u32 = 8;
+/// Paced (a pause after each pair) so busybox httpd's short accept backlog never overflows:
+/// a dropped SYN would show up as a 1 s retransmit, not as the program's cost.
+const CONNECTS: usize = 500;
 
 /// A cgroup (v2) below the node's container cgroup, removed on drop.
 struct ClientCgroup(PathBuf);
@@ -54,6 +64,71 @@ fn wrk(node: &SingleNode, cgroup: &ClientCgroup, target: &str, seconds: u32) -> 
         &util::check(Command::new("sh").args(["-c", &script])),
         CONNECTIONS,
     )
+}
+
+/// `connect()` latencies (µs) to `target`:80 from this process, moved into the client cgroup
+/// for the duration, on a thread inside the node's namespace: the socket program's own cost,
+/// without the HTTP server's.
+fn connect_latencies(
+    node: &SingleNode,
+    cgroup: &ClientCgroup,
+    targets: &[Ipv4Addr],
+    count: usize,
+) -> Vec<Vec<f64>> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_owned();
+    let procs = |dir: &std::path::Path| dir.join("cgroup.procs");
+    let root = cgroup
+        .0
+        .ancestors()
+        .find(|d| {
+            d.join("cgroup.controllers").exists()
+                && !d.join("..").join("cgroup.controllers").exists()
+        })
+        .map(std::path::Path::to_path_buf)
+        .expect("cgroup root");
+    let pid = std::process::id().to_string();
+    std::fs::write(procs(&cgroup.0), &pid).expect("enter the client cgroup");
+    let netns = std::fs::File::open(node.netns.path()).expect("node netns");
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a valid namespace fd; only this thread changes namespace.
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                let mut out = vec![Vec::with_capacity(count); targets.len()];
+                for _ in 0..count {
+                    for (i, target) in targets.iter().enumerate() {
+                        let start = Instant::now();
+                        let stream = TcpStream::connect((*target, 80)).expect("connect");
+                        out[i].push(start.elapsed().as_secs_f64() * 1e6);
+                        drop(stream);
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                out
+            })
+            .join()
+    });
+    let back = root.join(own.trim_start_matches('/'));
+    std::fs::write(procs(&back), &pid).expect("leave the client cgroup");
+    result.expect("connect thread")
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(0.0)
 }
 
 fn deploy(node: &SingleNode, name: &str, replicas: u32) -> (String, Vec<String>) {
@@ -135,6 +210,26 @@ pub fn bench_service() -> String {
             "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} |"
         );
         medians.push((rps, p99));
+    }
+    let targets: Vec<Ipv4Addr> = [&direct, &vip]
+        .iter()
+        .map(|t| t.parse().expect("address"))
+        .collect();
+    let latencies = connect_latencies(&node, &cgroup, &targets, CONNECTS);
+    let _ = writeln!(
+        report,
+        "\n`connect()` alone ({CONNECTS} connects per path, interleaved, from one thread in the node's namespace and the balanced cgroup; µs):\n\n| path | p50 | p99 |\n| --- | --- | --- |"
+    );
+    for (name, values) in ["direct to the replica", "VIP, 1 replica"]
+        .iter()
+        .zip(&latencies)
+    {
+        let _ = writeln!(
+            report,
+            "| {name} | {:.1} | {:.1} |",
+            percentile(values, 0.5),
+            percentile(values, 0.99)
+        );
     }
     let (direct_rps, direct_p99) = medians[0];
     let (vip_rps, vip_p99) = medians[1];
