@@ -100,7 +100,7 @@ fn wire(ip: Ipv4Addr) -> u32 {
 struct Installed {
     base: u32,
     backends: Vec<u32>,
-    /// Entries present in each half of the slot space (0.. and MAX_BACKENDS..).
+    /// Entries present in each half of the slot space (`0..` and `MAX_BACKENDS..`).
     written: [u32; 2],
 }
 

@@ -86,11 +86,9 @@ fn balance(ctx: &SockAddrContext, hook: Hook) -> i32 {
             addr_of!((*sa).type_).read_volatile(),
         )
     };
-    let protocol = match protocol {
-        6 => PROTO_TCP,
-        17 => PROTO_UDP,
-        0 if sock_type == SOCK_STREAM => PROTO_TCP,
-        0 => PROTO_UDP,
+    let protocol = match (protocol, sock_type) {
+        (6, _) | (0, SOCK_STREAM) => PROTO_TCP,
+        (17 | 0, _) => PROTO_UDP,
         _ => return ALLOW,
     };
     let port = port_host(raw_port);
@@ -100,17 +98,11 @@ fn balance(ctx: &SockAddrContext, hook: Hook) -> i32 {
         protocol,
         _pad: 0,
     };
-    let service = match SERVICES.get_ptr(&key) {
-        // SAFETY: a value pointer the lookup just returned, copied out at once.
-        Some(service) => unsafe { *service },
-        None => {
-            key.port = 0;
-            match SERVICES.get_ptr(&key) {
-                // SAFETY: as above.
-                Some(service) => unsafe { *service },
-                None => return ALLOW,
-            }
-        }
+    // The exact port first, then the VIP's every-port entry.
+    let exact = lookup_service(&key);
+    key.port = 0;
+    let Some(service) = exact.or_else(|| lookup_service(&key)) else {
+        return ALLOW;
     };
     if service.count == 0 {
         return refuse();
@@ -154,6 +146,12 @@ fn balance(ctx: &SockAddrContext, hook: Hook) -> i32 {
     }
     write_addr(sa, backend.ip, backend_port);
     ALLOW
+}
+
+#[inline(always)]
+fn lookup_service(key: &LbKey) -> Option<LbService> {
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    SERVICES.get_ptr(key).map(|service| unsafe { *service })
 }
 
 /// Fails the syscall with `ECONNREFUSED` instead of the generic `EPERM` of a rejection.
