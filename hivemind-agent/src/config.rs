@@ -51,6 +51,14 @@ pub struct AgentArgs {
     /// UDP port of the VXLAN overlay [default: 4789].
     #[arg(long, env = "HIVEMIND_VXLAN_PORT", value_name = "N")]
     pub vxlan_port: Option<String>,
+    /// Address space of the apps' virtual IPs; must not overlap the cluster CIDR and must be
+    /// the same on every node [default: 10.96.0.0/16].
+    #[arg(long, env = "HIVEMIND_SERVICE_CIDR", value_name = "CIDR")]
+    pub service_cidr: Option<String>,
+    /// cgroup v2 directory whose processes reach the VIPs; e.g. the cgroup root to let the
+    /// node's own processes use them too [default: <cgroup2>/hivemind/<node>, the containers].
+    #[arg(long, env = "HIVEMIND_VIP_CGROUP", value_name = "DIR")]
+    pub vip_cgroup: Option<PathBuf>,
     /// A registry reachable only over plain HTTP; repeat for several.
     #[arg(
         long = "insecure-registry",
@@ -112,6 +120,8 @@ struct FileConfig {
     cluster_cidr: Option<String>,
     vxlan_port: Option<u16>,
     cluster_port: Option<u16>,
+    service_cidr: Option<String>,
+    vip_cgroup: Option<PathBuf>,
     insecure_registries: Vec<String>,
     cluster_init: bool,
     etcd_endpoints: Vec<String>,
@@ -141,6 +151,9 @@ pub struct AgentConfig {
     pub cluster_cidr: Ipv4Net,
     pub vxlan_port: u16,
     pub cluster_port: u16,
+    pub service_cidr: Ipv4Net,
+    /// `None`: the default, found at start (see `lb::default_cgroup`).
+    pub vip_cgroup: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub cluster_init: bool,
     pub etcd_endpoints: Vec<String>,
@@ -232,6 +245,13 @@ impl AgentConfig {
             .unwrap_or_else(|| "10.244.0.0/16".into());
         let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
 
+        let service_cidr = args
+            .service_cidr
+            .or(file.service_cidr)
+            .unwrap_or_else(|| "10.96.0.0/16".into());
+        let service_cidr = parse_service_cidr(&service_cidr, cluster_cidr)?;
+        let vip_cgroup = args.vip_cgroup.or(file.vip_cgroup);
+
         let vxlan_port = match args.vxlan_port {
             Some(port) => parse_port("--vxlan-port", &port)?,
             None => file.vxlan_port.unwrap_or(4789),
@@ -298,6 +318,8 @@ impl AgentConfig {
             cluster_cidr,
             vxlan_port,
             cluster_port,
+            service_cidr,
+            vip_cgroup,
             insecure_registries,
             cluster_init,
             etcd_endpoints,
@@ -492,6 +514,48 @@ fn parse_cluster_cidr(value: &str) -> Result<Ipv4Net, ConfigError> {
     Ok(net)
 }
 
+fn parse_service_cidr(value: &str, cluster_cidr: Ipv4Net) -> Result<Ipv4Net, ConfigError> {
+    let net: Ipv4Net = value.parse().map_err(|_| {
+        invalid(
+            "--service-cidr",
+            value,
+            "expected an IPv4 CIDR such as 10.96.0.0/16",
+        )
+    })?;
+    if net.network() != net.addr() {
+        return Err(invalid(
+            "--service-cidr",
+            value,
+            format!("host bits are set; did you mean {}?", net.trunc()),
+        ));
+    }
+    if net.prefix_len() > 28 {
+        return Err(invalid(
+            "--service-cidr",
+            value,
+            "must be /28 or larger: one address per app",
+        ));
+    }
+    if net.contains(&cluster_cidr.network()) || cluster_cidr.contains(&net.network()) {
+        return Err(invalid(
+            "--service-cidr",
+            value,
+            format!(
+                "overlaps the cluster CIDR {cluster_cidr}; VIPs must not be container addresses"
+            ),
+        ));
+    }
+    let first = net.network().octets()[0];
+    if net.network().is_loopback() || net.network().is_multicast() || first == 0 || first >= 240 {
+        return Err(invalid(
+            "--service-cidr",
+            value,
+            "must be a unicast range (not 0/8, loopback, multicast or reserved)",
+        ));
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +583,7 @@ mod tests {
         assert_eq!(config.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(config.vxlan_port, 4789);
         assert_eq!(config.cluster_port, 7443);
+        assert_eq!(config.service_cidr.to_string(), "10.96.0.0/16");
         assert_eq!(config.containerd_namespace, "hivemind");
         assert_eq!(config.dns_suffix, "hivemind");
         assert_eq!(config.http_addr, Some("0.0.0.0:80".parse().expect("addr")));
@@ -584,6 +649,18 @@ mod tests {
             (
                 Box::new(|a: &mut AgentArgs| a.cluster_cidr = Some("10.0.0.1/16".into())),
                 "--cluster-cidr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.service_cidr = Some("10.244.0.0/20".into())),
+                "--service-cidr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.service_cidr = Some("10.96.0.1/16".into())),
+                "--service-cidr",
+            ),
+            (
+                Box::new(|a: &mut AgentArgs| a.service_cidr = Some("nonsense".into())),
+                "--service-cidr",
             ),
             (
                 Box::new(|a: &mut AgentArgs| a.vxlan_port = Some("0".into())),

@@ -12,6 +12,7 @@ use crate::{
     cluster::{self, Cluster},
     config::AgentConfig,
     healthcheck::HealthMonitor,
+    lb,
     net::{dataplane, network::NodeNetwork, overlay_sync},
     paths,
     reconcile::{Lifecycle, Reconciler},
@@ -87,6 +88,19 @@ async fn start_subsystems(
     .await
     .context("setting up the node's container network")?;
 
+    let vip_cgroup = match &config.vip_cgroup {
+        Some(dir) => dir.clone(),
+        None => lb::default_cgroup(&config.node_name)?,
+    };
+    let vips = lb::start(
+        state.clone(),
+        config.service_cidr,
+        &config.node_name,
+        &paths::pin_dir(&config.node_name),
+        &vip_cgroup,
+    )
+    .context("starting the VIP load balancer")?;
+
     let volumes = VolumeDirs::new(config.data_dir.volumes());
     let lifecycle = Lifecycle::new(
         runtime.clone(),
@@ -151,6 +165,7 @@ async fn start_subsystems(
         containers_dir: config.data_dir.containers(),
         cluster: cluster.clone(),
         services,
+        vips,
     });
     Ok((service, liveness))
 }

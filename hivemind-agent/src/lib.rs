@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod healthcheck;
+pub mod lb;
 pub mod model;
 pub mod net;
 pub mod paths;

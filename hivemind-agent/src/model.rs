@@ -19,6 +19,9 @@ pub mod keys {
     pub const LIVENESS: &str = "/hivemind/liveness/";
     /// Each app's current (or last) rollout.
     pub const ROLLOUTS: &str = "/hivemind/rollouts/";
+    /// Service VIPs, both ways: `vips/app/<app>` → address, `vips/ip/<address>` → app.
+    pub const VIPS_BY_APP: &str = "/hivemind/vips/app/";
+    pub const VIPS_BY_IP: &str = "/hivemind/vips/ip/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -259,6 +262,12 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Running and, when its app has a health check, passing it: what DNS, the VIP and the
+    /// router send traffic to.
+    pub fn is_healthy(&self) -> bool {
+        self.state == ContainerState::Running && self.health.is_none_or(|h| h == Health::Healthy)
+    }
+
     /// Moves to `state` and records the change.
     pub fn transition(
         &mut self,

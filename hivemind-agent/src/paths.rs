@@ -80,6 +80,13 @@ pub fn netns_dir(node: &str) -> PathBuf {
     Path::new("/run/hivemind/netns").join(node)
 }
 
+/// The cgroup path (as runc's cgroupfs driver takes it) under which `node`'s containers run:
+/// one per node, so the VIP programs attached to it see this node's containers only, even
+/// with several agents on one machine.
+pub fn cgroup_parent(node: &str) -> String {
+    format!("/hivemind/{node}")
+}
+
 /// Where the dataplane pins its maps, programs and links for `node`.
 pub fn pin_dir(node: &str) -> PathBuf {
     Path::new(BPFFS).join("hivemind").join(node)

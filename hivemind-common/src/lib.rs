@@ -16,6 +16,7 @@ pub mod config;
 pub mod ct;
 pub mod endpoint;
 pub mod event;
+pub mod lb;
 pub mod names;
 pub mod overlay;
 pub mod policy;
@@ -47,7 +48,7 @@ pub mod identity {
 
 #[cfg(feature = "user")]
 mod user {
-    use crate::{config, ct, endpoint, event, overlay, policy};
+    use crate::{config, ct, endpoint, event, lb, overlay, policy};
 
     // Every impl below: the type is `#[repr(C)]`, made only of integers and byte
     // arrays with explicit padding fields, so every bit pattern is a valid value and there are
@@ -78,4 +79,15 @@ mod user {
     unsafe impl aya::Pod for overlay::Peer {}
     // SAFETY: see above.
     unsafe impl aya::Pod for overlay::PeerStats {}
+    unsafe impl aya::Pod for lb::LbKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for lb::LbService {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for lb::LbBackendKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for lb::LbBackend {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for lb::LbRevKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for lb::LbRevValue {}
 }

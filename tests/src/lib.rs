@@ -20,6 +20,7 @@
 mod agent;
 pub mod bench_api;
 pub mod bench_overlay;
+pub mod bench_service;
 pub mod cluster;
 mod containerd;
 mod etcd;

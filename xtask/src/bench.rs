@@ -8,7 +8,7 @@
 
 use anyhow::bail;
 
-use crate::{bench_api, bench_overlay, cmd, setup, test::is_root};
+use crate::{bench_api, bench_overlay, bench_service, cmd, setup, test::is_root};
 
 /// Every bench, in the order the listing shows them: name and what it measures.
 const BENCHES: &[(&str, &str)] = &[
@@ -23,6 +23,10 @@ const BENCHES: &[(&str, &str)] = &[
     (
         "overlay",
         "container↔container across nodes: Hivemind's overlay vs kernel VXLAN + bridge vs the routed underlay (about 5 minutes)",
+    ),
+    (
+        "service",
+        "HTTP through a service VIP vs straight to a replica (wrk); report in target/bench/service.md",
     ),
     (
         "api",
@@ -45,9 +49,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
     // Checked before anything runs, so a long bench is not wasted on a later bad name.
-    if !request.binary_options.is_empty() && request.names.iter().any(|n| n == "api") {
+    if !request.binary_options.is_empty()
+        && let Some(name) = request
+            .names
+            .iter()
+            .find(|n| *n == "api" || *n == "service")
+    {
         bail!(
-            "bench api takes only --quick (not {})",
+            "bench {name} takes only --quick (not {})",
             request.binary_options.join(" ")
         );
     }
@@ -91,6 +100,7 @@ fn run_one(name: &str, request: &Request, binary_built: &mut bool) -> anyhow::Re
             }
             bench_overlay::run(&options)
         }
+        "service" => bench_service::run(),
         "api" => bench_api::run(request.quick),
         other => unreachable!("parse accepted an unknown bench {other:?}"),
     }

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_api;
 mod bench_overlay;
+mod bench_service;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -27,8 +28,9 @@ tasks:
   down         stop what `up` started
   test         setup, then every test: unit and root integration tests
   bench [NAME...] [--quick] [--reps N]
-               release build, then the named benchmarks (root): deploy, datapath, overlay, api;
-               without a name, list them. Tables on stdout, results under target/bench/
+               release build, then the named benchmarks (root): deploy, datapath, overlay,
+               service, api; without a name, list them. Tables on stdout, results under
+               target/bench/
 ";
 
 fn main() -> anyhow::Result<()> {

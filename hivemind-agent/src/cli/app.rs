@@ -352,7 +352,7 @@ impl ProgressLine {
 
 fn apps_table(apps: &[proto::AppInfo]) -> String {
     let mut table = output::Table::new(&[
-        "name", "image", "replicas", "status", "service", "ports", "updated",
+        "name", "image", "replicas", "status", "service", "vip", "ports", "updated",
     ]);
     for app in apps {
         table.row(vec![
@@ -361,6 +361,7 @@ fn apps_table(apps: &[proto::AppInfo]) -> String {
             format!("{}/{}", app.running, app.replicas),
             app.status.clone(),
             dash(&app.service),
+            dash(&app.vip),
             dash(&app.ports.join(",")),
             output::ago(app.updated_at_ms),
         ]);
@@ -450,6 +451,7 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         ("Restarts", c.restart_count.to_string()),
         ("IP", dash(&c.ip)),
         ("Service", service_line(c)),
+        ("VIP", dash(&c.vip)),
     ];
     if let Some(usage) = &c.usage {
         #[allow(clippy::cast_precision_loss)] // display only

@@ -220,7 +220,7 @@ impl Lifecycle {
             mounts,
             memory_bytes: app.memory_bytes,
             cpu_millis: app.cpu_millis,
-            cgroup_path: format!("/hivemind/{id}"),
+            cgroup_path: format!("{}/{id}", crate::paths::cgroup_parent(&self.node)),
         });
         let container_labels = HashMap::from([
             (labels::APP.to_owned(), app.name.clone()),

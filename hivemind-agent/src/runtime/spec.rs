@@ -86,7 +86,7 @@ pub struct SpecInput {
     pub memory_bytes: Option<u64>,
     /// CPU limit in thousandths of a CPU.
     pub cpu_millis: Option<u64>,
-    /// cgroup path for runc's cgroupfs driver, e.g. `/hivemind/<id>`.
+    /// cgroup path for runc's cgroupfs driver, e.g. `/hivemind/<node>/<id>`.
     pub cgroup_path: String,
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 
 use crate::{
-    model::{AppSpec, ContainerRecord, ContainerState, Health, Probe, Protocol, keys},
+    model::{AppSpec, ContainerRecord, Probe, Protocol, keys},
     state::State,
     store::StoreError,
 };
@@ -73,7 +73,7 @@ impl ServiceTable {
                 .iter()
                 .filter(|r| r.app == app.name)
                 .filter(|r| ready_nodes.is_none_or(|nodes| nodes.contains(&r.node)))
-                .filter(|r| serves(app, r))
+                .filter(|r| serves(r))
                 .filter_map(|r| r.ip)
                 .collect();
             endpoints.sort_unstable();
@@ -147,15 +147,11 @@ pub fn names_of(app: &AppSpec, suffix: &str) -> Vec<String> {
     names
 }
 
-/// Whether a replica gets traffic: running with an address and, when the app has a health
-/// check, passing it (a replica not checked yet does not serve).
-pub fn serves(app: &AppSpec, record: &ContainerRecord) -> bool {
-    record.state == ContainerState::Running
-        && record.ip.is_some()
-        && match app.health {
-            Some(_) => record.health == Some(Health::Healthy),
-            None => true,
-        }
+/// Whether a replica gets traffic — from DNS, the router and the VIP alike: running with an
+/// address and, when it has a health check (its own: during a rollout old and new replicas
+/// may have different ones), passing it; a replica not checked yet does not serve.
+pub fn serves(record: &ContainerRecord) -> bool {
+    record.ip.is_some() && record.is_healthy()
 }
 
 /// The container port HTTP is routed to: the first published TCP container port, else the

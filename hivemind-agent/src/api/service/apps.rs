@@ -84,6 +84,12 @@ impl AgentService {
                 spec.name
             )));
         }
+        // Claimed now (not by the balancer a moment later) so the deploy's answer and the
+        // first `app ls` show it; a full service CIDR fails the deploy cleanly.
+        if let Err(err) = parts.vips.ensure(&spec.name).await {
+            let _ = parts.state.delete_app(&spec.name).await;
+            return Err(ApiError::new(ErrorKind::Unavailable, err.to_string()));
+        }
         match self.converge_app(&spec, generation_done(&spec)).await {
             Ok(records) => {
                 let mut ids: Vec<&ContainerRecord> = records.iter().collect();
@@ -173,6 +179,9 @@ impl AgentService {
         if let Err(err) = self.converge_app(spec, <[ContainerRecord]>::is_empty).await {
             tracing::warn!(app = %spec.name, "cleaning up after a failed deploy: {err}");
         }
+        if let Err(err) = self.parts().vips.release(&spec.name).await {
+            tracing::warn!(app = %spec.name, "releasing the VIP of a failed deploy: {err}");
+        }
     }
 
     pub async fn apps(&self) -> Result<proto::ListAppsReply, ApiError> {
@@ -181,6 +190,7 @@ impl AgentService {
         let records = parts.state.containers().await?;
         let table = parts.services.table();
         let rollouts = parts.state.rollouts().await?;
+        let vips = parts.vips.all().await?;
         Ok(proto::ListAppsReply {
             apps: apps
                 .iter()
@@ -192,6 +202,7 @@ impl AgentService {
                     if let Some((rollout, _)) = rollouts.iter().find(|(r, _)| r.app == app.name) {
                         info.rollout = rollout.summary(app.replicas);
                     }
+                    convert::set_vip(&mut info, vips.get(&app.name).copied());
                     info
                 })
                 .collect(),
@@ -208,6 +219,7 @@ impl AgentService {
         if let Some((rollout, _)) = parts.state.rollout(name).await? {
             info.rollout = rollout.summary(app.replicas);
         }
+        convert::set_vip(&mut info, parts.vips.of(&app.name).await?);
         Ok(info)
     }
 

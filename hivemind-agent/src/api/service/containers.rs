@@ -44,6 +44,7 @@ impl AgentService {
         });
         let lost = self.lost_nodes().await?;
         let table = parts.services.table();
+        let vips = parts.vips.all().await?;
         Ok(proto::ListContainersReply {
             containers: records
                 .iter()
@@ -53,6 +54,10 @@ impl AgentService {
                         mark_lost(&mut info);
                     }
                     convert::add_container_service(&mut info, table.service(&r.app));
+                    info.vip = vips
+                        .get(&r.app)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     info
                 })
                 .collect(),
@@ -82,6 +87,12 @@ impl AgentService {
             return Ok(info);
         }
         info.log_path = self.log_path(id).display().to_string();
+        info.vip = parts
+            .vips
+            .of(&record.app)
+            .await?
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         // Usage is best effort: a stopped container or an unreachable containerd has none.
         if let Ok(Some(usage)) = parts.runtime.usage(id).await {
             info.usage = Some(proto::ResourceUsage {

@@ -81,6 +81,7 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
         health_detail: record.health_detail.clone(),
         service_names: Vec::new(),
         serving: false,
+        vip: String::new(),
     }
 }
 
@@ -135,11 +136,12 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
             .as_ref()
             .map(describe_health)
             .unwrap_or_default(),
-        healthy: u32::try_from(records.iter().filter(|r| records::serves(spec, r)).count())
+        healthy: u32::try_from(records.iter().filter(|r| records::serves(r)).count())
             .unwrap_or(u32::MAX),
         service_names: Vec::new(),
         endpoints: Vec::new(),
         rollout: String::new(),
+        vip: String::new(),
     }
 }
 
@@ -165,6 +167,15 @@ pub fn add_container_service(info: &mut proto::ContainerInfo, service: Option<&S
     };
     info.service_names.clone_from(&service.names);
     info.serving = service.endpoints.iter().any(|ip| ip.to_string() == info.ip);
+}
+
+/// Fills in the app's VIP, on the app and on each of its containers.
+pub fn set_vip(info: &mut proto::AppInfo, vip: Option<std::net::Ipv4Addr>) {
+    let vip = vip.map(|ip| ip.to_string()).unwrap_or_default();
+    for container in &mut info.containers {
+        container.vip.clone_from(&vip);
+    }
+    info.vip = vip;
 }
 
 /// "http 80/healthz every 10s, timeout 5s, 3 retries, start period 30s".

@@ -80,7 +80,7 @@ impl AgentService {
         for app in &apps {
             let healthy = records
                 .iter()
-                .filter(|r| r.app == app.name && crate::service::records::serves(app, r))
+                .filter(|r| r.app == app.name && crate::service::records::serves(r))
                 .count();
             let _ = writeln!(
                 out,

@@ -45,6 +45,8 @@ pub struct Parts {
     pub cluster: Cluster,
     /// Service records (names and serving replicas), as DNS and the router see them.
     pub services: Services,
+    /// The apps' virtual IPs.
+    pub vips: crate::lb::Vips,
 }
 
 #[derive(Debug)]

@@ -351,6 +351,7 @@ function appPage(name) {
         fact("Service domain", app.service || "—"),
         fact("Service names", tags(app.service_names)),
         fact("Endpoints", app.endpoints && app.endpoints.length ? tags(app.endpoints) : "no healthy replica"),
+        fact("Virtual IP", h("span", { class: "mono" }, app.vip || "—")),
         fact("Ports", tags(app.ports)),
         fact("Volumes", tags(app.volumes)),
         fact("Environment", tags(app.env)),

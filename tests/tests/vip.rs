@@ -1,0 +1,341 @@
+//! Service VIPs on one node with real containers: a client container's `wget` to the VIP is
+//! spread over the replicas, keeps working after one is killed, avoids an unhealthy one, and
+//! the VIP and its map entries go away with the app. The requests run inside the client
+//! container (`ctr task exec`), so they come from its cgroup, where the socket programs hook.
+
+// Each test is one scenario that reads top to bottom.
+#![allow(clippy::too_many_lines)]
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use hivemind_tests::{
+    SingleNode,
+    util::{hivemind_bin, run, stderr, stdout, unique, wait_for},
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every replica writes its own id (its hostname) to /www/id on each check, so a request to
+/// the VIP says which replica answered; touching /tmp/sick makes a replica fail its check.
+const CHECK: &str = "test ! -e /tmp/sick && hostname > /www/id";
+
+fn deploy(node: &SingleNode, name: &str, extra: &[&str]) {
+    let mut args = vec![
+        "app",
+        "deploy",
+        "--image",
+        &node.image,
+        "--name",
+        name,
+        "--stop-timeout",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    node.agent.cli_ok(&args);
+}
+
+fn deploy_web(node: &SingleNode, name: &str, replicas: &str) {
+    deploy(
+        node,
+        name,
+        &[
+            "--replicas",
+            replicas,
+            "--health-cmd",
+            CHECK,
+            "--health-interval",
+            "1s",
+            "--health-timeout",
+            "900ms",
+            "--health-retries",
+            "1",
+        ],
+    );
+}
+
+fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
+    node.agent
+        .cli_json(&["app", "containers", "--app", app])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn app_info(node: &SingleNode, app: &str) -> Value {
+    node.agent
+        .cli_json(&["app", "ls"])
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["name"] == app).cloned())
+        .unwrap_or_else(|| panic!("no app {app}"))
+}
+
+fn vip_of(node: &SingleNode, app: &str) -> String {
+    app_info(node, app)["vip"].as_str().expect("vip").to_owned()
+}
+
+fn wait_healthy(node: &SingleNode, app: &str, count: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{count} healthy replicas of {app}"),
+        TIMEOUT,
+        || {
+            let list = containers(node, app);
+            (list.iter().filter(|c| c["health"] == "healthy").count() == count).then_some(list)
+        },
+    )
+}
+
+fn id(c: &Value) -> String {
+    c["id"].as_str().expect("id").to_owned()
+}
+
+/// Runs `sh -c script` inside container `id` (its namespaces and its cgroup).
+fn exec(node: &SingleNode, id: &str, script: &str) -> std::process::Output {
+    node.containerd.ctr(&[
+        "-n",
+        node.ns(),
+        "task",
+        "exec",
+        "--exec-id",
+        &unique("x"),
+        id,
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// `count` HTTP GETs of `path` on `host`:80 from the client container (busybox `nc`: one
+/// connection each): the body's last line of each, or "FAIL".
+fn requests(node: &SingleNode, client: &str, host: &str, path: &str, count: u32) -> Vec<String> {
+    let out = exec(
+        node,
+        client,
+        &format!(
+            "for i in $(seq {count}); do \
+               r=$(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 80) \
+               && echo \"$r\" | grep -q '^HTTP/1.[01] 200' && echo \"$r\" | tail -n 1 || echo FAIL; \
+             done"
+        ),
+    );
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+fn tally(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A pinned map's entries, as bpftool's BTF formatting shows them.
+fn dump(pin: &Path) -> Vec<Value> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin));
+    assert!(out.status.success(), "bpftool: {}", stderr(&out));
+    serde_json::from_str::<Value>(&stdout(&out))
+        .expect("bpftool JSON")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|entry| entry["formatted"].clone())
+        .collect()
+}
+
+fn wire(ip: &str) -> u64 {
+    let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+    u64::from(u32::from_ne_bytes(ip.octets()))
+}
+
+/// (count, backends) the maps hold for `vip`'s TCP entry, if any.
+fn installed(node: &SingleNode, vip: &str) -> Option<(u64, Vec<u64>)> {
+    let pins = node.agent.pin_dir();
+    let id = wire(vip);
+    let service = dump(&pins.join("HM_LB_SERVICES"))
+        .into_iter()
+        .find(|e| e["key"]["ip"] == id && e["key"]["protocol"] == 6)?;
+    let (count, base) = (
+        service["value"]["count"].as_u64()?,
+        service["value"]["base"].as_u64()?,
+    );
+    let backends = dump(&pins.join("HM_LB_BACKENDS"))
+        .into_iter()
+        .filter(|e| e["key"]["id"] == id)
+        .filter(|e| {
+            e["key"]["slot"]
+                .as_u64()
+                .is_some_and(|s| s >= base && s < base + count)
+        })
+        .filter_map(|e| e["value"]["ip"].as_u64())
+        .collect();
+    Some((count, backends))
+}
+
+#[test]
+fn the_vip_spreads_over_healthy_replicas_and_follows_failures() {
+    let node = SingleNode::start();
+    deploy_web(&node, "web", "3");
+    deploy(&node, "client", &[]);
+    let web = wait_healthy(&node, "web", 3);
+    let client = wait_for("the client running", TIMEOUT, || {
+        containers(&node, "client")
+            .into_iter()
+            .find(|c| c["state"] == "running")
+    });
+    let client = id(&client);
+
+    // Every app has its VIP, shown by app ls, container-info and on each container.
+    let vip = vip_of(&node, "web");
+    assert!(vip.starts_with("10.96."), "{vip}");
+    assert_ne!(vip, vip_of(&node, "client"));
+    let info = node
+        .agent
+        .cli_ok(&["app", "container-info", "--container-id", &id(&web[0])]);
+    assert!(info.contains(&format!("VIP        {vip}")), "{info}");
+    assert!(web.iter().all(|c| c["vip"] == vip.as_str()), "{web:?}");
+    let table = node.agent.cli_ok(&["app", "ls"]);
+    assert!(table.contains(&vip), "{table}");
+
+    // Spread: 60 requests reach all three replicas, none fails.
+    let answers = tally(&requests(&node, &client, &vip, "/id", 60));
+    let ids: Vec<String> = web.iter().map(id).collect();
+    if answers.contains_key("FAIL") {
+        let one = exec(
+            &node,
+            &client,
+            &format!("echo | nc -w 3 {vip} 80; cat /proc/self/cgroup"),
+        );
+        let maps = (
+            dump(&node.agent.pin_dir().join("HM_LB_SERVICES")),
+            dump(&node.agent.pin_dir().join("HM_LB_BACKENDS")),
+        );
+        let links = stdout(&run(Command::new("bpftool").args(["cgroup", "tree"])));
+        panic!(
+            "{answers:?}\n{}\n{}\n{maps:?}\n{links}\n{}",
+            stdout(&one),
+            stderr(&one),
+            node.agent.log()
+        );
+    }
+    assert!(!answers.contains_key("FAIL"), "{answers:?}");
+    assert_eq!(
+        answers.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted
+        },
+        "every replica answers through the VIP: {answers:?}"
+    );
+    let (count, _) = installed(&node, &vip).expect("VIP in the maps");
+    assert_eq!(count, 3);
+
+    // Kill one replica: once its record says so, every request still succeeds.
+    let victim = ids[0].clone();
+    node.containerd
+        .ctr_ok(&["-n", node.ns(), "task", "kill", "-s", "SIGKILL", &victim]);
+    wait_for("the killed replica to leave the VIP", TIMEOUT, || {
+        installed(&node, &vip).filter(|(count, _)| *count < 3)
+    });
+    let answers = tally(&requests(&node, &client, &vip, "/id", 30));
+    assert!(!answers.contains_key("FAIL"), "{answers:?}");
+    wait_healthy(&node, "web", 3);
+
+    // An unhealthy replica leaves the VIP within one check interval of its verdict.
+    let sick = ids[1].clone();
+    let sick_ip = web[1]["ip"].as_str().expect("ip").to_owned();
+    let out = exec(&node, &sick, "touch /tmp/sick");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Unhealthy, then restarted by the monitor (starting, failing again): out either way.
+    wait_for("the sick replica to fail its check", TIMEOUT, || {
+        containers(&node, "web")
+            .into_iter()
+            .find(|c| id(c) == sick && c["health"] != "healthy")
+    });
+    let verdict = Instant::now();
+    wait_for("the sick replica to leave the maps", TIMEOUT, || {
+        installed(&node, &vip).filter(|(_, backends)| !backends.contains(&wire(&sick_ip)))
+    });
+    let left_after = verdict.elapsed();
+    assert!(
+        left_after < Duration::from_secs(1),
+        "left the VIP {left_after:?} after the verdict"
+    );
+    let answers = tally(&requests(&node, &client, &vip, "/id", 30));
+    assert!(!answers.contains_key("FAIL"), "{answers:?}");
+    assert!(!answers.contains_key(&sick), "{answers:?}");
+    assert!(
+        answers.len() >= 2,
+        "the two healthy replicas share: {answers:?}"
+    );
+}
+
+#[test]
+fn removing_the_app_frees_its_vip_and_map_entries() {
+    let mut node = SingleNode::start();
+    deploy_web(&node, "first", "1");
+    deploy_web(&node, "second", "2");
+    wait_healthy(&node, "second", 2);
+    let (first, second) = (vip_of(&node, "first"), vip_of(&node, "second"));
+    assert_ne!(first, second);
+
+    // The VIP is stable across an agent restart, and balancing goes on meanwhile.
+    node.agent.restart();
+    assert_eq!(vip_of(&node, "second"), second);
+    wait_for("second's VIP back in the maps", TIMEOUT, || {
+        installed(&node, &second).filter(|(count, _)| *count == 2)
+    });
+    let links: Vec<String> = std::fs::read_dir(node.agent.pin_dir())
+        .expect("pins")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("lb_link_"))
+        .collect();
+    assert_eq!(links.len(), 3, "{links:?}");
+
+    node.agent.cli_ok(&["app", "rm", "--name", "second"]);
+    wait_for("second's VIP gone from the maps", TIMEOUT, || {
+        installed(&node, &second).is_none().then_some(())
+    });
+    let id = wire(&second);
+    let leftovers: Vec<Value> = dump(&node.agent.pin_dir().join("HM_LB_BACKENDS"))
+        .into_iter()
+        .filter(|e| e["key"]["id"] == id)
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The address is free again: the next app gets it.
+    deploy_web(&node, "third", "1");
+    assert_eq!(vip_of(&node, "third"), second);
+    assert_eq!(vip_of(&node, "first"), first);
+}
+
+#[test]
+fn a_bad_service_cidr_exits_64_and_names_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (cidr, why) in [
+        ("10.244.0.0/20", "overlaps the cluster CIDR"),
+        ("10.96.0.1/16", "host bits are set"),
+        ("10.96.0.0/30", "/28 or larger"),
+        ("banana", "expected an IPv4 CIDR"),
+    ] {
+        let out = run(Command::new(hivemind_bin())
+            .args(["agent", "--node-name", "vipcheck", "--data-dir"])
+            .arg(dir.path())
+            .args(["--service-cidr", cidr]));
+        assert_eq!(out.status.code(), Some(64), "{cidr}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--service-cidr") && err.contains(why),
+            "{cidr}: {err}"
+        );
+    }
+}
