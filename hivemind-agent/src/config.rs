@@ -201,6 +201,8 @@ fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> Con
 }
 
 impl AgentConfig {
+    // One setting after another, each flag over env over file over default: long, not deep.
+    #[allow(clippy::too_many_lines)]
     pub fn load(args: AgentArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,

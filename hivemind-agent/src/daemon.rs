@@ -88,18 +88,7 @@ async fn start_subsystems(
     .await
     .context("setting up the node's container network")?;
 
-    let vip_cgroup = match &config.vip_cgroup {
-        Some(dir) => dir.clone(),
-        None => lb::default_cgroup(&config.node_name)?,
-    };
-    let vips = lb::start(
-        state.clone(),
-        config.service_cidr,
-        &config.node_name,
-        &paths::pin_dir(&config.node_name),
-        &vip_cgroup,
-    )
-    .context("starting the VIP load balancer")?;
+    let vips = start_vips(config, &state)?;
 
     let volumes = VolumeDirs::new(config.data_dir.volumes());
     let lifecycle = Lifecycle::new(
@@ -135,6 +124,46 @@ async fn start_subsystems(
     )
     .spawn();
 
+    let services = start_service_discovery(config, &state, &network).await?;
+
+    let service = AgentService::new(Parts {
+        node_name: config.node_name.clone(),
+        state,
+        runtime,
+        dataplane,
+        network,
+        reconciler,
+        volumes,
+        containers_dir: config.data_dir.containers(),
+        cluster: cluster.clone(),
+        services,
+        vips,
+    });
+    Ok((service, liveness))
+}
+
+/// The VIP load balancer: its programs on the containers' cgroup, its maps kept current.
+fn start_vips(config: &AgentConfig, state: &State) -> anyhow::Result<lb::Vips> {
+    let vip_cgroup = match &config.vip_cgroup {
+        Some(dir) => dir.clone(),
+        None => lb::default_cgroup(&config.node_name)?,
+    };
+    lb::start(
+        state.clone(),
+        config.service_cidr,
+        &config.node_name,
+        &paths::pin_dir(&config.node_name),
+        &vip_cgroup,
+    )
+    .context("starting the VIP load balancer")
+}
+
+/// Service records, DNS on the node's gateway and the HTTP router.
+async fn start_service_discovery(
+    config: &AgentConfig,
+    state: &State,
+    network: &NodeNetwork,
+) -> anyhow::Result<Services> {
     let services = Services::start(
         state.clone(),
         config.node_name.clone(),
@@ -153,21 +182,7 @@ async fn start_subsystems(
     } else {
         tracing::info!("HTTP router off (--http-addr off)");
     }
-
-    let service = AgentService::new(Parts {
-        node_name: config.node_name.clone(),
-        state,
-        runtime,
-        dataplane,
-        network,
-        reconciler,
-        volumes,
-        containers_dir: config.data_dir.containers(),
-        cluster: cluster.clone(),
-        services,
-        vips,
-    });
-    Ok((service, liveness))
+    Ok(services)
 }
 
 /// gRPC on the socket, REST and the UI on the API address, the cluster endpoint in a cluster,

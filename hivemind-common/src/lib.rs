@@ -79,6 +79,7 @@ mod user {
     unsafe impl aya::Pod for overlay::Peer {}
     // SAFETY: see above.
     unsafe impl aya::Pod for overlay::PeerStats {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for lb::LbKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for lb::LbService {}

@@ -187,7 +187,7 @@ fn cluster_schedule_spreads_fails_over_and_heals() {
     let n3_name = n3.name().to_owned();
     wait_for("replicas moved off node 3", lost_after + FAILOVER, || {
         let seen = running_per_node(&n1, "spread");
-        (seen.get(&n3_name).is_none() && seen.values().sum::<usize>() == 6).then_some(())
+        (!seen.contains_key(&n3_name) && seen.values().sum::<usize>() == 6).then_some(())
     });
     eprintln!(
         "node 3 seen not ready after {lost_after:?}; replicas running elsewhere after {:?}",
@@ -246,7 +246,7 @@ fn cluster_schedule_spreads_fails_over_and_heals() {
         FAILOVER + Duration::from_secs(20),
         || {
             let seen = running_per_node(&n1, "spread");
-            (seen.get(&n2_name).is_none() && seen.values().sum::<usize>() == 6).then_some(())
+            (!seen.contains_key(&n2_name) && seen.values().sum::<usize>() == 6).then_some(())
         },
     );
     assert_eq!(

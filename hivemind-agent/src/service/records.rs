@@ -333,7 +333,7 @@ async fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HealthCheck, PortMapping};
+    use crate::model::{ContainerState, Health, HealthCheck, PortMapping};
 
     fn app(name: &str, service: Option<&str>) -> AppSpec {
         AppSpec {
