@@ -130,7 +130,7 @@ fn rest_every_endpoint() {
     let nodes = api.get("/api/nodes");
     assert_conforms(&doc, "GET", "/api/nodes", &nodes);
     assert_eq!(nodes.json()[0]["name"], node.agent.node_name());
-    assert_eq!(nodes.json()[0]["status"], "ready");
+    assert_eq!(nodes.json()[0]["ready"], true);
 
     let created = api.post_json("/api/volumes/create", r#"{"name": "data"}"#);
     assert_eq!(created.status, 200, "{}", created.body);

@@ -216,26 +216,6 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
-/// A node of the cluster. A single-node agent lists itself; the fields are those a cluster
-/// member will have too.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeInfo {
-    pub name: String,
-    /// "single" for a node without a cluster.
-    pub role: String,
-    /// "ready" or "not-ready" (its container runtime cannot be reached).
-    pub status: String,
-    /// True for the node that answered.
-    pub local: bool,
-    pub version: String,
-    pub uptime_seconds: u64,
-    /// The REST API's address on that node.
-    pub api_addr: String,
-    /// Containers placed on the node, and how many of them are running.
-    pub containers: u32,
-    pub running: u32,
-}
-
 /// `KEY=VALUE` entries, from a JSON list of strings or an object of strings.
 #[derive(Debug, Default)]
 pub struct KeyValues(pub Vec<String>);

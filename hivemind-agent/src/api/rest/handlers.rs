@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{
     AppState,
     dto::{
-        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, NodeInfo, RestartQuery,
+        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, RestartQuery,
         ScaleBody, VolumeBody, VolumeCreated,
     },
     error::{ErrorBody, RestError},
@@ -56,32 +56,13 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(reply))
 }
 
-/// The cluster's nodes. A single-node agent lists itself.
+/// The cluster's nodes (a single-node agent lists itself), as `hivemind node ls -o json`:
+/// readiness, subnet, underlay address, containers, etcd role, and the answering node's
+/// overlay tunnel to each.
 #[utoipa::path(get, path = "/api/nodes", tag = "system",
-    responses((status = 200, description = "Every node", body = Vec<NodeInfo>)))]
-pub async fn nodes(State(state): State<AppState>) -> Result<Json<Vec<NodeInfo>>> {
-    let health = state.service.health().await;
-    let containers = state.service.containers("").await?.containers;
-    let local: Vec<&proto::ContainerInfo> = containers
-        .iter()
-        .filter(|c| c.node == health.node_name)
-        .collect();
-    let ready = health.runtime.as_ref().is_some_and(|r| r.reachable);
-    Ok(Json(vec![NodeInfo {
-        name: health.node_name.clone(),
-        role: "single".into(),
-        status: if ready { "ready" } else { "not-ready" }.into(),
-        local: true,
-        version: health.version.clone(),
-        uptime_seconds: health.uptime_seconds,
-        api_addr: state.api_addr.to_string(),
-        containers: count(local.len()),
-        running: count(local.iter().filter(|c| c.state == "running").count()),
-    }]))
-}
-
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+    responses((status = 200, description = "Every node", body = Vec<proto::NodeInfo>)))]
+pub async fn nodes(State(state): State<AppState>) -> Result<Json<Vec<proto::NodeInfo>>> {
+    Ok(Json(state.service.list_nodes().await?.nodes))
 }
 
 /// Deploy an application: pull the image, store the app and start its replicas; answers when

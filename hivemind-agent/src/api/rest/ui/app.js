@@ -840,15 +840,24 @@ function healthPage() {
           store.error ? fact("Error", store.error) : null)));
       replace(nodes, h("h2", {}, "Nodes"), table([
         { label: "Name", cell: (n) => [n.name, n.local ? " (this node)" : ""] },
-        { label: "Status", cell: (n) => badge(n.status) },
-        { label: "Role", cell: (n) => n.role },
-        { label: "Containers", class: "num", cell: (n) => `${n.running}/${n.containers}` },
-        { label: "API", class: "hide-narrow", cell: (n) => h("span", { class: "mono" }, n.api_addr) },
+        { label: "Ready", cell: (n) => badge(n.ready ? "ready" : "not-ready") },
+        { label: "Subnet", class: "hide-narrow", cell: (n) => h("span", { class: "mono" }, n.subnet || "—") },
+        { label: "Underlay IP", class: "hide-narrow", cell: (n) => h("span", { class: "mono" }, n.underlay_ip || "—") },
+        { label: "Containers", class: "num", cell: (n) => `${n.containers}` },
+        { label: "etcd", class: "hide-narrow", cell: (n) => n.etcd_role || "—" },
         { label: "Version", class: "hide-narrow", cell: (n) => n.version },
       ], nodeList, "No nodes."));
+      const peers = nodeList.filter((n) => !n.local);
       replace(tunnels, h("h2", {}, "Overlay tunnels"),
-        nodeList.length < 2 ? h("p", { class: "notice" }, "None: this is a single node. Tunnels appear when a second node joins.")
-          : table([{ label: "Peer", cell: (n) => n.name }, { label: "Status", cell: (n) => badge(n.status) }], nodeList.filter((n) => !n.local), "No peers."));
+        peers.length === 0 ? h("p", { class: "notice" }, "None: this is a single node. Tunnels appear when a second node joins.")
+          : table([
+            { label: "Peer", cell: (n) => n.name },
+            { label: "Remote IP", cell: (n) => h("span", { class: "mono" }, (n.tunnel && n.tunnel.remote_ip) || n.underlay_ip) },
+            { label: "Port", class: "num hide-narrow", cell: (n) => (n.tunnel && n.tunnel.vxlan_port) || "—" },
+            { label: "Sent", class: "num", cell: (n) => n.tunnel ? `${n.tunnel.tx_packets} pkts / ${n.tunnel.tx_bytes} B` : "—" },
+            { label: "Received", class: "num", cell: (n) => n.tunnel ? `${n.tunnel.rx_packets} pkts / ${n.tunnel.rx_bytes} B` : "—" },
+            { label: "Last seen", class: "hide-narrow", cell: (n) => n.tunnel && n.tunnel.last_received_ms ? when(n.tunnel.last_received_ms) : "never" },
+          ], peers, "No peers."));
       replace(programs, h("h2", {}, "eBPF programs"),
         h("p", { class: "notice" }, "Pinned at ", h("span", { class: "mono" }, dp.pin_path || "—")),
         table([
