@@ -11,6 +11,16 @@ impl AgentService {
         let mut out = String::new();
         let node = &parts.node_name;
 
+        let runtime = parts.runtime.status().await;
+        let _ = writeln!(
+            out,
+            "# HELP hivemind_up The agent answers.\n# TYPE hivemind_up gauge\nhivemind_up 1\n\
+             # HELP hivemind_uptime_seconds Seconds since the agent started.\n# TYPE hivemind_uptime_seconds gauge\nhivemind_uptime_seconds {}\n\
+             # HELP hivemind_runtime_reachable Whether containerd answers.\n# TYPE hivemind_runtime_reachable gauge\nhivemind_runtime_reachable {}",
+            self.inner.started.elapsed().as_secs(),
+            u8::from(runtime.reachable)
+        );
+
         let counters = parts.dataplane.counters().await.unwrap_or_default();
         out.push_str("# HELP hivemind_datapath_packets_total Packets the eBPF programs handled, by outcome.\n");
         out.push_str("# TYPE hivemind_datapath_packets_total counter\n");
@@ -56,6 +66,29 @@ impl AgentService {
 
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
+        let volumes = parts.state.volumes().await?;
+        let _ = writeln!(
+            out,
+            "# HELP hivemind_apps Apps deployed.\n# TYPE hivemind_apps gauge\nhivemind_apps {}\n\
+             # HELP hivemind_volumes Volumes created.\n# TYPE hivemind_volumes gauge\nhivemind_volumes {}",
+            apps.len(),
+            volumes.len()
+        );
+        out.push_str("# HELP hivemind_containers Containers in the cluster, by state.\n# TYPE hivemind_containers gauge\n");
+        for state in [
+            ContainerState::Creating,
+            ContainerState::Running,
+            ContainerState::Exited,
+            ContainerState::Stopping,
+            ContainerState::Failed,
+        ] {
+            let count = records.iter().filter(|r| r.state == state).count();
+            let _ = writeln!(
+                out,
+                "hivemind_containers{{state=\"{}\"}} {count}",
+                state.as_str()
+            );
+        }
         out.push_str("# HELP hivemind_app_replicas_desired Replicas each app asks for.\n# TYPE hivemind_app_replicas_desired gauge\n");
         for app in &apps {
             let _ = writeln!(
