@@ -7,9 +7,15 @@ use crate::{api::error::ApiError, model::ContainerState};
 
 impl AgentService {
     pub async fn metrics_text(&self) -> Result<String, ApiError> {
-        let parts = self.parts();
         let mut out = String::new();
-        let node = &parts.node_name;
+        self.agent_metrics(&mut out).await;
+        self.datapath_metrics(&mut out).await?;
+        self.app_metrics(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn agent_metrics(&self, out: &mut String) {
+        let parts = self.parts();
 
         let runtime = parts.runtime.status().await;
         let _ = writeln!(
@@ -20,6 +26,12 @@ impl AgentService {
             self.inner.started.elapsed().as_secs(),
             u8::from(runtime.reachable)
         );
+    }
+
+    /// The eBPF programs' counters by outcome, and drops by policy.
+    async fn datapath_metrics(&self, out: &mut String) -> Result<(), ApiError> {
+        let parts = self.parts();
+        let node = &parts.node_name;
 
         let counters = parts.dataplane.counters().await.unwrap_or_default();
         out.push_str("# HELP hivemind_datapath_packets_total Packets the eBPF programs handled, by outcome.\n");
@@ -63,6 +75,11 @@ impl AgentService {
             "# HELP hivemind_policies Network policies applied.\n# TYPE hivemind_policies gauge\nhivemind_policies {}",
             policies.len()
         );
+        Ok(())
+    }
+
+    async fn app_metrics(&self, out: &mut String) -> Result<(), ApiError> {
+        let parts = self.parts();
 
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
@@ -129,6 +146,6 @@ impl AgentService {
                 r.app, r.id, r.node, r.restart_count
             );
         }
-        Ok(out)
+        Ok(())
     }
 }
