@@ -256,7 +256,7 @@ fn rest_every_endpoint() {
     );
     assert_eq!(applied.status, 200, "{}", applied.body);
     assert_conforms(&doc, "POST", "/api/policies", &applied);
-    assert_eq!(applied.json()["applied"][0], "web-in");
+    assert_eq!(applied.json()["created"][0], "web-in");
     let second = json!({"source": "db.yaml", "yaml": yaml.replace("web-in", "db-in")});
     let applied = api.post_json("/api/policies", &second.to_string());
     assert_eq!(applied.status, 200, "{}", applied.body);

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{
     AppState,
     dto::{
-        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, RestartQuery,
-        ScaleBody, VolumeBody, VolumeCreated,
+        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, RestartQuery, ScaleBody,
+        VolumeBody, VolumeCreated,
     },
     error::{ErrorBody, RestError},
     extract::{JsonBody, Path, Query},

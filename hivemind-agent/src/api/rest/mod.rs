@@ -44,7 +44,6 @@ pub struct AppState {
     service: AgentService,
     /// The `OpenAPI` document, serialized once.
     openapi: Arc<str>,
-    api_addr: SocketAddr,
 }
 
 #[derive(OpenApi)]
@@ -169,7 +168,6 @@ pub fn router(service: AgentService, api_addr: SocketAddr, token: String) -> Rou
     let state = AppState {
         service,
         openapi: Arc::from(doc.to_pretty_json().unwrap_or_default()),
-        api_addr,
     };
     let access = Access::new(api_addr, token);
     api.merge(ui::routes())

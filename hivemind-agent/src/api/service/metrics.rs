@@ -7,8 +7,30 @@ use crate::{api::error::ApiError, model::ContainerState};
 
 impl AgentService {
     pub async fn metrics_text(&self) -> Result<String, ApiError> {
-        let parts = self.parts();
         let mut out = String::new();
+        self.agent_metrics(&mut out).await;
+        self.datapath_metrics(&mut out).await?;
+        self.app_metrics(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn agent_metrics(&self, out: &mut String) {
+        let parts = self.parts();
+
+        let runtime = parts.runtime.status().await;
+        let _ = writeln!(
+            out,
+            "# HELP hivemind_up The agent answers.\n# TYPE hivemind_up gauge\nhivemind_up 1\n\
+             # HELP hivemind_uptime_seconds Seconds since the agent started.\n# TYPE hivemind_uptime_seconds gauge\nhivemind_uptime_seconds {}\n\
+             # HELP hivemind_runtime_reachable Whether containerd answers.\n# TYPE hivemind_runtime_reachable gauge\nhivemind_runtime_reachable {}",
+            self.inner.started.elapsed().as_secs(),
+            u8::from(runtime.reachable)
+        );
+    }
+
+    /// The eBPF programs' counters by outcome, and drops by policy.
+    async fn datapath_metrics(&self, out: &mut String) -> Result<(), ApiError> {
+        let parts = self.parts();
         let node = &parts.node_name;
 
         let counters = parts.dataplane.counters().await.unwrap_or_default();
@@ -53,9 +75,37 @@ impl AgentService {
             "# HELP hivemind_policies Network policies applied.\n# TYPE hivemind_policies gauge\nhivemind_policies {}",
             policies.len()
         );
+        Ok(())
+    }
+
+    async fn app_metrics(&self, out: &mut String) -> Result<(), ApiError> {
+        let parts = self.parts();
 
         let apps = parts.state.apps().await?;
         let records = parts.state.containers().await?;
+        let volumes = parts.state.volumes().await?;
+        let _ = writeln!(
+            out,
+            "# HELP hivemind_apps Apps deployed.\n# TYPE hivemind_apps gauge\nhivemind_apps {}\n\
+             # HELP hivemind_volumes Volumes created.\n# TYPE hivemind_volumes gauge\nhivemind_volumes {}",
+            apps.len(),
+            volumes.len()
+        );
+        out.push_str("# HELP hivemind_containers Containers in the cluster, by state.\n# TYPE hivemind_containers gauge\n");
+        for state in [
+            ContainerState::Creating,
+            ContainerState::Running,
+            ContainerState::Exited,
+            ContainerState::Stopping,
+            ContainerState::Failed,
+        ] {
+            let count = records.iter().filter(|r| r.state == state).count();
+            let _ = writeln!(
+                out,
+                "hivemind_containers{{state=\"{}\"}} {count}",
+                state.as_str()
+            );
+        }
         out.push_str("# HELP hivemind_app_replicas_desired Replicas each app asks for.\n# TYPE hivemind_app_replicas_desired gauge\n");
         for app in &apps {
             let _ = writeln!(
@@ -96,8 +146,8 @@ impl AgentService {
                 r.app, r.id, r.node, r.restart_count
             );
         }
-        service_counters(&mut out, node, parts.services.counters());
-        Ok(out)
+        service_counters(out, &parts.node_name, parts.services.counters());
+        Ok(())
     }
 }
 
