@@ -42,8 +42,17 @@ pub fn up() -> anyhow::Result<()> {
         stop(&agent_pid_file(), "agent")?;
     }
     let log = Path::new(DATA_DIR).join("agent.log");
+    let http = router_addr();
     let pid = spawn_detached(
-        Command::new(INSTALLED_BINARY).args(["agent", "--data-dir", DATA_DIR, "--api-addr", API]),
+        Command::new(INSTALLED_BINARY).args([
+            "agent",
+            "--data-dir",
+            DATA_DIR,
+            "--api-addr",
+            API,
+            "--http-addr",
+            &http,
+        ]),
         &log,
     )?;
     fs::write(agent_pid_file(), pid.to_string())?;
@@ -55,6 +64,7 @@ pub fn up() -> anyhow::Result<()> {
     println!(
         "\nHivemind is running (agent pid {pid}).\n\
          \n  web UI and REST API   http://{API}/\n\
+         \x20 public HTTP router    http://{http}/ (routes by Host: <app>.hivemind or --service domains)\n\
          \n  CLI                   hivemind health\n\
          \x20                       hivemind app deploy --image REGISTRY/IMAGE:TAG --name NAME\n\
          \n  agent log             {}\n\
@@ -63,6 +73,17 @@ pub fn up() -> anyhow::Result<()> {
         log.display()
     );
     Ok(())
+}
+
+/// The public HTTP router's address: port 80 on every address, as on a server, unless
+/// something on this machine already has port 80 (then 127.0.0.1:8080, said at start).
+fn router_addr() -> String {
+    if std::net::TcpListener::bind("0.0.0.0:80").is_ok() {
+        "0.0.0.0:80".to_owned()
+    } else {
+        println!("up: port 80 is taken on this machine; the HTTP router listens on 127.0.0.1:8080");
+        "127.0.0.1:8080".to_owned()
+    }
 }
 
 pub fn down() -> anyhow::Result<()> {
