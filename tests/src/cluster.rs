@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use crate::{
-    Agent, AgentOptions, Containerd, Netns,
+    Agent, AgentOptions, Containerd, Netns, Registry,
     util::{check, unique, wait_for},
 };
 
@@ -158,4 +158,46 @@ impl ClusterNode {
     pub fn pki(&self) -> PathBuf {
         self.agent.data_dir().join("pki")
     }
+}
+
+/// A three-node cluster on `underlay`: node 1 started with `--cluster-init` and a registry on
+/// its underlay address `registry_addr` holding the test image (so every node pulls from it),
+/// nodes 2 and 3 joined through node 1, and every node seeing all three ready. Returns node 1,
+/// the registry, the image reference, nodes 2 and 3 (in that order, so they drop in the
+/// reverse: nodes before the registry's namespace).
+pub fn form_three(
+    underlay: &Underlay,
+    options: &AgentOptions,
+    registry_addr: &str,
+) -> (ClusterNode, Registry, String, ClusterNode, ClusterNode) {
+    let timeout = Duration::from_secs(90);
+    let n1 = ClusterNode::start(underlay, 1, &unique("n"), &["--cluster-init"], options);
+    let registry = Registry::start_in(&n1.netns, registry_addr);
+    let image = registry.push_test_image("hivemind/test:1");
+    let token = n1.token();
+    let n2 = ClusterNode::start(underlay, 2, &unique("n"), &[], options);
+    let n3 = ClusterNode::start(underlay, 3, &unique("n"), &[], options);
+    for node in [&n2, &n3] {
+        let out = node
+            .agent
+            .cli(&["join", "--host", &n1.ip, "--token", &token]);
+        assert!(
+            out.status.success(),
+            "join of {}: {}{}\n{}",
+            node.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            node.agent.log()
+        );
+    }
+    let names: Vec<String> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| n.name().to_owned())
+        .collect();
+    for node in [&n1, &n2, &n3] {
+        for name in &names {
+            node.wait_ready(name, true, timeout);
+        }
+    }
+    (n1, registry, image, n2, n3)
 }

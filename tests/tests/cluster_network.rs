@@ -17,9 +17,9 @@ use std::{
 };
 
 use hivemind_tests::{
-    AgentOptions, Netns, Process, Registry,
-    cluster::{ClusterNode, Underlay},
-    util::{hivemind_bin, stderr, stdout, unique, wait_for},
+    AgentOptions, Netns, Process,
+    cluster::{ClusterNode, Underlay, form_three},
+    util::{hivemind_bin, stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -197,33 +197,11 @@ fn cluster_network_overlay_policies_and_members_across_three_nodes() {
         insecure_registries: vec![REGISTRY.to_owned()],
         ..AgentOptions::default()
     };
-    let n1 = ClusterNode::start(&underlay, 1, &unique("n"), &["--cluster-init"], &options);
-    let registry = Registry::start_in(&n1.netns, REGISTRY);
-    let image = registry.push_test_image("hivemind/test:1");
-    let token = n1.token();
-    let n2 = ClusterNode::start(&underlay, 2, &unique("n"), &[], &options);
-    let n3 = ClusterNode::start(&underlay, 3, &unique("n"), &[], &options);
-    for node in [&n2, &n3] {
-        let out = node
-            .agent
-            .cli(&["join", "--host", &n1.ip, "--token", &token]);
-        assert!(
-            out.status.success(),
-            "join of {}: {}\n{}",
-            node.name(),
-            text(&out),
-            node.agent.log()
-        );
-    }
+    let (n1, registry, image, n2, n3) = form_three(&underlay, &options, REGISTRY);
     let nodes: BTreeMap<String, &ClusterNode> = [&n1, &n2, &n3]
         .iter()
         .map(|n| (n.name().to_owned(), *n))
         .collect();
-    for node in [&n1, &n2, &n3] {
-        for name in nodes.keys() {
-            node.wait_ready(name, true, TIMEOUT);
-        }
-    }
 
     // Each node's agent put its underlay interface on the overlay by itself: the receiving
     // program on eth0 (TCX ingress; no XDP on veth, see datapath.md).

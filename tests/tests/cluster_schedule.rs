@@ -14,9 +14,9 @@ use std::{
 };
 
 use hivemind_tests::{
-    AgentOptions, Registry,
-    cluster::{ClusterNode, Underlay},
-    util::{stderr, stdout, unique, wait_for},
+    AgentOptions,
+    cluster::{ClusterNode, Underlay, form_three},
+    util::{stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -95,34 +95,7 @@ fn cluster_schedule_spreads_fails_over_and_heals() {
         insecure_registries: vec![REGISTRY.to_owned()],
         ..AgentOptions::default()
     };
-    let n1 = ClusterNode::start(&underlay, 1, &unique("n"), &["--cluster-init"], &options);
-    let registry = Registry::start_in(&n1.netns, REGISTRY);
-    let image = registry.push_test_image("hivemind/test:1");
-    let token = n1.token();
-    let n2 = ClusterNode::start(&underlay, 2, &unique("n"), &[], &options);
-    let mut n3 = ClusterNode::start(&underlay, 3, &unique("n"), &[], &options);
-    for node in [&n2, &n3] {
-        let out = node
-            .agent
-            .cli(&["join", "--host", &n1.ip, "--token", &token]);
-        assert!(
-            out.status.success(),
-            "join of {}: {}{}\n{}",
-            node.name(),
-            stdout(&out),
-            stderr(&out),
-            node.agent.log()
-        );
-    }
-    let names: Vec<String> = [&n1, &n2, &n3]
-        .iter()
-        .map(|n| n.name().to_owned())
-        .collect();
-    for node in [&n1, &n2, &n3] {
-        for name in &names {
-            node.wait_ready(name, true, TIMEOUT);
-        }
-    }
+    let (n1, _registry, image, n2, mut n3) = form_three(&underlay, &options, REGISTRY);
 
     // Six replicas deployed on node 2 spread two per node.
     n2.agent.cli_ok(&[
