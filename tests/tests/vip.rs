@@ -85,7 +85,11 @@ fn wait_healthy(node: &SingleNode, app: &str, count: usize) -> Vec<Value> {
         TIMEOUT,
         || {
             let list = containers(node, app);
-            (list.iter().filter(|c| c["health"] == "healthy").count() == count).then_some(list)
+            let healthy = list
+                .iter()
+                .filter(|c| c["state"] == "running" && c["health"] == "healthy")
+                .count();
+            (healthy == count).then_some(list)
         },
     )
 }
