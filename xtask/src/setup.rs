@@ -28,7 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "curl",
-    "wget", // service tests: a name lookup through a container's resolv.conf
+    "wget",    // service tests: a name lookup through a container's resolv.conf
     "python3", // service tests: a stand-in upstream resolver; the API fuzz run's venv
     "jq",
     "socat",
