@@ -80,6 +80,12 @@ impl AgentService {
         let app = parts.state.app(&record.app).await?.map(|(app, _)| app);
         let mut info = convert::container(&record, app.as_ref());
         convert::add_container_service(&mut info, parts.services.table().service(&record.app));
+        info.vip = parts
+            .vips
+            .of(&record.app)
+            .await?
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         if remote {
             if self.lost_nodes().await?.contains(&record.node) {
                 mark_lost(&mut info);
@@ -87,12 +93,6 @@ impl AgentService {
             return Ok(info);
         }
         info.log_path = self.log_path(id).display().to_string();
-        info.vip = parts
-            .vips
-            .of(&record.app)
-            .await?
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
         // Usage is best effort: a stopped container or an unreachable containerd has none.
         if let Ok(Some(usage)) = parts.runtime.usage(id).await {
             info.usage = Some(proto::ResourceUsage {
