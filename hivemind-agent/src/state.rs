@@ -54,19 +54,8 @@ impl State {
     /// Replaces the app if it is still at `revision`; false if someone changed it meanwhile.
     pub async fn update_app(&self, app: &AppSpec, revision: Revision) -> Result<bool, StoreError> {
         let key = keys::app(&app.name);
-        let outcome = self
-            .store
-            .txn(Txn {
-                compare: vec![Compare::ModRevision(key.clone(), revision)],
-                success: vec![Op::Put {
-                    key,
-                    value: json(app),
-                    lease: 0,
-                }],
-                failure: Vec::new(),
-            })
-            .await?;
-        Ok(outcome.succeeded)
+        self.put_if(Compare::ModRevision(key.clone(), revision), key, json(app))
+            .await
     }
 
     pub async fn delete_app(&self, name: &str) -> Result<bool, StoreError> {
@@ -246,19 +235,7 @@ impl State {
         } else {
             Compare::ModRevision(key.clone(), revision)
         };
-        let outcome = self
-            .store
-            .txn(Txn {
-                compare: vec![compare],
-                success: vec![Op::Put {
-                    key,
-                    value: json(assignments),
-                    lease: 0,
-                }],
-                failure: Vec::new(),
-            })
-            .await?;
-        Ok(outcome.succeeded)
+        self.put_if(compare, key, json(assignments)).await
     }
 
     pub async fn delete_assignments(&self, app: &str) -> Result<(), StoreError> {
@@ -331,10 +308,21 @@ impl State {
     }
 
     async fn create_if_absent(&self, key: String, value: Vec<u8>) -> Result<bool, StoreError> {
+        self.put_if(Compare::Absent(key.clone()), key, value).await
+    }
+
+    /// Writes `value` at `key` if `compare` holds: the compare-and-swap every update of shared
+    /// state goes through, so concurrent writers on several nodes never lose an update.
+    async fn put_if(
+        &self,
+        compare: Compare,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
         let outcome = self
             .store
             .txn(Txn {
-                compare: vec![Compare::Absent(key.clone())],
+                compare: vec![compare],
                 success: vec![Op::Put {
                     key,
                     value,
@@ -413,19 +401,12 @@ impl State {
         revision: Revision,
     ) -> Result<bool, StoreError> {
         let key = keys::rollout(&rollout.app);
-        let outcome = self
-            .store
-            .txn(Txn {
-                compare: vec![Compare::ModRevision(key.clone(), revision)],
-                success: vec![Op::Put {
-                    key,
-                    value: json(rollout),
-                    lease: 0,
-                }],
-                failure: Vec::new(),
-            })
-            .await?;
-        Ok(outcome.succeeded)
+        self.put_if(
+            Compare::ModRevision(key.clone(), revision),
+            key,
+            json(rollout),
+        )
+        .await
     }
 
     pub async fn delete_rollout(&self, app: &str) -> Result<(), StoreError> {
