@@ -11,6 +11,7 @@ use crate::{cmd::Cmd, toolchain};
 const APT_PACKAGES: &[&str] = &[
     // build
     "protobuf-compiler", // containerd-client's and the agent's build scripts run protoc
+    "libprotobuf-dev",   // protoc's well-known types (descriptor.proto), which etcd-client's protos import
     // runtime
     "containerd",
     "runc",
