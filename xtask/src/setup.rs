@@ -11,7 +11,7 @@ use crate::{cmd::Cmd, toolchain};
 const APT_PACKAGES: &[&str] = &[
     // build
     "protobuf-compiler", // containerd-client's and the agent's build scripts run protoc
-    "libprotobuf-dev",   // protoc's well-known types (descriptor.proto), which etcd-client's protos import
+    "libprotobuf-dev", // protoc's well-known types (descriptor.proto), which etcd-client's protos import
     // runtime
     "containerd",
     "runc",
@@ -35,8 +35,9 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     // web UI tests (driven by playwright-core from npm; never a downloaded browser)
     "chromium",
-    // REST API benchmark load generator
+    // load generators of the API and service benchmarks
     "wrk",
+    "dnsperf",
 ];
 
 /// Other containerd releases, unpacked (not installed) for the image-pull compatibility test:
