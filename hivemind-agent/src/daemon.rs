@@ -178,7 +178,7 @@ async fn start_service_discovery(
     )
     .await?;
     if let Some(addr) = config.http_addr {
-        router::start(addr, services.clone(), network.subnet()).await?;
+        router::start(addr, services.clone()).await?;
     } else {
         tracing::info!("HTTP router off (--http-addr off)");
     }

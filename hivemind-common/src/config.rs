@@ -16,5 +16,13 @@ pub struct Config {
     /// `node_ip` is the overlay's outer source address and the address VXLAN must be sent to.
     pub vxlan_port: u16,
     pub _pad: u16,
+    /// Index of `hivemind0`, the device holding the gateway address; overlay traffic addressed
+    /// to the gateway is handed to the node's stack through its ingress. 0 = none (not in a
+    /// cluster).
+    pub host_ifindex: u32,
+    /// MAC of `hivemind0`, the destination MAC such traffic must carry to be taken as the
+    /// node's own.
+    pub host_mac: [u8; 6],
+    pub _pad2: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);

@@ -9,15 +9,19 @@ pub const PROG_TO_CONTAINER: &str = "hm_to_container";
 /// TC program on the node's uplink, ingress hook: published ports (DNAT) and, in a cluster,
 /// overlay decapsulation.
 pub const PROG_NODE_INGRESS: &str = "hm_node_ingress";
+/// TC program on `hivemind0`, egress hook: the node's own packets to containers on other nodes
+/// (the cluster CIDR is routed to `hivemind0`), sent through the overlay.
+pub const PROG_FROM_HOST: &str = "hm_from_host";
 /// XDP program on the underlay interface: drops VXLAN from non-members before the stack sees it.
 pub const PROG_UNDERLAY_XDP: &str = "hm_underlay";
 
 /// Every program the object must contain; the agent loads each at start so a verifier
 /// rejection fails the start instead of the first packet.
-pub const ALL_PROGRAMS: [&str; 4] = [
+pub const ALL_PROGRAMS: [&str; 5] = [
     PROG_FROM_CONTAINER,
     PROG_TO_CONTAINER,
     PROG_NODE_INGRESS,
+    PROG_FROM_HOST,
     PROG_UNDERLAY_XDP,
 ];
 

@@ -8,8 +8,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
-        TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
+        __sk_buff, BPF_F_INGRESS, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
@@ -523,6 +523,11 @@ fn deliver_from_overlay(ctx: &TcContext, flow: &Flow, src_identity: u32) -> Verd
     // SAFETY: a value pointer the lookup just returned, copied out at once.
     let dst: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.daddr).map(|p| unsafe { *p });
     let Some(dst) = dst.filter(|d| d.flags & FLAG_LOCAL != 0) else {
+        let config = config();
+        if flow.daddr == config.gateway_ip && config.host_ifindex != 0 {
+            // A container's answer to this node's own traffic (`hm_from_host`).
+            return into_host(ctx, &config, src_identity);
+        }
         // The sender thinks the container lives here; it does not (any more).
         return Verdict::drop(reason::DROPPED_NO_ROUTE).identities(src_identity, 0);
     };
@@ -542,6 +547,26 @@ fn deliver_from_overlay(ctx: &TcContext, flow: &Flow, src_identity: u32) -> Verd
     // Recorded here too, so the container's replies pass its egress default-deny.
     record(flow, state, &mut verdict);
     into_container(ctx, &dst, verdict, reason::RECEIVED_OVERLAY)
+}
+
+/// Hands a packet from the overlay to the node's stack as if `hivemind0`, which holds the
+/// gateway address, had received it: reverse-path filtering then finds the cluster route it
+/// expects (the uplink would fail a strict check), and the node's firewall sees the device.
+#[inline(always)]
+fn into_host(ctx: &TcContext, config: &Config, src_identity: u32) -> Verdict {
+    let verdict = Verdict::pass(reason::RECEIVED_OVERLAY).identities(src_identity, identity::HOST);
+    if packet::set_macs(ctx, &config.host_mac, &config.host_mac).is_err() {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    // SAFETY: helper with plain integer arguments.
+    let action = unsafe { bpf_redirect(config.host_ifindex, u64::from(BPF_F_INGRESS)) };
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return verdict.into_drop(reason::DROPPED_INTERNAL);
+    }
+    Verdict {
+        action: TC_ACT_REDIRECT,
+        ..verdict
+    }
 }
 
 #[inline(always)]
@@ -587,6 +612,67 @@ fn try_node_ingress(ctx: &TcContext, flow: &Flow, config: &Config) -> Verdict {
     let mut verdict = Verdict::pass(reason::FORWARDED_PORT_MAP).identities(src_identity, 0);
     verdict.new_flow = flow.protocol != PROTO_TCP || flow.syn;
     verdict
+}
+
+// ---------------------------------------------------------------------------------------------
+// hm_from_host: TC egress of `hivemind0`. The node routes the cluster CIDR there (source: the
+// gateway address), so its own connections to containers on other nodes — the HTTP router's,
+// a health probe's, an operator's `curl` — go through the overlay like a container's.
+
+#[classifier]
+pub fn hm_from_host(ctx: TcContext) -> i32 {
+    let (flow, verdict) = match parse_or_verdict(&ctx) {
+        Ok(flow) => (Some(flow), try_from_host(&ctx, &flow)),
+        Err(verdict) => (None, verdict),
+    };
+    conclude(&ctx, flow.as_ref(), &verdict)
+}
+
+#[inline(always)]
+fn try_from_host(ctx: &TcContext, flow: &Flow) -> Verdict {
+    let config = config();
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let dst: Option<Endpoint> = ENDPOINTS.get_ptr(&flow.daddr).map(|p| unsafe { *p });
+    let dst_identity = identity_of(flow.daddr, dst.as_ref(), &config);
+    let verdict = Verdict::drop(reason::DROPPED_NO_ROUTE).identities(identity::HOST, dst_identity);
+    // Only the node's own packets: answers come back to the gateway address, and traffic the
+    // node merely forwards (from outside, towards the cluster CIDR) is not the node's to
+    // carry into the overlay under its identity.
+    if flow.saddr != config.gateway_ip || config.node_ip == 0 {
+        return verdict;
+    }
+    let node_ip = match dst {
+        Some(dst) if dst.flags & FLAG_REMOTE != 0 => dst.node_ip,
+        _ => tunnel_of(flow.daddr),
+    };
+    if node_ip == 0 || node_ip == config.node_ip {
+        return verdict;
+    }
+    // SAFETY: a value pointer the lookup just returned, copied out at once.
+    let Some(peer) = PEERS.get_ptr(&node_ip).map(|p| unsafe { *p }) else {
+        return verdict;
+    };
+    match overlay::send(
+        ctx,
+        config.node_ip,
+        node_ip,
+        &peer,
+        identity::HOST,
+        &config.host_mac,
+        vxlan_port(&config),
+    ) {
+        Ok(action) => {
+            count_peer(node_ip, ctx.len(), false);
+            let mut verdict = Verdict {
+                action,
+                reason: reason::FORWARDED_OVERLAY,
+                ..verdict
+            };
+            record(flow, ct_lookup(flow), &mut verdict);
+            verdict
+        }
+        Err(why) => verdict.into_drop(why),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-//! `cargo xtask bench service`, VIP half: HTTP requests through an app's VIP against the same
-//! requests sent straight to one replica, in one run, alternating rounds so drift on a shared
-//! machine hits both alike. wrk runs in the node's namespace inside a cgroup below the one the
-//! VIP programs are attached to (where containers run), so its connects are balanced exactly as
-//! a container's are. busybox httpd closes every connection, so each request is a new connect:
-//! the case where socket-level balancing does its work on every request. Numbers are reported,
-//! never asserted.
+//! `cargo xtask bench service`: HTTP requests through an app's VIP and through the node's HTTP
+//! router (by Host header) against the same requests sent straight to one replica, in one run,
+//! alternating rounds so drift on a shared machine hits all alike; then DNS queries/s against
+//! the agent's DNS server with `dnsperf`. wrk runs in the node's namespace inside a cgroup
+//! below the one the VIP programs are attached to (where containers run), so its connects are
+//! balanced exactly as a container's are. busybox httpd closes every connection, so each
+//! request is a new connect: the case where socket-level balancing does its work on every
+//! request, and where the router opens a new connection to the replica for every request.
+//! Numbers are reported, never asserted.
 
 use std::{
     fmt::Write as _,
@@ -54,9 +56,17 @@ impl Drop for ClientCgroup {
     }
 }
 
-fn wrk(node: &SingleNode, cgroup: &ClientCgroup, target: &str, seconds: u32) -> LoadResult {
+/// One wrk run against `http://TARGET/`, with `Host: HOST` when given (the router).
+fn wrk(
+    node: &SingleNode,
+    cgroup: &ClientCgroup,
+    target: &str,
+    host: Option<&str>,
+    seconds: u32,
+) -> LoadResult {
+    let header = host.map(|h| format!("-H 'Host: {h}' ")).unwrap_or_default();
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec nsenter --net={} -- wrk -t2 -c{CONNECTIONS} -d{seconds}s --latency http://{target}/",
+        "echo $$ > {}/cgroup.procs && exec nsenter --net={} -- wrk -t2 -c{CONNECTIONS} -d{seconds}s --latency {header}http://{target}/",
         cgroup.0.display(),
         node.netns.path()
     );
@@ -168,6 +178,58 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// What `dnsperf` measured: queries/s and the average latency in ms.
+#[derive(Clone, Copy, Debug, Default)]
+struct DnsResult {
+    qps: f64,
+    avg_ms: f64,
+    lost: u64,
+}
+
+fn parse_dnsperf(out: &str) -> DnsResult {
+    let mut result = DnsResult::default();
+    for line in out.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Queries per second:") {
+            result.qps = rest.trim().parse().unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("Average Latency (s):") {
+            result.avg_ms = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                * 1e3;
+        } else if let Some(rest) = line.strip_prefix("Queries lost:") {
+            result.lost = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    result
+}
+
+/// `dnsperf` from the node's namespace against its DNS server on the gateway address, for
+/// `seconds`, asking the names in `queries` (one `NAME TYPE` per line) in turn.
+fn dnsperf(node: &SingleNode, server: &str, queries: &std::path::Path, seconds: u32) -> DnsResult {
+    let out = node.netns.check(
+        "dnsperf",
+        &[
+            "-s",
+            server,
+            "-d",
+            &queries.display().to_string(),
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "4",
+            "-q",
+            "64",
+        ],
+    );
+    parse_dnsperf(&out)
+}
+
 /// Runs the benchmark and returns a Markdown report.
 pub fn bench_service() -> String {
     let node = SingleNode::start();
@@ -175,37 +237,44 @@ pub fn bench_service() -> String {
     let (spread_vip, _) = deploy(&node, "three", 3);
     let cgroup = ClientCgroup::new(&node);
     let direct = ips[0].clone();
-    // Warm-up, and proof that both paths answer.
-    for target in [&direct, &vip, &spread_vip] {
-        let warm = wrk(&node, &cgroup, target, 2);
-        assert!(warm.requests > 0 && warm.errors == 0, "{target}: {warm:?}");
-    }
-    let mut runs: Vec<(&str, Vec<LoadResult>)> = vec![
-        ("direct to the replica", Vec::new()),
-        ("VIP, 1 replica", Vec::new()),
-        ("VIP, 3 replicas", Vec::new()),
+    // (name, target, Host header) of each path.
+    let paths: [(&str, &str, Option<&str>); 4] = [
+        ("direct to the replica", &direct, None),
+        ("VIP, 1 replica", &vip, None),
+        ("VIP, 3 replicas", &spread_vip, None),
+        ("router, 1 replica", "127.0.0.1", Some("one.hivemind")),
     ];
-    // Direct and "VIP, 1 replica" hit the same httpd and the same replica:80 (TIME_WAIT
-    // sockets, exiting children): each of them always follows a 3-replica run, and they take
-    // turns going first, so neither inherits the other's leftovers.
+    // Warm-up, and proof that every path answers.
+    for (name, target, host) in paths {
+        let warm = wrk(&node, &cgroup, target, host, 2);
+        assert!(warm.requests > 0 && warm.errors == 0, "{name}: {warm:?}");
+    }
+    let mut runs: Vec<Vec<LoadResult>> = vec![Vec::new(); paths.len()];
+    // Direct, "VIP, 1 replica" and the router hit the same httpd and the same replica:80
+    // (TIME_WAIT sockets, exiting children): each of them follows a short 3-replica run, and
+    // they take turns going first, so none inherits another's leftovers.
+    let single = [0, 1, 3];
     for round in 0..ROUNDS {
-        let order = if round % 2 == 0 { [0, 2, 1] } else { [1, 2, 0] };
-        for i in order {
-            let target = [&direct, &vip, &spread_vip][i];
-            runs[i].1.push(wrk(&node, &cgroup, target, SECONDS));
+        let (_, spread, _) = paths[2];
+        runs[2].push(wrk(&node, &cgroup, spread, None, SECONDS));
+        for k in 0..single.len() {
+            let i = single[(round + k) % single.len()];
+            let _ = wrk(&node, &cgroup, spread, None, 1);
+            let (_, target, host) = paths[i];
+            runs[i].push(wrk(&node, &cgroup, target, host, SECONDS));
         }
     }
 
-    let mut report = String::from("## Service VIP\n\n");
+    let mut report = String::from("## Service VIP and HTTP router\n\n");
     let _ = writeln!(
         report,
-        "wrk -t2 -c{CONNECTIONS} in the node's namespace (in a cgroup below the containers', so the VIP programs balance its connects), {ROUNDS} rounds of {SECONDS} s (direct and VIP-1 take turns, each after a 3-replica run), medians shown; busybox httpd closes each connection, so every request is a new connect through `hm_lb_connect4` (the agent build does not matter: the kernel does the balancing).\n"
+        "wrk -t2 -c{CONNECTIONS} in the node's namespace (in a cgroup below the containers', so the VIP programs balance its connects), {ROUNDS} rounds of {SECONDS} s (direct, VIP-1 and the router take turns going first, each after a short 3-replica run), medians shown; busybox httpd closes each connection, so every request is a new connect through `hm_lb_connect4`, and the router (`Host: one.hivemind` to 127.0.0.1:80, keep-alive from wrk) opens a new connection to the replica for every request.\n"
     );
     report.push_str(
         "| path | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |\n",
     );
     let mut medians = Vec::new();
-    for (name, results) in &runs {
+    for ((name, _, _), results) in paths.iter().zip(&runs) {
         let rps = median(results.iter().map(|r| r.requests_per_sec).collect());
         let p50 = median(results.iter().map(|r| r.p50_ms).collect());
         let p99 = median(results.iter().map(|r| r.p99_ms).collect());
@@ -214,7 +283,7 @@ pub fn bench_service() -> String {
             report,
             "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} |"
         );
-        medians.push((rps, p99));
+        medians.push((rps, p50, p99));
     }
     let targets: Vec<Ipv4Addr> = [&direct, &vip]
         .iter()
@@ -236,13 +305,68 @@ pub fn bench_service() -> String {
             percentile(values, 0.99)
         );
     }
-    let (direct_rps, direct_p99) = medians[0];
-    let (vip_rps, vip_p99) = medians[1];
+    let (direct_rps, direct_p50, direct_p99) = medians[0];
+    let (vip_rps, _, vip_p99) = medians[1];
+    let (router_rps, router_p50, router_p99) = medians[3];
     let _ = writeln!(
         report,
         "\nVIP / direct (1 replica): requests/s {:.3}, p99 {:.3} (target: within 5%: requests/s ≥ 0.95, p99 ≤ 1.05).",
         vip_rps / direct_rps.max(f64::MIN_POSITIVE),
         vip_p99 / direct_p99.max(f64::MIN_POSITIVE)
+    );
+    // Per round too: the router's p99 minus direct's in the same round.
+    let added: Vec<f64> = runs[3]
+        .iter()
+        .zip(&runs[0])
+        .map(|(router, direct)| router.p99_ms - direct.p99_ms)
+        .collect();
+    let _ = writeln!(
+        report,
+        "Router / direct (1 replica): requests/s {:.3}; added p50 {:.2} ms, added p99 {:.2} ms (median of per-round differences {:.2} ms, range {:.2} to {:.2}; target < 2 ms).",
+        router_rps / direct_rps.max(f64::MIN_POSITIVE),
+        router_p50 - direct_p50,
+        router_p99 - direct_p99,
+        median(added.clone()),
+        added.iter().copied().fold(f64::INFINITY, f64::min),
+        added.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+
+    report.push_str(&dns(&node));
+    report
+}
+
+/// DNS: the node's resolver, asked for app names (A records of serving replicas) by `dnsperf`.
+fn dns(node: &SingleNode) -> String {
+    let mut report = String::new();
+    let gateway = node.agent.cli_json(&["health"])["dataplane"]["gateway"]
+        .as_str()
+        .expect("health shows the gateway")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queries = dir.path().join("queries");
+    std::fs::write(&queries, "one.hivemind A\nthree.hivemind A\n").expect("query file");
+    let _ = dnsperf(node, &gateway, &queries, 1);
+    let dns: Vec<DnsResult> = (0..3)
+        .map(|_| dnsperf(node, &gateway, &queries, SECONDS))
+        .collect();
+    let _ = writeln!(
+        report,
+        "\nDNS (`dnsperf -c 4 -q 64`, {SECONDS} s, 3 runs, from the node's namespace to the agent's server on {gateway}; `one.hivemind` and `three.hivemind` in turn):\n\n| run | queries/s | average latency ms | lost |\n| --- | --- | --- | --- |"
+    );
+    for (i, run) in dns.iter().enumerate() {
+        let _ = writeln!(
+            report,
+            "| {} | {:.0} | {:.3} | {} |",
+            i + 1,
+            run.qps,
+            run.avg_ms,
+            run.lost
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\nDNS median: {:.0} queries/s.",
+        median(dns.iter().map(|r| r.qps).collect())
     );
     report
 }

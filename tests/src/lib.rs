@@ -6,6 +6,7 @@
 //! - [`Registry`]: a private OCI registry (docker-registry) on a loopback address;
 //! - [`image`]: the busybox test image, built by the tests themselves and pushed to a registry;
 //! - [`Agent`]: a `hivemind agent` running inside a namespace with its own data dir and socket;
+//! - [`apps`]: deploying, listing, waiting for and exec-ing into an agent's containers;
 //! - [`cluster`]: node namespaces on a bridged underlay, each with containerd and an agent;
 //! - [`http`]: requests to an agent's REST API with real `curl` inside its namespace;
 //! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`];
@@ -18,6 +19,7 @@
 #![allow(clippy::missing_panics_doc)] // fixtures panic with a message by design
 
 mod agent;
+pub mod apps;
 pub mod bench_api;
 pub mod bench_overlay;
 pub mod bench_service;

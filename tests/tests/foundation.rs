@@ -86,7 +86,7 @@ fn agent_in_a_namespace_answers_health_and_cleans_up() {
         let programs = health["dataplane"]["programs"]
             .as_array()
             .expect("programs");
-        assert_eq!(programs.len(), 4, "{health}");
+        assert_eq!(programs.len(), 5, "{health}");
         assert!(
             programs
                 .iter()

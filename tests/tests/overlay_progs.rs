@@ -1,5 +1,6 @@
-//! The overlay's programs under `BPF_PROG_TEST_RUN`: encapsulation in `hm_from_container`,
-//! decapsulation and ingress policy in `hm_node_ingress`, the XDP member filter `hm_underlay`,
+//! The overlay's programs under `BPF_PROG_TEST_RUN`: encapsulation in `hm_from_container` and
+//! (for the node's own traffic) `hm_from_host`, decapsulation and ingress policy in
+//! `hm_node_ingress`, the XDP member filter `hm_underlay`,
 //! and what each does with malformed or foreign packets.
 //!
 //! Each test runs in its own network namespace (the FIB lookup of the encapsulation needs a
@@ -476,6 +477,92 @@ fn overlay_encap_edge_cases() {
 /// The frame node B sends for R → A (VNI `vni`).
 fn from_b(inner: &Packet, vni: u32) -> Vec<u8> {
     packet::vxlan(PEER_B, NODE, DEFAULT_VXLAN_PORT, 0x08, vni, &inner.build())
+}
+
+const HOST_MAC: [u8; 6] = [0x02, 0x68, 0x6d, 0, 0, 0x01];
+
+#[test]
+fn overlay_carries_the_nodes_own_traffic_and_its_answers() {
+    let mut f = Fixture::new();
+    // Before the node is on the overlay (no `hivemind0` in the config), an answer to the
+    // gateway address has nowhere to go.
+    let answer = from_b(&Packet::tcp(R, 80, GATEWAY, 40000, SYN | ACK), ID_R);
+    assert_eq!(f.run(ProgramKind::NodeIngress, &answer).0, TC_ACT_SHOT);
+    assert_eq!(f.count(reason::DROPPED_NO_ROUTE), 1);
+
+    f.dp.set_config(Config {
+        node_ip: wire(NODE),
+        gateway_ip: wire(GATEWAY),
+        host_ifindex: LO,
+        host_mac: HOST_MAC,
+        ..Config::default()
+    })
+    .expect("config");
+
+    // The node's own packet (source: the gateway address) to a remote container: VXLAN to its
+    // node, VNI = HOST, inner packet untouched (the node originates it; nothing is routed).
+    let sent = Packet::tcp(GATEWAY, 40000, R, 80, SYN);
+    let (action, out) = f.run(ProgramKind::FromHost, &sent.build());
+    assert_eq!(action, TC_ACT_REDIRECT, "out of the underlay");
+    let inner = check_outer(&out, &f, PEER_B, PEER_B_MAC, DEFAULT_VXLAN_PORT);
+    assert_eq!(vni(&out), identity::HOST, "VNI = the node itself");
+    assert_eq!(packet::src_mac(&inner), HOST_MAC);
+    assert_eq!(packet::dst_mac(&inner), VTEP_B);
+    assert_eq!(without_macs(&inner), without_macs(&sent.build()));
+    assert_eq!(f.count(reason::FORWARDED_OVERLAY), 1);
+    assert_eq!(f.peer(PEER_B).tx_packets, 1);
+    // A subnet known only as a tunnel works the same.
+    let (action, out) = f.run(
+        ProgramKind::FromHost,
+        &Packet::udp(GATEWAY, 5000, C_HOST, 53).build(),
+    );
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(packet::daddr(&out), PEER_C);
+
+    // Not the node's own (another source: traffic the node would forward), or no other node
+    // to send it to: dropped, never carried under the node's identity.
+    for (what, pkt) in [
+        (
+            "forwarded from elsewhere",
+            Packet::tcp(WORLD_IP, 1, R, 80, SYN),
+        ),
+        (
+            "the node's underlay address as source",
+            Packet::tcp(NODE, 1, R, 80, SYN),
+        ),
+        (
+            "an unused address of this node's own subnet",
+            Packet::tcp(GATEWAY, 1, Ipv4Addr::new(10, 244, 1, 99), 80, SYN),
+        ),
+        (
+            "outside the cluster",
+            Packet::tcp(GATEWAY, 1, WORLD_IP, 80, SYN),
+        ),
+    ] {
+        let before = f.count(reason::DROPPED_NO_ROUTE);
+        assert_eq!(
+            f.run(ProgramKind::FromHost, &pkt.build()).0,
+            TC_ACT_SHOT,
+            "{what}"
+        );
+        assert_eq!(f.count(reason::DROPPED_NO_ROUTE), before + 1, "{what}");
+    }
+
+    // The answer from the remote container comes back to the gateway address: stripped and
+    // handed to `hivemind0`'s ingress with its MAC, so the node's stack takes it as its own.
+    let (action, out) = f.run(ProgramKind::NodeIngress, &answer);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(packet::dst_mac(&out), HOST_MAC);
+    assert_eq!(
+        without_macs(&out),
+        without_macs(&Packet::tcp(R, 80, GATEWAY, 40000, SYN | ACK).build())
+    );
+    assert_eq!(f.count(reason::RECEIVED_OVERLAY), 1);
+    // The node has no policy of its own: any member's packet to the gateway address is
+    // delivered, even with a policy that selects every app.
+    f.policy(&[enforced(ID_A, DIRECTION_INGRESS, 3)]);
+    let opened = from_b(&Packet::udp(R, 5000, GATEWAY, 53), ID_R);
+    assert_eq!(f.run(ProgramKind::NodeIngress, &opened).0, TC_ACT_REDIRECT);
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -13,7 +12,8 @@ use std::{
 
 use hivemind_tests::{
     SingleNode,
-    util::{hivemind_bin, stderr, stdout, unique, wait_for},
+    apps::{self, LoadClient},
+    util::{hivemind_bin, stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -32,59 +32,31 @@ const HEALTH: &[&str] = &[
 ];
 
 fn deploy(node: &SingleNode, name: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "app",
-        "deploy",
-        "--image",
-        &node.image,
-        "--name",
-        name,
-        "--stop-timeout",
-        "2",
-    ];
+    let mut args = vec!["--stop-timeout", "2"];
     args.extend_from_slice(extra);
-    node.agent.cli(&args)
+    apps::deploy(&node.agent, &node.image, name, &args)
 }
 
 fn deploy_ok(node: &SingleNode, name: &str, extra: &[&str]) -> String {
-    let out = deploy(node, name, extra);
-    assert!(
-        out.status.success(),
-        "deploy {name} {extra:?} failed:\n{}\n{}\nagent log:\n{}",
-        stdout(&out),
-        stderr(&out),
-        node.agent.log()
-    );
-    stdout(&out) + &stderr(&out)
+    let mut args = vec!["--stop-timeout", "2"];
+    args.extend_from_slice(extra);
+    apps::deploy_ok(&node.agent, &node.image, name, &args)
 }
 
 fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
-    node.agent
-        .cli_json(&["app", "containers", "--app", app])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    apps::containers(&node.agent, app)
 }
 
 fn app(node: &SingleNode, name: &str) -> Value {
-    node.agent
-        .cli_json(&["app", "ls"])
-        .as_array()
-        .and_then(|apps| apps.iter().find(|a| a["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no app {name}"))
+    apps::app_info(&node.agent, name)
 }
 
 /// Ids of `n` running, healthy replicas (waits for them), sorted.
 fn wait_healthy(node: &SingleNode, name: &str, n: usize) -> BTreeSet<String> {
-    wait_for(&format!("{n} healthy replicas of {name}"), TIMEOUT, || {
-        let all = containers(node, name);
-        let healthy: BTreeSet<String> = all
-            .iter()
-            .filter(|c| c["state"] == "running" && c["health"] == "healthy")
-            .filter_map(|c| c["id"].as_str().map(str::to_owned))
-            .collect();
-        (all.len() == n && healthy.len() == n).then_some(healthy)
-    })
+    apps::wait_healthy(&node.agent, name, n, TIMEOUT)
+        .iter()
+        .map(apps::id)
+        .collect()
 }
 
 /// `hivemind ARGS` in the background (its output piped).
@@ -103,131 +75,42 @@ fn finish(child: Child) -> std::process::Output {
     child.wait_with_output().expect("wait for hivemind")
 }
 
-/// Runs `script` with `sh -c` inside container `id` (a real exec in the container).
-fn exec(node: &SingleNode, id: &str, script: &str) -> String {
-    node.containerd.ctr_ok(&[
-        "-n",
-        node.ns(),
-        "tasks",
-        "exec",
-        "--exec-id",
-        &unique("t"),
-        id,
-        "sh",
-        "-c",
-        script,
-    ])
+/// A client container ([`LoadClient`]) sending `GET /` to the replicas it is pointed at.
+fn start_client(node: &SingleNode) -> LoadClient {
+    deploy_ok(node, "client", &[]);
+    let client = apps::wait_running(&node.agent, "client", TIMEOUT);
+    LoadClient::start(&node.containerd, &apps::id(&client))
 }
 
-/// A client container sending `GET /` to every target in `/tmp/targets` in turn, until
-/// `/tmp/stop` exists; prints `FAIL ...` per request not answered 200 and `ok=N fail=M` at the
-/// end. It speaks HTTP with `nc`: the image's static busybox `wget` crashes on its name lookup.
-struct Client {
-    id: String,
-    process: Child,
-    targets: String,
-}
-
-impl Client {
-    fn start(node: &SingleNode) -> Self {
-        deploy_ok(node, "client", &[]);
-        let id = wait_for("the client container", TIMEOUT, || {
-            containers(node, "client")
-                .first()
-                .filter(|c| c["state"] == "running")
-                .and_then(|c| c["id"].as_str().map(str::to_owned))
-        });
-        let script = r#"ok=0; fail=0
-while [ ! -f /tmp/stop ]; do
-  targets=$(cat /tmp/targets 2>/dev/null)
-  [ -n "$targets" ] || { sleep 0.1; continue; }
-  for ip in $targets; do
-    status=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$ip" 80 2>&1 | head -1)
-    case $status in *" 200 "*) ok=$((ok+1)) ;; *) fail=$((fail+1)); echo "FAIL $ip $(date +%T) $status" ;; esac
-  done
-done
-echo "ok=$ok fail=$fail""#;
-        let process = node
-            .containerd
-            .ctr_command()
-            .args([
-                "-n",
-                node.ns(),
-                "tasks",
-                "exec",
-                "--exec-id",
-                "client-loop",
-                &id,
-                "sh",
-                "-c",
-                script,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the client loop");
-        Self {
-            id,
-            process,
-            targets: String::new(),
-        }
-    }
-
-    /// Points the client at `app`'s running, healthy replicas (as the API lists them now).
-    fn follow(&mut self, node: &SingleNode, app: &str) {
-        let mut ips: Vec<String> = containers(node, app)
-            .iter()
-            .filter(|c| c["state"] == "running" && c["health"] == "healthy")
-            .filter_map(|c| c["ip"].as_str().map(str::to_owned))
-            .collect();
-        ips.sort();
-        let targets = ips.join(" ");
-        if targets != self.targets && !targets.is_empty() {
-            exec(
-                node,
-                &self.id,
-                &format!("echo '{targets}' > /tmp/targets.new && mv /tmp/targets.new /tmp/targets"),
-            );
-            self.targets = targets;
-        }
-    }
-
-    /// Stops the loop; returns (successful, failed requests, its output).
-    fn stop(mut self, node: &SingleNode) -> (u64, u64, String) {
-        exec(node, &self.id, "touch /tmp/stop");
-        let mut out = String::new();
-        if let Some(mut pipe) = self.process.stdout.take() {
-            let _ = pipe.read_to_string(&mut out);
-        }
-        let _ = self.process.wait();
-        let count = |key: &str| {
-            out.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in the client's output: {out}"))
-        };
-        (count("ok="), count("fail="), out)
-    }
+/// Points the client at `app`'s running, healthy replicas (as the API lists them now).
+fn follow(node: &SingleNode, client: &mut LoadClient, app: &str) {
+    let mut ips: Vec<String> = containers(node, app)
+        .iter()
+        .filter(|c| c["state"] == "running" && c["health"] == "healthy")
+        .map(apps::ip)
+        .collect();
+    ips.sort();
+    client.target(&node.containerd, &ips);
 }
 
 /// Runs `args` (a rollout) in the background while `client` follows `app`'s healthy replicas;
 /// then keeps the client going a moment. Returns the command's output.
 fn under_load(
     node: &SingleNode,
-    client: &mut Client,
+    client: &mut LoadClient,
     app: &str,
     args: &[&str],
 ) -> std::process::Output {
     let mut rollout = spawn_cli(node, args);
     let deadline = Instant::now() + Duration::from_secs(180);
     while rollout.try_wait().expect("poll the rollout").is_none() {
-        client.follow(node, app);
+        follow(node, client, app);
         assert!(Instant::now() < deadline, "the rollout did not finish");
         sleep(Duration::from_millis(100));
     }
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        client.follow(node, app);
+        follow(node, client, app);
         sleep(Duration::from_millis(100));
     }
     finish(rollout)
@@ -240,8 +123,8 @@ fn restart_under_load_drops_no_request_and_replaces_every_replica() {
     args.extend_from_slice(HEALTH);
     deploy_ok(&node, "web", &args);
     let before = wait_healthy(&node, "web", 3);
-    let mut client = Client::start(&node);
-    client.follow(&node, "web");
+    let mut client = start_client(&node);
+    follow(&node, &mut client, "web");
 
     let started = Instant::now();
     let out = under_load(
@@ -251,7 +134,7 @@ fn restart_under_load_drops_no_request_and_replaces_every_replica() {
         &["app", "restart", "--name", "web"],
     );
     let took = started.elapsed();
-    let (ok, failed, log) = client.stop(&node);
+    let (ok, failed, log) = client.stop(&node.containerd);
     println!("restart of 3 replicas: {took:?} (plus 2 s after), {ok} requests, {failed} failed");
     let (said, progress) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "restart failed: {said}\n{progress}");
@@ -298,8 +181,8 @@ fn parallel_two_replaces_two_at_a_time_under_load() {
     args.extend_from_slice(SLOW_HEALTH);
     deploy_ok(&node, "web", &args);
     let before = wait_healthy(&node, "web", 4);
-    let mut client = Client::start(&node);
-    client.follow(&node, "web");
+    let mut client = start_client(&node);
+    follow(&node, &mut client, "web");
 
     let out = under_load(
         &node,
@@ -307,7 +190,7 @@ fn parallel_two_replaces_two_at_a_time_under_load() {
         "web",
         &["app", "restart", "--name", "web", "--parallel", "2"],
     );
-    let (ok, failed, log) = client.stop(&node);
+    let (ok, failed, log) = client.stop(&node.containerd);
     let progress = stderr(&out);
     assert!(out.status.success(), "{}\n{progress}", stdout(&out));
     assert_eq!(failed, 0, "failed requests:\n{log}");
@@ -337,8 +220,8 @@ fn deploy_update_rolls_out_a_new_tag_and_env() {
     deploy_ok(&node, "web", &args);
     let before = wait_healthy(&node, "web", 2);
     let v2 = node.registry.push_test_image("hivemind/test:2");
-    let mut client = Client::start(&node);
-    client.follow(&node, "web");
+    let mut client = start_client(&node);
+    follow(&node, &mut client, "web");
 
     let mut update = vec![
         "app",
@@ -355,7 +238,7 @@ fn deploy_update_rolls_out_a_new_tag_and_env() {
     ];
     update.extend_from_slice(HEALTH);
     let out = under_load(&node, &mut client, "web", &update);
-    let (_, failed, log) = client.stop(&node);
+    let (_, failed, log) = client.stop(&node.containerd);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}\n{}", stderr(&out));
     assert!(said.contains("Updated application web"), "{said}");

@@ -7,7 +7,6 @@
 #![allow(clippy::too_many_lines)]
 
 use std::{
-    collections::BTreeMap,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -15,7 +14,8 @@ use std::{
 
 use hivemind_tests::{
     SingleNode,
-    util::{hivemind_bin, run, stderr, stdout, unique, wait_for},
+    apps::{self, id, tally},
+    util::{hivemind_bin, run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -25,24 +25,10 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// the VIP says which replica answered; touching /tmp/sick makes a replica fail its check.
 const CHECK: &str = "test ! -e /tmp/sick && hostname > /www/id";
 
-fn deploy(node: &SingleNode, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "app",
-        "deploy",
-        "--image",
-        &node.image,
-        "--name",
-        name,
-        "--stop-timeout",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    node.agent.cli_ok(&args);
-}
-
 fn deploy_web(node: &SingleNode, name: &str, replicas: &str) {
-    deploy(
-        node,
+    apps::deploy_ok(
+        &node.agent,
+        &node.image,
         name,
         &[
             "--replicas",
@@ -60,83 +46,24 @@ fn deploy_web(node: &SingleNode, name: &str, replicas: &str) {
 }
 
 fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
-    node.agent
-        .cli_json(&["app", "containers", "--app", app])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn app_info(node: &SingleNode, app: &str) -> Value {
-    node.agent
-        .cli_json(&["app", "ls"])
-        .as_array()
-        .and_then(|apps| apps.iter().find(|a| a["name"] == app).cloned())
-        .unwrap_or_else(|| panic!("no app {app}"))
+    apps::containers(&node.agent, app)
 }
 
 fn vip_of(node: &SingleNode, app: &str) -> String {
-    app_info(node, app)["vip"].as_str().expect("vip").to_owned()
+    apps::vip_of(&node.agent, app)
 }
 
 fn wait_healthy(node: &SingleNode, app: &str, count: usize) -> Vec<Value> {
-    wait_for(
-        &format!("{count} healthy replicas of {app}"),
-        TIMEOUT,
-        || {
-            let list = containers(node, app);
-            let healthy = list
-                .iter()
-                .filter(|c| c["state"] == "running" && c["health"] == "healthy")
-                .count();
-            (healthy == count).then_some(list)
-        },
-    )
+    apps::wait_healthy(&node.agent, app, count, TIMEOUT)
 }
 
-fn id(c: &Value) -> String {
-    c["id"].as_str().expect("id").to_owned()
-}
-
-/// Runs `sh -c script` inside container `id` (its namespaces and its cgroup).
 fn exec(node: &SingleNode, id: &str, script: &str) -> std::process::Output {
-    node.containerd.ctr(&[
-        "-n",
-        node.ns(),
-        "task",
-        "exec",
-        "--exec-id",
-        &unique("x"),
-        id,
-        "sh",
-        "-c",
-        script,
-    ])
+    apps::exec(&node.containerd, id, script)
 }
 
-/// `count` HTTP GETs of `path` on `host`:80 from the client container (busybox `nc`: one
-/// connection each): the body's last line of each, or "FAIL".
+/// `count` GETs of `path` on `host`:80 from the client container (see [`apps::http_gets`]).
 fn requests(node: &SingleNode, client: &str, host: &str, path: &str, count: u32) -> Vec<String> {
-    let out = exec(
-        node,
-        client,
-        &format!(
-            "for i in $(seq {count}); do \
-               r=$(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 80) \
-               && echo \"$r\" | grep -q '^HTTP/1.[01] 200' && echo \"$r\" | tail -n 1 || echo FAIL; \
-             done"
-        ),
-    );
-    assert!(out.status.success(), "exec: {}", stderr(&out));
-    stdout(&out).lines().map(str::to_owned).collect()
-}
-
-fn tally(answers: &[String]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for answer in answers {
-        *counts.entry(answer.clone()).or_insert(0) += 1;
-    }
-    counts
+    apps::http_gets(&node.containerd, client, host, path, count)
 }
 
 /// A pinned map's entries, as bpftool's BTF formatting shows them.
@@ -188,7 +115,7 @@ fn installed(node: &SingleNode, vip: &str) -> Option<(u64, Vec<u64>)> {
 fn the_vip_spreads_over_healthy_replicas_and_follows_failures() {
     let node = SingleNode::start();
     deploy_web(&node, "web", "3");
-    deploy(&node, "client", &[]);
+    apps::deploy_ok(&node.agent, &node.image, "client", &[]);
     let web = wait_healthy(&node, "web", 3);
     let client = wait_for("the client running", TIMEOUT, || {
         containers(&node, "client")

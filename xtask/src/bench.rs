@@ -26,7 +26,7 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "service",
-        "HTTP through a service VIP vs straight to a replica (wrk); report in target/bench/service.md",
+        "HTTP through a service VIP and through the HTTP router vs straight to a replica (wrk); DNS queries/s (dnsperf); report in target/bench/service.md",
     ),
     (
         "api",

@@ -1,6 +1,6 @@
-//! `cargo xtask bench service`: requests/s and p99 through an app's VIP against straight to one
-//! replica (`tests/src/bench_service.rs`), against the release build. Prints the report and
-//! writes it to `target/bench/service.md`.
+//! `cargo xtask bench service`: requests/s and p99 through an app's VIP and through the HTTP
+//! router against straight to one replica, and DNS queries/s (`tests/src/bench_service.rs`),
+//! against the release build. Prints the report and writes it to `target/bench/service.md`.
 
 use crate::{cmd, setup};
 

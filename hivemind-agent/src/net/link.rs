@@ -10,6 +10,7 @@
 //! - node: dummy `hivemind0` (a port-less bridge where the kernel lacks the dummy driver) holding the gateway address (`/32`), `ip_forward` on, nftables
 //!   table `hivemind` masquerading the container subnet towards anything outside the cluster
 //!   CIDR; per container a route `<ip>/32 dev hmXXXXXXXX` and a permanent neighbour entry;
+//!   in a cluster, the cluster CIDR routed to `hivemind0` (source: the gateway address);
 //! - container: `eth0` with `<ip>/32`, `<gateway> dev eth0 scope link`, `default via
 //!   <gateway>`, and a permanent neighbour entry gateway → host veth MAC (no ARP).
 
@@ -466,6 +467,81 @@ async fn add_gateway_device(handle: &Handle) -> Result<(), LinkError> {
         }
         Err(err) => Err(netlink(format!("add dummy {GATEWAY_DEVICE}"))(err)),
     }
+}
+
+/// What [`route_cluster_to_host`] made: `hivemind0`, which `hm_from_host` runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostDevice {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// Routes the cluster CIDR to `hivemind0` with the gateway address as source, and gives the
+/// device the overlay's `mtu`: the node's own packets to containers on other nodes (the
+/// HTTP router's, an operator's `curl`) then leave through `hm_from_host`, which sends them
+/// through the overlay, and the answers come back to the gateway address. The node's own
+/// containers keep their `/32` routes, which are more specific. ARP is turned off on the
+/// device (a dummy has it off already; the bridge fallback would otherwise ask for every
+/// remote address and never hear back). Idempotent.
+pub async fn route_cluster_to_host(
+    cluster_cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<HostDevice, LinkError> {
+    let cluster_cidr = cluster_cidr.trunc();
+    with_netlink("hm-route-cluster", move |handle| async move {
+        let (ifindex, mac) = link_by_name(&handle, GATEWAY_DEVICE).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(ifindex)
+                    .arp(false)
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("set {GATEWAY_DEVICE} noarp mtu {mtu}")))?;
+        add_route(
+            &handle,
+            cluster_route(cluster_cidr, ifindex).pref_source(gateway),
+            &format!("{cluster_cidr} dev {GATEWAY_DEVICE} src {gateway}"),
+        )
+        .await?;
+        Ok(HostDevice { ifindex, mac })
+    })
+    .await
+}
+
+/// Undoes [`route_cluster_to_host`]'s route (the node left its cluster). Nothing to do if it
+/// is gone.
+pub async fn unroute_cluster(cluster_cidr: Ipv4Net) -> Result<(), LinkError> {
+    let cluster_cidr = cluster_cidr.trunc();
+    with_netlink("hm-unroute-cluster", move |handle| async move {
+        let Some(device) = find_link(&handle, GATEWAY_DEVICE).await? else {
+            return Ok(());
+        };
+        match handle
+            .route()
+            .del(cluster_route(cluster_cidr, device.header.index).build())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if errno(&err) == Some(libc::ESRCH) => Ok(()),
+            Err(err) => Err(netlink(format!(
+                "remove route {cluster_cidr} dev {GATEWAY_DEVICE}"
+            ))(err)),
+        }
+    })
+    .await
+}
+
+fn cluster_route(cluster_cidr: Ipv4Net, ifindex: u32) -> RouteMessageBuilder<Ipv4Addr> {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(cluster_cidr.network(), cluster_cidr.prefix_len())
+        .output_interface(ifindex)
+        .scope(RouteScope::Link)
 }
 
 /// Removes what [`setup_node`] made (forwarding stays on: other software may rely on it).

@@ -89,6 +89,7 @@ struct Inner {
     node: String,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
+    cluster_cidr: Ipv4Net,
     /// MTU of container links made from now on (the uplink's, minus the overlay's 50 bytes
     /// once the node is in a cluster).
     mtu: AtomicU32,
@@ -107,6 +108,8 @@ struct Published {
     monitors_forwarded: u32,
     /// The overlay's UDP port while the node is in a cluster.
     vxlan_port: Option<u16>,
+    /// `hivemind0` while the node is in a cluster (the cluster CIDR is routed to it).
+    host: Option<link::HostDevice>,
 }
 
 fn wire(ip: Ipv4Addr) -> u32 {
@@ -137,34 +140,36 @@ impl NodeNetwork {
                 node: node.to_owned(),
                 subnet,
                 gateway,
+                cluster_cidr,
                 mtu: AtomicU32::new(mtu),
                 uplink,
                 node_ip,
                 updates: Mutex::new(Published::default()),
             }),
         };
-        network.push_config(false, None).await?;
+        network.push_config(&Published::default()).await?;
         tracing::info!(%subnet, %gateway, uplink = ?network.inner.uplink.as_ref().map(|u| &u.name), node_ip = ?network.inner.node_ip, mtu, "node network ready");
         Ok(network)
     }
 
-    async fn push_config(
-        &self,
-        forwarded_events: bool,
-        vxlan_port: Option<u16>,
-    ) -> Result<(), NetworkError> {
+    /// Tells the datapath the node's addresses and what `published` says; the caller holds
+    /// the lock on `published`, so two updates never interleave.
+    async fn push_config(&self, published: &Published) -> Result<(), NetworkError> {
         let inner = &self.inner;
+        let host = published.host.unwrap_or_default();
         inner
             .dataplane
             .set_config(Config {
-                flags: if forwarded_events {
+                flags: if published.monitors_forwarded > 0 {
                     FLAG_EVENTS_FORWARDED
                 } else {
                     0
                 },
                 node_ip: inner.node_ip.map_or(0, wire),
                 gateway_ip: wire(inner.gateway),
-                vxlan_port: vxlan_port.unwrap_or(0),
+                vxlan_port: published.vxlan_port.unwrap_or(0),
+                host_ifindex: host.ifindex,
+                host_mac: host.mac,
                 ..Config::default()
             })
             .await?;
@@ -336,11 +341,8 @@ impl NodeNetwork {
         } else {
             published.monitors_forwarded = published.monitors_forwarded.saturating_sub(1);
         }
-        let after = published.monitors_forwarded > 0;
-        let vxlan_port = published.vxlan_port;
-        drop(published);
-        if before != after {
-            self.push_config(after, vxlan_port).await?;
+        if before != (published.monitors_forwarded > 0) {
+            self.push_config(&published).await?;
         }
         Ok(())
     }
@@ -352,41 +354,49 @@ impl NodeNetwork {
 
     /// Puts the node on the overlay (when it becomes a cluster member, and at every start
     /// while it is one): the VXLAN port into the datapath's config, the receiving programs on
-    /// the uplink, and containers — new ones and those already running — at the uplink's MTU
-    /// minus the overlay's 50 bytes. Idempotent. Peers, tunnels and remote endpoints come
-    /// through [`Self::dataplane`].
+    /// the uplink, the cluster CIDR routed to `hm_from_host` (so the node itself reaches
+    /// containers on other nodes), and containers — new ones and those already running — at
+    /// the uplink's MTU minus the overlay's 50 bytes. Idempotent. Peers, tunnels and remote
+    /// endpoints come through [`Self::dataplane`].
     pub async fn enable_overlay(&self, vxlan_port: u16) -> Result<(), NetworkError> {
         let inner = &self.inner;
         let (Some(uplink), Some(_)) = (&inner.uplink, inner.node_ip) else {
             return Err(NetworkError::NoUnderlay);
         };
+        let mtu = uplink.mtu.saturating_sub(OVERHEAD);
         let mut published = inner.updates.lock().await;
+        let host = link::route_cluster_to_host(inner.cluster_cidr, inner.gateway, mtu).await?;
         published.vxlan_port = Some(vxlan_port);
-        let forwarded = published.monitors_forwarded > 0;
+        published.host = Some(host);
+        self.push_config(&published).await?;
         drop(published);
-        self.push_config(forwarded, Some(vxlan_port)).await?;
+        inner.dataplane.attach_host(host.ifindex).await?;
         inner
             .dataplane
             .attach_underlay(&uplink.name, UnderlayXdp::Auto)
             .await?;
-        self.set_container_mtu(uplink.mtu.saturating_sub(OVERHEAD))
-            .await?;
-        tracing::info!(uplink = %uplink.name, vxlan_port, mtu = inner.mtu.load(Ordering::Relaxed), "on the overlay");
+        self.set_container_mtu(mtu).await?;
+        tracing::info!(uplink = %uplink.name, vxlan_port, mtu, "on the overlay");
         Ok(())
     }
 
     /// Takes the node off the overlay (it left the cluster): programs off the uplink (the
-    /// published ports keep theirs), containers back at the uplink's MTU.
+    /// published ports keep theirs) and off `hivemind0`, the cluster route gone, containers
+    /// back at the uplink's MTU.
     pub async fn disable_overlay(&self) -> Result<(), NetworkError> {
         let inner = &self.inner;
         let Some(uplink) = &inner.uplink else {
             return Ok(());
         };
         let mut published = inner.updates.lock().await;
+        let host = published.host.take();
         published.vxlan_port = None;
-        let forwarded = published.monitors_forwarded > 0;
+        self.push_config(&published).await?;
         drop(published);
-        self.push_config(forwarded, None).await?;
+        if let Some(host) = host {
+            inner.dataplane.detach_host(host.ifindex).await?;
+        }
+        link::unroute_cluster(inner.cluster_cidr).await?;
         inner.dataplane.detach_underlay(&uplink.name).await?;
         self.set_container_mtu(uplink.mtu).await
     }

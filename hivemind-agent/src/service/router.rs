@@ -40,21 +40,13 @@ pub struct BindError {
 #[derive(Debug)]
 struct Router {
     services: Services,
-    /// This node's container subnet: the replicas the router can reach. Traffic from a node's
-    /// own stack to containers on other nodes is not carried by the overlay (yet), so on a
-    /// cluster each node's router serves its own replicas.
-    local: ipnet::Ipv4Net,
     client: Client<HttpConnector, Body>,
     /// Next replica index per app.
     turns: Mutex<HashMap<String, usize>>,
 }
 
 /// Binds `addr` and serves until the process ends.
-pub async fn start(
-    addr: SocketAddr,
-    services: Services,
-    local: ipnet::Ipv4Net,
-) -> Result<(), BindError> {
+pub async fn start(addr: SocketAddr, services: Services) -> Result<(), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| BindError { addr, source })?;
@@ -67,7 +59,6 @@ pub async fn start(
         .build(connector);
     let router = Arc::new(Router {
         services,
-        local,
         client,
         turns: Mutex::new(HashMap::new()),
     });
@@ -106,7 +97,7 @@ async fn route(router: &Router, peer: SocketAddr, request: Request) -> Response 
         );
     };
     let table = router.services.table();
-    let mut service = match table.lookup(&host) {
+    let service = match table.lookup(&host) {
         Lookup::Service(service) => service.clone(),
         Lookup::Unknown | Lookup::Outside => {
             return page(
@@ -117,18 +108,6 @@ async fn route(router: &Router, peer: SocketAddr, request: Request) -> Response 
         }
     };
     drop(table);
-    let cluster_wide = service.endpoints.len();
-    service.endpoints.retain(|ip| router.local.contains(ip));
-    if service.endpoints.is_empty() && cluster_wide > 0 {
-        return page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service unavailable on this node",
-            &format!(
-                "{host} (app {}) has {cluster_wide} healthy replica(s), none on this node; the router reaches its own node's replicas, so send the request to a node that runs one (or scale the app to every node).",
-                service.app
-            ),
-        );
-    }
     if service.endpoints.is_empty() {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -56,14 +56,16 @@ pub enum ProgramKind {
     FromContainer,
     ToContainer,
     NodeIngress,
+    FromHost,
     Underlay,
 }
 
 impl ProgramKind {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::FromContainer,
         Self::ToContainer,
         Self::NodeIngress,
+        Self::FromHost,
         Self::Underlay,
     ];
 
@@ -72,6 +74,7 @@ impl ProgramKind {
             Self::FromContainer => names::PROG_FROM_CONTAINER,
             Self::ToContainer => names::PROG_TO_CONTAINER,
             Self::NodeIngress => names::PROG_NODE_INGRESS,
+            Self::FromHost => names::PROG_FROM_HOST,
             Self::Underlay => names::PROG_UNDERLAY_XDP,
         }
     }
@@ -84,14 +87,14 @@ impl ProgramKind {
     const fn hook(self) -> Option<TcAttachType> {
         match self {
             Self::FromContainer | Self::NodeIngress => Some(TcAttachType::Ingress),
-            Self::ToContainer => Some(TcAttachType::Egress),
+            Self::ToContainer | Self::FromHost => Some(TcAttachType::Egress),
             Self::Underlay => None,
         }
     }
 
     const fn hook_name(self) -> &'static str {
         match self {
-            Self::ToContainer => "egress",
+            Self::ToContainer | Self::FromHost => "egress",
             Self::FromContainer | Self::NodeIngress => "ingress",
             Self::Underlay => "xdp",
         }
@@ -528,6 +531,16 @@ impl Dataplane {
     pub fn detach_container(&mut self, host_ifindex: u32) -> Result<(), DataplaneError> {
         self.detach(ProgramKind::FromContainer, host_ifindex)?;
         self.detach(ProgramKind::ToContainer, host_ifindex)
+    }
+
+    /// `hm_from_host` on the egress of `hivemind0` (index `ifindex`), where the node routes
+    /// the cluster CIDR: the node's own traffic to containers on other nodes.
+    pub fn attach_host(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.attach(ProgramKind::FromHost, ifindex)
+    }
+
+    pub fn detach_host(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.detach(ProgramKind::FromHost, ifindex)
     }
 
     /// `hm_node_ingress` on the uplink's ingress (published ports).

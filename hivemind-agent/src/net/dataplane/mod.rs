@@ -132,6 +132,8 @@ enum Command {
     DetachNodeIngress(String, Reply<()>),
     AttachUnderlay(String, UnderlayXdp, Reply<()>),
     DetachUnderlay(String, Reply<()>),
+    AttachHost(u32, Reply<()>),
+    DetachHost(u32, Reply<()>),
     UpsertEndpoint(Ipv4Addr, Endpoint, Reply<()>),
     UpsertRemoteEndpoint {
         ip: Ipv4Addr,
@@ -214,6 +216,16 @@ impl DataplaneHandle {
     pub async fn detach_underlay(&self, ifname: &str) -> Result<(), DataplaneError> {
         let ifname = ifname.to_owned();
         self.ask(|r| Command::DetachUnderlay(ifname, r)).await
+    }
+
+    /// Attaches `hm_from_host` to the egress of `hivemind0` (index `ifindex`): the node's own
+    /// traffic to containers on other nodes goes through the overlay. Idempotent.
+    pub async fn attach_host(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.ask(|r| Command::AttachHost(ifindex, r)).await
+    }
+
+    pub async fn detach_host(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.ask(|r| Command::DetachHost(ifindex, r)).await
     }
 
     pub async fn upsert_endpoint(
@@ -375,6 +387,12 @@ async fn run(
             }
             Command::DetachUnderlay(ifname, reply) => {
                 let _ = reply.send(dataplane.detach_underlay(&ifname));
+            }
+            Command::AttachHost(ifindex, reply) => {
+                let _ = reply.send(dataplane.attach_host(ifindex));
+            }
+            Command::DetachHost(ifindex, reply) => {
+                let _ = reply.send(dataplane.detach_host(ifindex));
             }
             Command::UpsertEndpoint(ip, endpoint, reply) => {
                 let _ = reply.send(dataplane.upsert_endpoint(ip, endpoint));
