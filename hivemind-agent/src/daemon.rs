@@ -2,6 +2,7 @@
 //! a join asks it to restart into the cluster.
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
@@ -239,7 +240,12 @@ async fn serve(
         let shutdown = stopped();
         let api_addr = config.api_addr;
         async move {
-            axum::serve(rest_listener, rest::router(service, api_addr, token))
+            // TCP_NODELAY: answers written in more than one piece must not wait for the
+            // client's delayed ACK.
+            let listener = rest_listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            axum::serve(listener, rest::router(service, api_addr, token))
                 .with_graceful_shutdown(shutdown)
                 .await
         }

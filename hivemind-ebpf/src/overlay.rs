@@ -233,8 +233,15 @@ pub fn strip(ctx: &TcContext, outer: &Flow) -> Result<u32, u32> {
     let strip = outer.l4_off - ETH_HLEN + AFTER_OUTER_IP;
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // at most 60 + 30
     let diff = -(strip as i32);
+    // FIXED_GSO: a GSO packet's segments are the inner packet's (the sender kept the
+    // container's MSS); without it the kernel would grow the segment size by the 50 bytes
+    // stripped, and the receiving TCP would take segments for larger than they are.
     if ctx
-        .adjust_room(diff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, 0)
+        .adjust_room(
+            diff,
+            bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+            u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
+        )
         .is_err()
     {
         return Err(reason::DROPPED_INTERNAL);

@@ -7,7 +7,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use hivemind_tests::{
-    SingleNode,
+    SingleNode, apps,
     util::{hivemind_bin, stderr, stdout, wait_for},
 };
 use serde_json::Value;
@@ -15,26 +15,13 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn deploy(node: &SingleNode, name: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "app",
-        "deploy",
-        "--image",
-        &node.image,
-        "--name",
-        name,
-        "--stop-timeout",
-        "2",
-    ];
+    let mut args = vec!["--stop-timeout", "2"];
     args.extend_from_slice(extra);
-    node.agent.cli_ok(&args)
+    apps::deploy_ok(&node.agent, &node.image, name, &args)
 }
 
 fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
-    node.agent
-        .cli_json(&["app", "containers", "--app", app])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    apps::containers(&node.agent, app)
 }
 
 fn running_ids(node: &SingleNode, app: &str) -> Vec<String> {

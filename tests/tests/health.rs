@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hivemind_tests::{
-    SingleNode,
+    SingleNode, apps,
     util::{stderr, wait_for},
 };
 use serde_json::Value;
@@ -12,26 +12,13 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn deploy(node: &SingleNode, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "app",
-        "deploy",
-        "--image",
-        &node.image,
-        "--name",
-        name,
-        "--stop-timeout",
-        "2",
-    ];
+    let mut args = vec!["--stop-timeout", "2"];
     args.extend_from_slice(extra);
-    node.agent.cli_ok(&args);
+    apps::deploy_ok(&node.agent, &node.image, name, &args);
 }
 
 fn container(node: &SingleNode, app: &str) -> Option<Value> {
-    node.agent
-        .cli_json(&["app", "containers", "--app", app])
-        .as_array()?
-        .first()
-        .cloned()
+    apps::containers(&node.agent, app).into_iter().next()
 }
 
 fn wait_health(node: &SingleNode, app: &str, health: &str) -> Value {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use hivemind_tests::{
-    AgentOptions, NODE_IP, Process, SingleNode, WORLD_IP,
+    AgentOptions, NODE_IP, Process, SingleNode, WORLD_IP, apps,
     util::{run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
@@ -18,26 +18,11 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn deploy(node: &SingleNode, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "app",
-        "deploy",
-        "--image",
-        &node.image,
-        "--name",
-        name,
-        "--stop-timeout",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    node.agent.cli_ok(&args);
+    apps::deploy_ok(&node.agent, &node.image, name, extra);
 }
 
 fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
-    node.agent
-        .cli_json(&["app", "containers", "--app", app])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    apps::containers(&node.agent, app)
 }
 
 fn running_ips(node: &SingleNode, app: &str) -> BTreeSet<String> {

@@ -289,22 +289,6 @@ impl Cluster {
         self.inner.restart.subscribe()
     }
 
-    /// The node whose reconciler runs replica slots nobody assigned (see
-    /// `reconcile::Ownership`): this node outside a cluster, the cluster's first node in one.
-    pub async fn default_slot_owner(&self) -> Option<String> {
-        match &self.inner.mode {
-            Mode::Single | Mode::ExternalEtcd => Some(self.inner.node_name.clone()),
-            Mode::Cluster(_) => self
-                .inner
-                .store
-                .get_json::<ClusterRecord>(keys::CLUSTER)
-                .await
-                .ok()
-                .flatten()
-                .map(|entry| entry.value.first_node),
-        }
-    }
-
     /// Writes (or refreshes) this node's record and starts renewing its liveness lease.
     pub async fn register(
         &self,

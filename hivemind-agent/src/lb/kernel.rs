@@ -12,8 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::net::dataplane::bpffs;
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError},
     programs::{
         CgroupAttachMode, CgroupSockAddr,
@@ -232,10 +233,9 @@ impl SocketLb {
                 path: path.clone(),
                 source,
             })?;
-            let pinned = link
-                .pin(&path)
-                .map_err(|source| LbError::Pin { path, source })?;
-            self.links.push(FdLink::from(pinned));
+            let link =
+                bpffs::pin_link(link, &path).map_err(|source| LbError::Pin { path, source })?;
+            self.links.push(link);
         }
         tracing::info!(cgroup = %cgroup.display(), "socket load balancing attached");
         Ok(())
@@ -245,11 +245,7 @@ impl SocketLb {
     pub fn detach(&mut self) -> Result<(), LbError> {
         for name in PROGRAMS {
             let path = self.pin_dir.join(format!("lb_link_{name}"));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(LbError::Unpin { path, source }),
-            }
+            bpffs::unpin(&path).map_err(|source| LbError::Unpin { path, source })?;
         }
         self.links.clear();
         Ok(())
@@ -423,27 +419,10 @@ fn adopt(program: &mut CgroupSockAddr, path: &Path) -> Result<FdLink, LbError> {
 /// Loads the object against the maps pinned in `pin_dir`; a pinned map whose layout no longer
 /// matches (an upgrade changed it) is replaced, as the dataplane does.
 fn load_object(pin_dir: &Path) -> Result<Ebpf, LbError> {
-    let mut retired = 0;
-    loop {
-        match EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-        {
-            Ok(ebpf) => return Ok(ebpf),
-            Err(aya::EbpfError::MapError(MapError::IncompatiblePinnedMap {
-                name,
-                property,
-                expected,
-                actual,
-            })) if retired < names::ALL_MAPS.len() && names::ALL_MAPS.contains(&name.as_str()) => {
-                tracing::warn!(map = %name, property, expected, actual, "pinned map does not match this version; replacing it");
-                let path = pin_dir.join(&name);
-                std::fs::remove_file(&path).map_err(|source| LbError::Unpin { path, source })?;
-                retired += 1;
-            }
-            Err(err) => return Err(LbError::LoadObject(err)),
-        }
-    }
+    bpffs::load_object(OBJECT, pin_dir, &names::ALL_MAPS).map_err(|err| match err {
+        bpffs::LoadError::Object(source) => LbError::LoadObject(source),
+        bpffs::LoadError::Unpin { path, source } => LbError::Unpin { path, source },
+    })
 }
 
 fn is_not_found(err: &MapError) -> bool {

@@ -14,6 +14,7 @@ use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{Html, IntoResponse as _, Response},
+    serve::ListenerExt as _,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -47,9 +48,14 @@ struct Router {
 
 /// Binds `addr` and serves until the process ends.
 pub async fn start(addr: SocketAddr, services: Services) -> Result<(), BindError> {
+    // Without TCP_NODELAY a response written as headers, then body, waits for the client's
+    // delayed ACK (40 ms) before its second segment leaves.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| BindError { addr, source })?;
+        .map_err(|source| BindError { addr, source })?
+        .tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);

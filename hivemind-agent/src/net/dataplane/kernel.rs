@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{
         Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap,
         PerCpuValues, RingBuf, lpm_trie::Key, of_maps::ArrayOfMaps,
@@ -450,17 +450,24 @@ impl Dataplane {
         }
         .map_err(attach_err)?;
         let link = program.take_link(id).map_err(attach_err)?;
+        self.keep(key, link)?;
+        tracing::debug!(program = key.program.name(), ifindex, ?mode, "attached");
+        Ok(())
+    }
+
+    /// Pins a link just made under its key's name and keeps it.
+    fn keep<L>(&mut self, key: LinkKey, link: L) -> Result<(), DataplaneError>
+    where
+        FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+    {
         let path = self.pin_dir.join(key.pin_name());
         let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
             path: path.clone(),
             source,
         })?;
-        let _ = std::fs::remove_file(&path);
-        let pinned = link
-            .pin(&path)
-            .map_err(|source| DataplaneError::Pin { path, source })?;
-        self.links.insert(key, FdLink::from(pinned));
-        tracing::debug!(program = key.program.name(), ifindex, ?mode, "attached");
+        let link =
+            bpffs::pin_link(link, &path).map_err(|source| DataplaneError::Pin { path, source })?;
+        self.links.insert(key, link);
         Ok(())
     }
 
@@ -492,16 +499,7 @@ impl Dataplane {
             )
             .map_err(attach_err)?;
         let link = program.take_link(id).map_err(attach_err)?;
-        let path = self.pin_dir.join(key.pin_name());
-        let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        let _ = std::fs::remove_file(&path);
-        let pinned = link
-            .pin(&path)
-            .map_err(|source| DataplaneError::Pin { path, source })?;
-        self.links.insert(key, FdLink::from(pinned));
+        self.keep(key, link)?;
         tracing::debug!(program = kind.name(), ifindex, "attached");
         Ok(())
     }
@@ -513,11 +511,7 @@ impl Dataplane {
             ifindex,
         };
         let path = self.pin_dir.join(key.pin_name());
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(DataplaneError::Unpin { path, source }),
-        }
+        bpffs::unpin(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
         drop(self.links.remove(&key));
         Ok(())
     }
@@ -1088,31 +1082,10 @@ impl Dataplane {
 /// programs keep their reference to it until their links are switched to the new programs, so
 /// only the state of that one map starts over.
 fn load_object(pin_dir: &Path) -> Result<Ebpf, DataplaneError> {
-    let mut retired = 0;
-    loop {
-        match EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-        {
-            Ok(ebpf) => return Ok(ebpf),
-            Err(aya::EbpfError::MapError(MapError::IncompatiblePinnedMap {
-                name,
-                property,
-                expected,
-                actual,
-            })) if retired < names::ALL_MAPS.len() && names::ALL_MAPS.contains(&name.as_str()) => {
-                tracing::warn!(
-                    map = %name, property, expected, actual,
-                    "pinned map does not match this version; replacing it (its state starts over)"
-                );
-                let path = pin_dir.join(&name);
-                std::fs::remove_file(&path)
-                    .map_err(|source| DataplaneError::Unpin { path, source })?;
-                retired += 1;
-            }
-            Err(err) => return Err(DataplaneError::LoadObject(err)),
-        }
-    }
+    bpffs::load_object(OBJECT, pin_dir, &names::ALL_MAPS).map_err(|err| match err {
+        bpffs::LoadError::Object(source) => DataplaneError::LoadObject(source),
+        bpffs::LoadError::Unpin { path, source } => DataplaneError::Unpin { path, source },
+    })
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

@@ -10,7 +10,7 @@
 //! maps, and points each pinned link at its fresh program with an atomic link update — the
 //! same path serves an upgrade to different programs.
 
-mod bpffs;
+pub(crate) mod bpffs;
 mod events;
 mod kernel;
 mod sys;
