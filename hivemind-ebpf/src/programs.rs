@@ -240,10 +240,7 @@ fn try_from_container(ctx: &TcContext, flow: &Flow) -> Verdict {
     // A container on another node — a synced remote endpoint, or else any address in a node
     // subnet of `HM_TUNNELS` (its identity resolves on the receiving node) — goes through the
     // overlay. Never to this node itself: a stale entry naming it takes the host path.
-    let node_ip = match dst {
-        Some(dst) if dst.flags & FLAG_REMOTE != 0 => dst.node_ip,
-        _ => tunnel_of(flow.daddr),
-    };
+    let node_ip = node_of(flow.daddr, dst.as_ref());
     if node_ip != 0 && node_ip != config.node_ip {
         return send_overlay(ctx, flow, &src, node_ip, &config, state, verdict);
     }
@@ -311,6 +308,16 @@ fn into_container(ctx: &TcContext, dst: &Endpoint, verdict: Verdict, done: u32) 
         action: TC_ACT_REDIRECT,
         reason: done,
         ..verdict
+    }
+}
+
+/// The underlay address of the node hosting `addr` (wire order), whose endpoint is `dst`: a
+/// remote endpoint's node, else the node whose subnet holds it in `HM_TUNNELS`; 0 if none.
+#[inline(always)]
+fn node_of(addr: u32, dst: Option<&Endpoint>) -> u32 {
+    match dst {
+        Some(dst) if dst.flags & FLAG_REMOTE != 0 => dst.node_ip,
+        _ => tunnel_of(addr),
     }
 }
 
@@ -617,7 +624,7 @@ fn try_node_ingress(ctx: &TcContext, flow: &Flow, config: &Config) -> Verdict {
 // ---------------------------------------------------------------------------------------------
 // hm_from_host: TC egress of `hivemind0`. The node routes the cluster CIDR there (source: the
 // gateway address), so its own connections to containers on other nodes — the HTTP router's,
-// a health probe's, an operator's `curl` — go through the overlay like a container's.
+// an operator's `curl` — go through the overlay like a container's.
 
 #[classifier]
 pub fn hm_from_host(ctx: TcContext) -> i32 {
@@ -641,10 +648,7 @@ fn try_from_host(ctx: &TcContext, flow: &Flow) -> Verdict {
     if flow.saddr != config.gateway_ip || config.node_ip == 0 {
         return verdict;
     }
-    let node_ip = match dst {
-        Some(dst) if dst.flags & FLAG_REMOTE != 0 => dst.node_ip,
-        _ => tunnel_of(flow.daddr),
-    };
+    let node_ip = node_of(flow.daddr, dst.as_ref());
     if node_ip == 0 || node_ip == config.node_ip {
         return verdict;
     }

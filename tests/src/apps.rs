@@ -18,6 +18,20 @@ use crate::{
 /// containerd's namespace for the agent's containers.
 pub const CONTAINERD_NS: &str = "hivemind";
 
+/// `app deploy` arguments for a health check that writes the replica's id (its hostname) to
+/// `/www/id` on every pass, so an answer for `/id` names the replica that gave it; touching
+/// `/tmp/sick` in a replica makes it fail. Checked every second; one failure is unhealthy.
+pub const ID_CHECK: [&str; 8] = [
+    "--health-cmd",
+    "test ! -e /tmp/sick && hostname > /www/id",
+    "--health-interval",
+    "1s",
+    "--health-timeout",
+    "900ms",
+    "--health-retries",
+    "1",
+];
+
 /// `hivemind app deploy --image IMAGE --name NAME EXTRA...`, with `--stop-timeout 1` unless
 /// `extra` sets one (busybox httpd ignores SIGTERM; tests need not wait for the default).
 pub fn deploy(agent: &Agent, image: &str, name: &str, extra: &[&str]) -> Output {

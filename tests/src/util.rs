@@ -117,3 +117,14 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The non-empty lines of a command's standard output, trimmed, as a set (`dig +short`'s
+/// answers, for one).
+pub fn line_set(out: &Output) -> std::collections::BTreeSet<String> {
+    stdout(out)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

@@ -10,16 +10,16 @@
 // One scenario that reads top to bottom.
 #![allow(clippy::too_many_lines)]
 
-use std::{collections::BTreeSet, process::Output, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use hivemind_tests::{
     AgentOptions, Netns, Process,
     apps::{
-        LoadClient, containers, deploy_ok, exec, http_gets, id, ip, tally, time_until, vip_of,
-        wait_healthy, wait_running,
+        ID_CHECK, LoadClient, containers, deploy_ok, exec, http_gets, id, ip, tally, time_until,
+        vip_of, wait_healthy, wait_running,
     },
     cluster::{ClusterNode, Underlay, form_three},
-    util::{run, stderr, stdout, wait_for},
+    util::{line_set, run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -29,9 +29,6 @@ const REGISTRY: &str = "192.0.2.11:5000";
 /// A host on the underlay that is not a node: the "outside" the routers serve.
 const USER_IP: &str = "192.0.2.50";
 const DOMAIN: &str = "shop.example.com";
-/// Every replica writes its own id to /www/id on each check, so an answer says which replica
-/// gave it; touching /tmp/sick makes a replica fail its check.
-const CHECK: &str = "test ! -e /tmp/sick && hostname > /www/id";
 
 fn node<'a>(nodes: &[&'a ClusterNode], name: &str) -> &'a ClusterNode {
     nodes
@@ -56,7 +53,7 @@ fn gateway(node: &ClusterNode) -> String {
 /// A records for `name` from `node`'s DNS server, asked from the node's own namespace.
 fn dig_node(node: &ClusterNode, name: &str) -> BTreeSet<String> {
     let gw = gateway(node);
-    short(&node.netns.run(
+    line_set(&node.netns.run(
         "dig",
         &[
             &format!("@{gw}"),
@@ -72,7 +69,7 @@ fn dig_node(node: &ClusterNode, name: &str) -> BTreeSet<String> {
 /// A records for `name` asked from inside `container` (on `node`) of its node's DNS server.
 fn dig_container(node: &ClusterNode, container: &Value, name: &str) -> BTreeSet<String> {
     let gw = gateway(node);
-    short(&run(std::process::Command::new("nsenter")
+    line_set(&run(std::process::Command::new("nsenter")
         .arg(format!(
             "--net=/run/hivemind/netns/{}/{}",
             node.name(),
@@ -80,15 +77,6 @@ fn dig_container(node: &ClusterNode, container: &Value, name: &str) -> BTreeSet<
         ))
         .args(["--", "dig", &format!("@{gw}"), name, "A", "+short"])
         .args(["+time=3", "+tries=1"])))
-}
-
-fn short(out: &Output) -> BTreeSet<String> {
-    stdout(out)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// `curl` from the user host to `node`'s router with `Host: DOMAIN`: (status, body).
@@ -109,6 +97,28 @@ fn through_router(user: &Netns, node: &ClusterNode, path: &str) -> (u16, String)
     let text = stdout(&out);
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.trim().to_owned())
+}
+
+/// Which replicas answer `/id`: 30 requests through the VIP from the client container (on
+/// its node) and 6 through `router`'s HTTP router from the user host. Panics if any fails.
+fn answered_by(
+    (client_node, client): (&ClusterNode, &str),
+    vip: &str,
+    user: &Netns,
+    router: &ClusterNode,
+) -> BTreeSet<String> {
+    let answers = tally(&http_gets(&client_node.containerd, client, vip, "/id", 30));
+    assert!(
+        !answers.contains_key("FAIL"),
+        "through the VIP: {answers:?}"
+    );
+    let mut ids: BTreeSet<String> = answers.into_keys().collect();
+    for _ in 0..6 {
+        let (code, body) = through_router(user, router, "/id");
+        assert_eq!(code, 200, "through {}'s router: {body}", router.name());
+        ids.insert(body);
+    }
+    ids
 }
 
 /// Serving replicas' addresses as the API lists them.
@@ -138,19 +148,10 @@ fn cluster_services_resolve_balance_route_and_roll_across_nodes() {
         &image,
         "web",
         &[
-            "--replicas",
-            "3",
-            "--service",
-            DOMAIN,
-            "--health-cmd",
-            CHECK,
-            "--health-interval",
-            "1s",
-            "--health-timeout",
-            "900ms",
-            "--health-retries",
-            "1",
-        ],
+            ["--replicas", "3", "--service", DOMAIN].as_slice(),
+            &ID_CHECK,
+        ]
+        .concat(),
     );
     deploy_ok(&n2.agent, &image, "client", &[]);
     let web = wait_healthy(&n1.agent, "web", 3, TIMEOUT);
@@ -242,18 +243,7 @@ fn cluster_services_resolve_balance_route_and_roll_across_nodes() {
             || (!dig_node(node, DOMAIN).contains(&victim_ip)).then_some(()),
         );
     }
-    let answers = tally(&http_gets(
-        &client_node.containerd,
-        &client_id,
-        &vip,
-        "/id",
-        30,
-    ));
-    assert!(!answers.contains_key("FAIL"), "{answers:?}");
-    for _ in 0..6 {
-        let (code, body) = through_router(&user, &n1, "/id");
-        assert_eq!(code, 200, "{body}");
-    }
+    answered_by((client_node, &client_id), &vip, &user, &n1);
     let web = wait_healthy(&n1.agent, "web", 3, TIMEOUT);
     let ids: BTreeSet<String> = web.iter().map(id).collect();
 
@@ -282,22 +272,8 @@ fn cluster_services_resolve_balance_route_and_roll_across_nodes() {
         left_dns < Duration::from_secs(5),
         "left node 1's DNS {left_dns:?} after turning sick"
     );
-    let answers = tally(&http_gets(
-        &client_node.containerd,
-        &client_id,
-        &vip,
-        "/id",
-        30,
-    ));
-    assert!(
-        !answers.contains_key("FAIL") && !answers.contains_key(&sick_id),
-        "{answers:?}"
-    );
-    for _ in 0..6 {
-        let (code, body) = through_router(&user, &n1, "/id");
-        assert_eq!(code, 200, "{body}");
-        assert_ne!(body, sick_id);
-    }
+    let answered = answered_by((client_node, &client_id), &vip, &user, &n1);
+    assert!(!answered.contains(&sick_id), "{answered:?}");
     // Cured (its restarts keep the container's files, so it stays sick until told), it is
     // healthy again.
     let sick_node = node_of(&nodes, sick);

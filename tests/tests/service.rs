@@ -11,7 +11,7 @@ use std::{
 
 use hivemind_tests::{
     AgentOptions, NODE_IP, Process, SingleNode, WORLD_IP, apps,
-    util::{run, stderr, stdout, wait_for},
+    util::{line_set, run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
 
@@ -49,16 +49,6 @@ fn dig_args<'a>(server: &'a str, name: &'a str, kind: &'a str) -> Vec<String> {
         "+time=3".to_owned(),
         "+tries=1".to_owned(),
     ]
-}
-
-/// A records (`+short`) as a set.
-fn short(out: &Output) -> BTreeSet<String> {
-    stdout(out)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 fn dig_node(node: &SingleNode, name: &str, kind: &str, extra: &str) -> Output {
@@ -123,7 +113,7 @@ fn from_a_container(node: &SingleNode, web_ips: &BTreeSet<String>, gw: &str) {
         .expect("client container");
     let client_id = client["id"].as_str().expect("id").to_owned();
     assert_eq!(
-        short(&dig_container(
+        line_set(&dig_container(
             node,
             &client_id,
             "shop.example.com",
@@ -195,7 +185,7 @@ fn dns_answers_service_names_for_nodes_and_containers() {
     // From the node's namespace.
     for name in ["web.hivemind", "shop.example.com", "WEB.hivemind."] {
         let got = wait_for(&format!("A records of {name}"), TIMEOUT, || {
-            let got = short(&dig_node(&node, name, "A", "+short"));
+            let got = line_set(&dig_node(&node, name, "A", "+short"));
             (got == web_ips).then_some(got)
         });
         assert_eq!(got, web_ips);
@@ -216,7 +206,7 @@ fn dns_answers_service_names_for_nodes_and_containers() {
     );
     let aaaa = dig_node(&node, "web.hivemind", "AAAA", "+comments");
     assert_eq!(status_of(&aaaa), "NOERROR");
-    assert!(short(&dig_node(&node, "web.hivemind", "AAAA", "+short")).is_empty());
+    assert!(line_set(&dig_node(&node, "web.hivemind", "AAAA", "+short")).is_empty());
     // Not ours and no upstream: SERVFAIL at once, never a hang.
     let started = Instant::now();
     let outside = dig_node(&node, "example.org", "A", "+comments");
@@ -228,7 +218,7 @@ fn dns_answers_service_names_for_nodes_and_containers() {
     );
     // Over TCP too.
     assert_eq!(
-        short(&dig_node(&node, "web.hivemind", "A", "+short +tcp")),
+        line_set(&dig_node(&node, "web.hivemind", "A", "+short +tcp")),
         web_ips
     );
 
@@ -256,7 +246,7 @@ fn dns_answers_service_names_for_nodes_and_containers() {
         .cli_ok(&["app", "scale", "--name", "web", "--replicas", "1"]);
     let one = running_ips(&node, "web");
     wait_for("DNS to follow the scale-down", TIMEOUT, || {
-        (short(&dig_node(&node, "web.hivemind", "A", "+short")) == one).then_some(())
+        (line_set(&dig_node(&node, "web.hivemind", "A", "+short")) == one).then_some(())
     });
 }
 
@@ -294,7 +284,7 @@ fn other_names_are_forwarded_upstream() {
     );
     let got = wait_for("a forwarded answer", TIMEOUT, || {
         let out = dig_node(&node, "example.org", "A", "+short");
-        let got = short(&out);
+        let got = line_set(&out);
         (!got.is_empty()).then_some(got)
     });
     assert_eq!(got, BTreeSet::from(["198.51.100.7".to_owned()]));
@@ -535,7 +525,7 @@ fn an_unhealthy_replica_leaves_dns_and_the_router_within_one_interval() {
         .map(|c| c["ip"].as_str().expect("ip").to_owned())
         .collect();
     wait_for("both in DNS", TIMEOUT, || {
-        (short(&dig_node(&node, "web.hivemind", "A", "+short")) == all_ips).then_some(())
+        (line_set(&dig_node(&node, "web.hivemind", "A", "+short")) == all_ips).then_some(())
     });
 
     let sick = &replicas[0];
@@ -546,7 +536,7 @@ fn an_unhealthy_replica_leaves_dns_and_the_router_within_one_interval() {
         "the sick replica to leave DNS",
         Duration::from_secs(10),
         || {
-            (!short(&dig_node(&node, "web.hivemind", "A", "+short")).contains(&sick_ip))
+            (!line_set(&dig_node(&node, "web.hivemind", "A", "+short")).contains(&sick_ip))
                 .then_some(())
         },
     );

@@ -21,28 +21,10 @@ use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Every replica writes its own id (its hostname) to /www/id on each check, so a request to
-/// the VIP says which replica answered; touching /tmp/sick makes a replica fail its check.
-const CHECK: &str = "test ! -e /tmp/sick && hostname > /www/id";
-
 fn deploy_web(node: &SingleNode, name: &str, replicas: &str) {
-    apps::deploy_ok(
-        &node.agent,
-        &node.image,
-        name,
-        &[
-            "--replicas",
-            replicas,
-            "--health-cmd",
-            CHECK,
-            "--health-interval",
-            "1s",
-            "--health-timeout",
-            "900ms",
-            "--health-retries",
-            "1",
-        ],
-    );
+    let mut args = vec!["--replicas", replicas];
+    args.extend(apps::ID_CHECK);
+    apps::deploy_ok(&node.agent, &node.image, name, &args);
 }
 
 fn containers(node: &SingleNode, app: &str) -> Vec<Value> {
