@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod crashpoint;
 pub mod daemon;
 pub mod healthcheck;
 pub mod lb;

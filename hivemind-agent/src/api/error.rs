@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Aborted,
     /// A dependency (containerd, a registry, etcd) cannot be reached: 503 / `Unavailable`.
     Unavailable,
+    /// The store did not confirm a change in time, so it may or may not have been applied:
+    /// 504 / `DeadlineExceeded` (gRPC's code for exactly that).
+    Unconfirmed,
     /// A real fault: 500 / `Internal`.
     Internal,
 }
@@ -59,7 +62,22 @@ impl From<InvalidInput> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        Self::new(ErrorKind::Internal, format!("store: {err}"))
+        if err.is_unconfirmed() {
+            Self::new(
+                ErrorKind::Unconfirmed,
+                format!(
+                    "the store did not confirm the change in time; it may have been applied ({})",
+                    crate::error_chain(&err)
+                ),
+            )
+        } else if err.is_unavailable() {
+            Self::new(
+                ErrorKind::Unavailable,
+                format!("the store is unavailable: {}", crate::error_chain(&err)),
+            )
+        } else {
+            Self::new(ErrorKind::Internal, format!("store: {err}"))
+        }
     }
 }
 
@@ -157,6 +175,7 @@ impl From<ApiError> for tonic::Status {
             ErrorKind::Conflict => tonic::Code::AlreadyExists,
             ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Unconfirmed => tonic::Code::DeadlineExceeded,
             ErrorKind::Internal => tonic::Code::Internal,
         };
         tonic::Status::new(code, err.message)

@@ -316,6 +316,9 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A policy apply carries up to [`crate::policy::MAX_YAML_BYTES`] of YAML, plus file names and framing.
+const POLICY_MESSAGE_LIMIT: usize = crate::policy::MAX_YAML_BYTES + (64 << 10);
+
 pub async fn serve(
     listener: UnixListener,
     service: AgentService,
@@ -326,7 +329,9 @@ pub async fn serve(
         .add_service(AppsServer::new(service.clone()))
         .add_service(ContainersServer::new(service.clone()))
         .add_service(VolumesServer::new(service.clone()))
-        .add_service(PoliciesServer::new(service.clone()))
+        .add_service(
+            PoliciesServer::new(service.clone()).max_decoding_message_size(POLICY_MESSAGE_LIMIT),
+        )
         .add_service(MonitorServer::new(service.clone()))
         .add_service(ClusterServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

@@ -20,6 +20,9 @@ use crate::{config::AgentArgs, paths};
 pub const EXIT_USAGE: u8 = 64;
 /// The agent answered but reports a subsystem down.
 pub const EXIT_DEGRADED: u8 = 3;
+/// The change may or may not have been applied: the store did not confirm it in time
+/// (sysexits `EX_TEMPFAIL`).
+pub const EXIT_UNCONFIRMED: u8 = 75;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,17 +115,57 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
         Err(err) => {
             // The agent's errors are already sentences; print the message, not the gRPC code.
             match err.downcast_ref::<tonic::Status>() {
-                // tonic's words for a connection that broke mid-call.
-                Some(status) if status.message() == "transport error" => {
+                Some(status) if connection_lost(status) => {
                     eprintln!(
                         "hivemind: lost the connection to the agent at {} (did it stop?)",
                         global.addr
                     );
+                }
+                Some(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                    eprintln!(
+                        "hivemind: {}; check with `{}` before trying again",
+                        status.message(),
+                        check_command(command)
+                    );
+                    return ExitCode::from(EXIT_UNCONFIRMED);
                 }
                 Some(status) => eprintln!("hivemind: {}", status.message()),
                 None => eprintln!("hivemind: {err:#}"),
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the call failed because the connection to the agent broke (the agent stopped or
+/// was killed mid-call), as opposed to an answer from the agent. tonic makes such statuses
+/// itself, from the transport's error, which it keeps as their source.
+fn connection_lost(status: &tonic::Status) -> bool {
+    const TRANSPORT_WORDS: [&str; 4] = [
+        "transport error",
+        "h2 protocol error",
+        "error reading a body from connection",
+        "connection reset",
+    ];
+    let from_transport = std::error::Error::source(status).is_some()
+        || TRANSPORT_WORDS.iter().any(|w| status.message().contains(w));
+    from_transport
+        && matches!(
+            status.code(),
+            tonic::Code::Unknown
+                | tonic::Code::Unavailable
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        )
+}
+
+/// The read command that shows whether a change whose outcome is unknown was applied.
+fn check_command(command: &Command) -> &'static str {
+    match command {
+        Command::App(_) => "hivemind app ls",
+        Command::Volume(_) => "hivemind volume ls",
+        Command::Policy(_) => "hivemind policy ls",
+        Command::Join(_) | Command::Node(_) | Command::Cluster(_) => "hivemind node ls",
+        Command::Agent(_) | Command::Health | Command::Monitor(_) => "hivemind health",
     }
 }

@@ -30,6 +30,7 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
     match command {
         PolicyCommand::Apply { file } => {
             let sources = read_sources(file)?;
+            check_size(file, &sources)?;
             let reply = policies
                 .apply(proto::ApplyPoliciesRequest { sources })
                 .await?
@@ -105,6 +106,24 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses, before sending anything, more YAML than one apply takes.
+fn check_size(file: &str, sources: &[proto::PolicySource]) -> anyhow::Result<()> {
+    let total: usize = sources.iter().map(|s| s.yaml.len()).sum();
+    if total > crate::policy::MAX_YAML_BYTES {
+        bail!(
+            "{file} holds {:.1} MiB of YAML; one policy apply takes at most {} MiB (split it into several applies)",
+            mib(total),
+            crate::policy::MAX_YAML_BYTES >> 20
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::cast_precision_loss)] // a size shown to one decimal
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
 }
 
 /// The YAML texts to send: the file, every .yaml/.yml file of a directory (sorted), or stdin.

@@ -230,6 +230,7 @@ async fn start_member(
     if !cluster.etcd_member {
         let store = Store::connect_etcd_tls(&cluster.etcd_endpoints, &etcd_tls(&tls)).await?;
         refresh_endpoints(data_dir, cluster, &store).await;
+        store.follow_members();
         return Ok((store, tls, None));
     }
     let member = EtcdMember::start(MemberConfig {
@@ -247,6 +248,8 @@ async fn start_member(
             return Err(err);
         }
     };
+    // The local member first; the others while it restarts or is cut off.
+    store.follow_members();
     Ok((store, tls, Some(member)))
 }
 

@@ -701,6 +701,58 @@ async fn plumb_inside(
     Ok(mac)
 }
 
+/// What is left of a container's link after an agent crash: the veth pair [`plumb_container`]
+/// made and the IPv4 addresses of `eth0` inside the namespace at `netns_path`. `None` if
+/// either end is missing.
+pub async fn inspect_container(
+    netns_path: &Path,
+    container_id: &str,
+) -> Result<Option<(ContainerLink, Vec<Ipv4Addr>)>, LinkError> {
+    let netns_path = netns_path.to_owned();
+    let host = host_ifname(container_id);
+    with_netlink("hm-inspect", move |handle| async move {
+        if find_link(&handle, &host).await?.is_none() {
+            return Ok(None);
+        }
+        let (host_ifindex, host_mac) = link_by_name(&handle, &host).await?;
+        let _inside = NetnsGuard::enter(&netns_path).map_err(|source| LinkError::Netns {
+            path: netns_path.clone(),
+            source,
+        })?;
+        let inside = connect()?;
+        if find_link(&inside, CONTAINER_IFNAME).await?.is_none() {
+            return Ok(None);
+        }
+        let (index, container_mac) = link_by_name(&inside, CONTAINER_IFNAME).await?;
+        let mut addresses = inside
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut ips = Vec::new();
+        while let Some(message) = addresses
+            .try_next()
+            .await
+            .map_err(netlink(format!("list the addresses of {CONTAINER_IFNAME}")))?
+        {
+            ips.extend(message.attributes.iter().filter_map(|a| match a {
+                packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            }));
+        }
+        Ok(Some((
+            ContainerLink {
+                host_ifname: host,
+                host_ifindex,
+                host_mac,
+                container_mac,
+            },
+            ips,
+        )))
+    })
+    .await
+}
+
 /// Sets the MTU of a container's link: the host side `host_ifname` here and `eth0` inside the
 /// namespace at `netns_path`. When a node joins a cluster its containers move to the underlay
 /// MTU − 50 (the overlay's headers); their routes carry no MTU of their own and follow the

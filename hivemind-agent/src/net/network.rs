@@ -203,16 +203,7 @@ impl NodeNetwork {
         let result = async {
             let mtu = inner.mtu.load(Ordering::Relaxed);
             let link = link::plumb_container(netns, id, ip, inner.gateway, mtu).await?;
-            let endpoint = Endpoint {
-                ifindex: link.host_ifindex,
-                identity,
-                flags: FLAG_LOCAL,
-                mac: link.container_mac,
-                gw_mac: link.host_mac,
-                ..Endpoint::default()
-            };
-            inner.dataplane.upsert_endpoint(ip, endpoint).await?;
-            inner.dataplane.attach_container(link.host_ifindex).await?;
+            self.install_endpoint(ip, identity, &link).await?;
             Ok::<_, NetworkError>(Attachment {
                 ip,
                 host_ifname: link.host_ifname,
@@ -225,16 +216,69 @@ impl NodeNetwork {
         result
     }
 
+    /// The address claimed for container `id`, if any.
+    async fn claimed_address(&self, id: &str) -> Result<Option<Ipv4Addr>, NetworkError> {
+        let inner = &self.inner;
+        Ok(ipam::addresses(inner.state.store(), inner.subnet)
+            .await?
+            .into_iter()
+            .find(|(_, owner)| owner == id)
+            .map(|(ip, _)| ip))
+    }
+
+    /// Re-derives the attachment of a container found running without a record of its address
+    /// (after a crash): its address claim must match the address its `eth0` holds, and then
+    /// its endpoint and programs are put back in place (both idempotent). `None` when the
+    /// claim or the link is missing or they disagree: such a container cannot serve and is
+    /// replaced.
+    pub async fn recover(
+        &self,
+        id: &str,
+        app: &str,
+        netns: &Path,
+    ) -> Result<Option<Ipv4Addr>, NetworkError> {
+        let Some(ip) = self.claimed_address(id).await? else {
+            return Ok(None);
+        };
+        let Some((link, addresses)) = link::inspect_container(netns, id).await? else {
+            return Ok(None);
+        };
+        if !addresses.contains(&ip) {
+            tracing::warn!(container = id, %ip, ?addresses, "the address claim and eth0 disagree");
+            return Ok(None);
+        }
+        let identity = self.inner.state.app_identity(app).await?;
+        self.install_endpoint(ip, identity, &link).await?;
+        Ok(Some(ip))
+    }
+
+    /// The container's endpoint in the dataplane and its programs on the host-side veth.
+    async fn install_endpoint(
+        &self,
+        ip: Ipv4Addr,
+        identity: u32,
+        link: &link::ContainerLink,
+    ) -> Result<(), NetworkError> {
+        let endpoint = Endpoint {
+            ifindex: link.host_ifindex,
+            identity,
+            flags: FLAG_LOCAL,
+            mac: link.container_mac,
+            gw_mac: link.host_mac,
+            ..Endpoint::default()
+        };
+        let dataplane = &self.inner.dataplane;
+        dataplane.upsert_endpoint(ip, endpoint).await?;
+        dataplane.attach_container(link.host_ifindex).await?;
+        Ok(())
+    }
+
     /// Removes container `id` from the network. Idempotent; `ip` is looked up if unknown.
     pub async fn detach(&self, id: &str, ip: Option<Ipv4Addr>) -> Result<(), NetworkError> {
         let inner = &self.inner;
         let ip = match ip {
             Some(ip) => Some(ip),
-            None => ipam::addresses(inner.state.store(), inner.subnet)
-                .await?
-                .into_iter()
-                .find(|(_, owner)| owner == id)
-                .map(|(ip, _)| ip),
+            None => self.claimed_address(id).await?,
         };
         if let Some(ip) = ip {
             inner.dataplane.remove_endpoint(ip).await?;
@@ -243,6 +287,22 @@ impl NodeNetwork {
         link::unplumb_container(&link::host_ifname(id)).await?;
         if let Some(ip) = ip {
             ipam::release_address(inner.state.store(), inner.subnet, ip, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the network of every container whose address is claimed on this node's subnet
+    /// but that `is_known` does not name (left by a crash): endpoint, link and claim.
+    pub async fn sweep_addresses(
+        &self,
+        is_known: impl Fn(&str) -> bool,
+    ) -> Result<(), NetworkError> {
+        let inner = &self.inner;
+        for (ip, owner) in ipam::addresses(inner.state.store(), inner.subnet).await? {
+            if !is_known(&owner) {
+                tracing::info!(container = %owner, %ip, "releasing the address of a container that is gone");
+                self.detach(&owner, Some(ip)).await?;
+            }
         }
         Ok(())
     }

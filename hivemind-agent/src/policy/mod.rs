@@ -38,6 +38,10 @@ pub use model::{
     Rule, Spec, display_labels,
 };
 pub use parse::{parse_path, parse_sources, parse_str};
+
+/// The most YAML one apply takes, over REST (one body) and gRPC (all files of a
+/// `policy apply -f`). A policy set that needs more is far past the datapath's map sizes.
+pub const MAX_YAML_BYTES: usize = 4 << 20;
 pub use synthetic::{synthetic, synthetic_apps};
 
 /// Where a problem is: the file (or the name an API caller gave its input), the YAML document

@@ -115,13 +115,18 @@ impl PolicySet {
             match Option::<serde_norway::Value>::deserialize(de) {
                 Ok(value) => documents.push(value.map(|v| document_name(&v))),
                 Err(e) => {
+                    let message = bare_message(&e, "");
+                    // libyaml reports a duplicate key at the start of its mapping; find the key.
+                    let line_column = duplicated_key(&message)
+                        .and_then(|key| second_key_position(text, i, key))
+                        .or_else(|| e.location().map(|l| (l.line(), l.column())));
                     syntax_error = Some(PolicyError::Syntax {
                         at: Location {
                             document: Some(i + 1),
-                            line_column: e.location().map(|l| (l.line(), l.column())),
+                            line_column,
                             ..file_location.clone()
                         },
-                        message: bare_message(&e, ""),
+                        message,
                     });
                     // libyaml cannot resume after an error; the iterator would repeat it forever.
                     break;
@@ -177,6 +182,66 @@ impl PolicySet {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(policies)
     }
+}
+
+/// The key of serde's "duplicate entry with key \"K\"" message.
+fn duplicated_key(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("duplicate entry with key \"")?;
+    rest.split_once('"').map(|(key, _)| key)
+}
+
+/// Line and column (1-based) of the second `key:` of one block mapping in document
+/// `document` (0-based) of `text`. Follows indentation only, which is what block-style YAML
+/// nests by; `None` for anything it cannot follow (flow mappings, quoted multi-line keys).
+fn second_key_position(text: &str, document: usize, key: &str) -> Option<(usize, usize)> {
+    let mut current = 0;
+    // Open mappings: the column of their keys and the keys seen so far.
+    let mut open: Vec<(usize, Vec<String>)> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            if number > 0 || current > 0 {
+                current += 1;
+            }
+            open.clear();
+            continue;
+        }
+        if current != document || trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut column = line.len() - trimmed.len();
+        let mut rest = trimmed;
+        let mut item = false;
+        while let Some(after) = rest.strip_prefix("- ") {
+            let inner = after.trim_start();
+            column += rest.len() - inner.len();
+            rest = inner;
+            item = true;
+        }
+        let Some((name, _)) = rest
+            .split_once(": ")
+            .or_else(|| rest.strip_suffix(':').map(|n| (n, "")))
+        else {
+            continue;
+        };
+        let name = name.trim().trim_matches(|c| c == '"' || c == '\'');
+        while open
+            .last()
+            .is_some_and(|(c, _)| *c > column || (item && *c == column))
+        {
+            open.pop();
+        }
+        match open.last_mut() {
+            Some((c, keys)) if *c == column => {
+                if name == key && keys.iter().any(|k| k == key) {
+                    return Some((number + 1, column + 1));
+                }
+                keys.push(name.to_owned());
+            }
+            _ => open.push((column, vec![name.to_owned()])),
+        }
+    }
+    None
 }
 
 fn document_name(value: &serde_norway::Value) -> Option<String> {

@@ -119,8 +119,10 @@ impl Lifecycle {
     }
 
     /// Makes and starts a new container for `app`'s `slot`. The record is written first (so a
-    /// crash leaves a record the reconciler cleans up, never an unknown container); on failure
-    /// everything is undone and the record is marked failed with the reason.
+    /// crash leaves a record the reconciler cleans up, never an unknown container), and again
+    /// with the container's address once it is on the network, before containerd has the
+    /// container: whoever later finds the task running finds its address in the record too.
+    /// On failure everything is undone and the record is marked failed with the reason.
     pub async fn create(&self, app: &AppSpec, slot: u32) -> Result<ContainerRecord, FailedCreate> {
         let id = format!("{}-{}", app.name, random_suffix());
         let mut record = ContainerRecord {
@@ -155,6 +157,7 @@ impl Lifecycle {
             .put_container(&record)
             .await
             .map_err(|err| failed(err.into()))?;
+        crate::crashpoint::step("container recorded");
         match self.make(app, &mut record).await {
             Ok(()) => {
                 record.transition(ContainerState::Running, None, "started");
@@ -162,6 +165,7 @@ impl Lifecycle {
                     .put_container(&record)
                     .await
                     .map_err(|err| failed(err.into()))?;
+                crate::crashpoint::step("container recorded running");
                 Ok(record)
             }
             Err(err) => {
@@ -182,8 +186,12 @@ impl Lifecycle {
         let image = self.runtime.ensure_image(&app.image, false, None).await?;
         record.image_digest.clone_from(&image.digest);
         let netns_path = self.netns.create(&id)?;
+        crate::crashpoint::step("network namespace created");
         let attachment = self.network.attach(&id, &app.name, &netns_path).await?;
+        crate::crashpoint::step("container attached");
         record.ip = Some(attachment.ip);
+        self.state.put_container(record).await?;
+        crate::crashpoint::step("container address recorded");
         let mut mounts = self.write_etc_files(&id, attachment.ip)?;
         for volume in &app.volumes {
             mounts.push(BindMount {
@@ -237,7 +245,9 @@ impl Lifecycle {
                 labels: container_labels,
             })
             .await?;
+        crate::crashpoint::step("containerd container created");
         record.pid = self.runtime.start_task(&id, &self.log_path(&id)).await?;
+        crate::crashpoint::step("task started");
         Ok(())
     }
 
@@ -288,14 +298,32 @@ impl Lifecycle {
         if record.state != ContainerState::Stopping {
             record.transition(ContainerState::Stopping, record.exit_code, reason);
             self.state.put_container(record).await?;
+            crate::crashpoint::step("container recorded stopping");
         }
         self.runtime.stop_task(&record.id, grace).await?;
+        crate::crashpoint::step("task stopped");
         self.runtime.delete_container(&record.id).await?;
+        crate::crashpoint::step("containerd container deleted");
         self.network.detach(&record.id, record.ip).await?;
+        crate::crashpoint::step("container detached");
         self.netns.remove(&record.id)?;
         let _ = std::fs::remove_dir_all(self.dir(&record.id));
+        crate::crashpoint::step("network namespace removed");
         self.state.delete_container(&record.id).await?;
+        crate::crashpoint::step("container record deleted");
         Ok(())
+    }
+
+    /// The address of a container found running with no address in its record (an adopted
+    /// one, or a record from before addresses were recorded ahead of the task), re-derived
+    /// from its address claim and its `eth0`; its endpoint is put back in place. `None` if it
+    /// has no usable attachment.
+    pub async fn recover_network(
+        &self,
+        id: &str,
+        app: &str,
+    ) -> Result<Option<std::net::Ipv4Addr>, LifecycleError> {
+        Ok(self.network.recover(id, app, &self.netns.path(id)).await?)
     }
 
     /// Drops the record and local leftovers of a container containerd no longer has.
@@ -318,14 +346,19 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Removes network namespaces that belong to no known container.
-    pub fn sweep_namespaces(&self, known: &[ContainerRecord]) {
+    /// Removes network namespaces and address claims that belong to no known container
+    /// (what a crash mid-create or mid-remove can leave behind).
+    pub async fn sweep_leftovers(&self, known: &[ContainerRecord]) {
+        let is_known = |id: &str| known.iter().any(|r| r.id == id);
         for id in self.netns.list() {
-            if !known.iter().any(|r| r.id == id)
+            if !is_known(&id)
                 && let Err(err) = self.netns.remove(&id)
             {
                 tracing::warn!("{err}");
             }
+        }
+        if let Err(err) = self.network.sweep_addresses(is_known).await {
+            tracing::warn!("releasing leftover addresses: {}", crate::error_chain(&err));
         }
     }
 

@@ -48,6 +48,18 @@ pub enum ReconcileError {
     Stopped,
 }
 
+impl ReconcileError {
+    /// The pass could not run because the store or containerd was out of reach for a while;
+    /// a later one may.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Store(err) | Self::Lifecycle(LifecycleError::Store(err)) => err.is_unavailable(),
+            Self::Runtime(err) => err.is_unreachable(),
+            Self::Lifecycle(_) | Self::Stopped => false,
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -139,7 +151,9 @@ impl Reconciler {
                     tracing::warn!(app, "{}", crate::error_chain(err));
                 }
             }
-            Err(err) if is_unreachable(&err) => tracing::debug!("reconcile pass skipped: {err}"),
+            Err(ReconcileError::Runtime(err)) if err.is_unreachable() => {
+                tracing::debug!("reconcile pass skipped: {err}")
+            }
             Err(err) => tracing::warn!("reconcile pass failed: {}", crate::error_chain(&err)),
         }
     }
@@ -346,7 +360,18 @@ impl Reconciler {
                     ) && running
                     {
                         record.pid = container.task.map_or(0, |t| t.pid);
-                        record.transition(ContainerState::Running, None, "found running");
+                        if record.ip.is_none() {
+                            record.ip = self.recovered_ip(&record.id, &record.app).await;
+                        }
+                        if record.ip.is_some() {
+                            record.transition(ContainerState::Running, None, "found running");
+                        } else {
+                            record.transition(
+                                ContainerState::Failed,
+                                None,
+                                "found running without a network attachment; replacing it",
+                            );
+                        }
                         self.state.put_container(&record).await?;
                     } else if record.state == ContainerState::Creating {
                         // Creates finish within a pass, so this one was cut short (the agent
@@ -364,8 +389,12 @@ impl Reconciler {
             if kept.iter().any(|r| r.id == container.id) {
                 continue;
             }
-            if let Some(record) = adoptable(apps, owned, container, &self.node) {
-                tracing::info!(container = %record.id, app = %record.app, "adopting a running container");
+            let mut adopted = adoptable(apps, owned, container, &self.node);
+            if let Some(record) = &mut adopted {
+                record.ip = self.recovered_ip(&record.id, &record.app).await;
+            }
+            if let Some(record) = adopted.filter(|r| r.ip.is_some()) {
+                tracing::info!(container = %record.id, app = %record.app, ip = ?record.ip, "adopting a running container");
                 self.state.put_container(&record).await?;
                 kept.push(record);
             } else {
@@ -375,8 +404,34 @@ impl Reconciler {
                 }
             }
         }
-        self.lifecycle.sweep_namespaces(&kept);
+        self.lifecycle.sweep_leftovers(&kept).await;
         Ok(kept)
+    }
+
+    /// The re-derived address of a container found without one (see
+    /// [`Lifecycle::recover_network`]); `None` (and a warning) if it cannot be had.
+    async fn recovered_ip(&self, id: &str, app: &str) -> Option<std::net::Ipv4Addr> {
+        match self.lifecycle.recover_network(id, app).await {
+            Ok(Some(ip)) => {
+                tracing::info!(container = id, %ip, "recovered the container's address");
+                Some(ip)
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    container = id,
+                    "the container has no usable network attachment"
+                );
+                None
+            }
+            Err(err) => {
+                tracing::warn!(
+                    container = id,
+                    "recovering the network attachment: {}",
+                    crate::error_chain(&err)
+                );
+                None
+            }
+        }
     }
 
     /// Takes a replaced container out of service (`stopping`: out of DNS, the VIP, the
@@ -550,10 +605,6 @@ fn adoptable(
     };
     record.transition(state, None, "adopted after an agent restart");
     Some(record)
-}
-
-fn is_unreachable(err: &ReconcileError) -> bool {
-    matches!(err, ReconcileError::Runtime(e) if e.is_unreachable())
 }
 
 /// Forwards containerd's task-exit events, resubscribing whenever the stream ends.

@@ -163,6 +163,18 @@ pub enum StoreError {
         endpoints: String,
         timeout: Duration,
     },
+    /// A write that etcd neither confirmed nor refused before the calls stopped: it may have
+    /// been applied.
+    #[error(
+        "etcd did not confirm the {op} within {waited:.0?} (endpoints {endpoints}); it may have been applied"
+    )]
+    Unconfirmed {
+        op: &'static str,
+        endpoints: String,
+        waited: Duration,
+        #[source]
+        source: Box<StoreError>,
+    },
     #[error("lease {lease:x} does not exist")]
     LeaseNotFound { lease: LeaseId },
     #[error("lease {lease:x} has expired or was revoked")]
@@ -244,6 +256,17 @@ pub struct MemberStatus {
 }
 
 impl StoreError {
+    /// A write whose outcome is unknown: it may or may not have been applied.
+    pub fn is_unconfirmed(&self) -> bool {
+        matches!(self, Self::Unconfirmed { .. })
+    }
+
+    /// etcd could not be reached or had no leader for longer than a call waits (about 15 s);
+    /// trying again later may work.
+    pub fn is_unavailable(&self) -> bool {
+        etcd::is_transient(self) || self.is_unconfirmed()
+    }
+
     /// etcd's own words, when the error is an answer from etcd (for callers that retry on
     /// specific conditions, such as promoting a learner that is still catching up).
     pub fn etcd_message(&self) -> &str {
@@ -301,6 +324,14 @@ impl Store {
                 etcd::EtcdStore::connect(endpoints, Some(tls)).await?,
             )),
         })
+    }
+
+    /// Lets calls go on through any voting member of the etcd cluster, not only the endpoints
+    /// the store was connected with (kept current in the background). Nothing on redb.
+    pub fn follow_members(&self) {
+        if let Backend::Etcd(store) = &self.backend {
+            store.follow_members();
+        }
     }
 
     /// True when the state lives in etcd.

@@ -16,7 +16,11 @@ pub struct DeployBody {
     #[schema(example = "your-registry/your-image:tag")]
     pub image: String,
     /// App name: a DNS label (lowercase letters, digits, `-`; at most 63).
-    #[schema(example = "your-app-name")]
+    #[schema(
+        example = "your-app-name",
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        max_length = 63
+    )]
     pub name: String,
     /// Service domain (optional): the app is registered under it for discovery and routing.
     #[serde(default)]
@@ -24,7 +28,7 @@ pub struct DeployBody {
     pub service: Option<String>,
     /// Number of containers (default 1; unchanged on update when absent).
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1000)]
     pub replicas: Option<i64>,
     /// Environment: `["KEY=VALUE", ...]` or `{"KEY": "VALUE", ...}`.
     #[serde(default)]
@@ -164,7 +168,7 @@ impl From<proto::ActionReply> for ActionReply {
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
 pub struct ScaleBody {
     /// The new number of containers (0 stops them all; the app stays).
-    #[schema(minimum = 0, example = 3)]
+    #[schema(minimum = 0, maximum = 1000, example = 3)]
     pub replicas: i64,
 }
 
@@ -173,7 +177,11 @@ pub struct ScaleBody {
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
 pub struct VolumeBody {
     /// Volume name: a DNS label.
-    #[schema(example = "my-data-volume")]
+    #[schema(
+        example = "my-data-volume",
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        max_length = 63
+    )]
     pub name: String,
 }
 

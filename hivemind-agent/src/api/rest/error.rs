@@ -58,6 +58,7 @@ impl RestError {
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
                 ErrorKind::Conflict | ErrorKind::Aborted => StatusCode::CONFLICT,
                 ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unconfirmed => StatusCode::GATEWAY_TIMEOUT,
                 ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,

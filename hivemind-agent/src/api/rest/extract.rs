@@ -13,7 +13,7 @@ use super::error::RestError;
 /// Largest JSON body the API reads.
 pub const JSON_LIMIT: usize = 1 << 20;
 /// Largest policy file (YAML) the API reads.
-pub const YAML_LIMIT: usize = 4 << 20;
+pub const YAML_LIMIT: usize = crate::policy::MAX_YAML_BYTES;
 
 /// A JSON request body: `Content-Type: application/json`, at most [`JSON_LIMIT`] bytes,
 /// deserialized strictly (the DTOs reject unknown fields).

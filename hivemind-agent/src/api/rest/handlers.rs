@@ -93,7 +93,7 @@ pub async fn list_apps(State(state): State<AppState>) -> Result<Response> {
 
 /// One app.
 #[utoipa::path(get, path = "/api/apps/{name}", tag = "apps",
-    params(("name" = String, Path, description = "App name")),
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
     responses(
         (status = 200, description = "The app", body = proto::AppInfo),
         (status = 404, description = "No such app", body = ErrorBody),
@@ -107,7 +107,7 @@ pub async fn get_app(
 
 /// Stop and remove every container of the app, then forget it. Its volumes are kept.
 #[utoipa::path(delete, path = "/api/apps/{name}", tag = "apps",
-    params(("name" = String, Path, description = "App name")),
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
     responses(
         (status = 200, description = "Removed", body = ActionReply),
         (status = 404, description = "No such app", body = ErrorBody),
@@ -121,7 +121,7 @@ pub async fn remove_app(
 
 /// Set the number of replicas; answers when they run.
 #[utoipa::path(post, path = "/api/apps/{name}/scale", tag = "apps",
-    params(("name" = String, Path, description = "App name")),
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
     request_body(content = ScaleBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Scaled", body = ActionReply),
@@ -143,7 +143,7 @@ pub async fn scale_app(
 /// become healthy, the restart is rolled back (the old replicas keep serving) and the answer
 /// is a 409 saying why.
 #[utoipa::path(post, path = "/api/apps/{name}/restart", tag = "apps",
-    params(("name" = String, Path, description = "App name"), RestartQuery),
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63), RestartQuery),
     responses(
         (status = 200, description = "Restarted", body = ActionReply),
         (status = 400, description = "Bad parallel or rollout_timeout", body = ErrorBody),
@@ -255,7 +255,7 @@ pub async fn list_volumes(State(state): State<AppState>) -> Result<Json<Vec<prot
 
 /// Remove a volume and its data. Refused while an app mounts it.
 #[utoipa::path(delete, path = "/api/volumes/{name}", tag = "volumes",
-    params(("name" = String, Path, description = "Volume name")),
+    params(("name" = String, Path, description = "Volume name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
     responses(
         (status = 200, description = "Removed", body = ActionReply),
         (status = 404, description = "No such volume", body = ErrorBody),

@@ -230,4 +230,60 @@ mod tests {
         assert!(doc["components"]["schemas"]["AppInfo"].is_object());
         assert!(doc["components"]["schemas"]["DeployBody"].is_object());
     }
+
+    /// Clients and fuzzers learn the input rules from the document: they must be the ones
+    /// `validate` enforces.
+    #[test]
+    fn document_states_the_name_pattern_and_replica_bounds() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi_json()).expect("the document is JSON");
+        let schemas = &doc["components"]["schemas"];
+        let max = u64::from(crate::validate::MAX_REPLICAS);
+        for (schema, field) in [("DeployBody", "replicas"), ("ScaleBody", "replicas")] {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["maximum"].as_u64(), Some(max), "{schema}.{field}");
+            assert_eq!(property["minimum"].as_u64(), Some(0), "{schema}.{field}");
+        }
+        let pattern = schemas["DeployBody"]["properties"]["name"]["pattern"]
+            .as_str()
+            .expect("DeployBody.name has a pattern");
+        assert_eq!(pattern, "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$");
+        assert_eq!(
+            schemas["VolumeBody"]["properties"]["name"]["pattern"].as_str(),
+            Some(pattern)
+        );
+        let scale = &doc["paths"]["/api/apps/{name}/scale"]["post"]["parameters"][0];
+        assert_eq!(scale["schema"]["pattern"].as_str(), Some(pattern));
+        // The pattern accepts exactly the names the validator accepts.
+        let long = "a".repeat(63);
+        for name in ["web", "a", "web-1", "1web", long.as_str()] {
+            assert!(
+                crate::config::is_dns_label(name) && matches_pattern(name),
+                "{name}"
+            );
+        }
+        let too_long = "a".repeat(64);
+        for name in ["Web", "-web", "web-", "we_b", "", too_long.as_str()] {
+            assert!(
+                !crate::config::is_dns_label(name) && !matches_pattern(name),
+                "{name}"
+            );
+        }
+    }
+
+    /// `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`, written out.
+    fn matches_pattern(name: &str) -> bool {
+        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let bytes: Vec<char> = name.chars().collect();
+        match bytes.as_slice() {
+            [] => false,
+            [one] => alnum(*one),
+            [first, middle @ .., last] => {
+                alnum(*first)
+                    && alnum(*last)
+                    && middle.len() <= 61
+                    && middle.iter().all(|c| alnum(*c) || *c == '-')
+            }
+        }
+    }
 }

@@ -441,13 +441,24 @@ impl AgentService {
     ) -> Result<Vec<ContainerRecord>, ApiError> {
         let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
         loop {
-            let report = self.parts().reconciler.converge().await?;
-            if let Some((_, err)) = report
-                .failures
-                .into_iter()
-                .find(|(name, _)| *name == app.name)
-            {
-                return Err(err.into());
+            match self.parts().reconciler.converge().await {
+                Ok(report) => {
+                    if let Some((_, err)) = report
+                        .failures
+                        .into_iter()
+                        .find(|(name, _)| *name == app.name)
+                    {
+                        return Err(err.into());
+                    }
+                }
+                // The store or containerd is away for a moment (an etcd election, a containerd
+                // restart): the change is already stored, so keep waiting for it.
+                Err(err) if err.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(app = %app.name, "waiting to converge: {}", crate::error_chain(&err));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
             }
             let mut records = self.app_records(&app.name).await?;
             // A node that stopped reporting cannot finish anything; its slots move elsewhere.

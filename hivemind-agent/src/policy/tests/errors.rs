@@ -258,3 +258,24 @@ fn every_error_of_the_set_is_reported() {
         Some((Some(1), "spec.ingress[0].ports[0].port"))
     );
 }
+
+#[test]
+fn a_duplicate_key_points_at_the_second_one() {
+    let e = errors(&format!(
+        "{}---\napiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata:\n  name: q\nspec:\n  selector: {{ app: a }}\n  ingress:\n    - from: [ {{ app: b }} ]\n      ports: [ {{ port: 80 }} ]\n      from: [ {{ app: c }} ]\n",
+        doc("p", "  selector: { app: api }\n")
+    ));
+    assert_eq!(
+        e,
+        [
+            "test.yaml:16:7: document 2: malformed YAML: spec.ingress[0]: duplicate entry with key \"from\""
+        ]
+    );
+    // At the top of the file, where libyaml's own position is 1:1.
+    assert_eq!(
+        errors(
+            "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: p }\nkind: NetworkPolicy\nspec: {}\n"
+        ),
+        ["test.yaml:4:1: document 1: malformed YAML: duplicate entry with key \"kind\""]
+    );
+}

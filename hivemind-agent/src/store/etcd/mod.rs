@@ -2,12 +2,25 @@
 //! endpoints, `--etcd-endpoints`) or TLS with a client certificate (the member a Hivemind
 //! cluster runs on every node).
 //!
-//! The API is etcd's own, so this is mostly translation. What it adds: a deadline on every call
-//! (a balanced channel with no reachable endpoint would otherwise wait forever), typed errors
-//! for the cases callers handle (missing lease, compaction), and watches that resume from the
-//! next revision by themselves when the connection drops.
+//! The API is etcd's own, so this is mostly translation. What it adds: a deadline on every
+//! attempt (a balanced channel with no reachable endpoint would otherwise wait forever), calls
+//! that ride through a leader election or a lost member (see [`retry`]: transient failures are
+//! retried against any healthy member for up to 15 s, and a write whose answer was lost is
+//! confirmed by reading its effects back before it is tried again), typed errors for the
+//! cases callers handle (missing lease, compaction, a write etcd never confirmed), and watches
+//! that resume from the next revision by themselves when the connection drops.
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+mod retry;
+
+pub(super) use retry::is_transient;
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
 
 use etcd_client::{
     Certificate, Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions,
@@ -22,14 +35,16 @@ use super::{
 };
 use crate::proto;
 
-/// Deadline of one request, including waiting for a connection.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one attempt of a request, including waiting for a connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the reachability check at connect and of `status`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest range answer accepted (tonic's default is 4 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
 /// Longest pause between attempts to re-establish a broken watch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the client's endpoints are brought in line with the cluster's voting members.
+const MEMBERS_REFRESH: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub(super) struct EtcdStore {
@@ -37,6 +52,9 @@ pub(super) struct EtcdStore {
     /// For messages: the endpoints as given, comma-separated.
     endpoints: Arc<str>,
     tls: bool,
+    /// Every endpoint the balanced channel has: those given, and the voting members' client
+    /// URLs once [`EtcdStore::follow_members`] has run.
+    known_endpoints: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -131,6 +149,9 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
+            // A member without a leader refuses at once ("no leader", nothing proposed)
+            // instead of holding the request until it times out: the call moves on sooner.
+            .with_require_leader(true)
             // Notice a dead connection under an idle watch.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
@@ -154,14 +175,60 @@ impl EtcdStore {
             client,
             endpoints: joined,
             tls: tls.is_some(),
+            known_endpoints: Arc::new(Mutex::new(endpoints.iter().cloned().collect())),
         };
         // The channel connects lazily: prove now that etcd answers, so a wrong endpoint fails
-        // the agent's start instead of its first request.
+        // the agent's start instead of its first request. A member that has no leader at the
+        // moment does answer (and the agent must start while the cluster elects one).
         let mut maintenance = store.client.maintenance_client();
-        store
+        match store
             .call_within("connect", PROBE_TIMEOUT, maintenance.status())
-            .await?;
-        Ok(store)
+            .await
+        {
+            Err(err) if !err.etcd_message().contains("no leader") => Err(err),
+            _ => Ok(store),
+        }
+    }
+
+    /// Adds the voting members' client URLs to the client's endpoints now and every
+    /// [`MEMBERS_REFRESH`], so calls go on through another member while this node's own is
+    /// down or restarting. Stops when the store is dropped.
+    pub(super) fn follow_members(self: &Arc<Self>) {
+        let store: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(current) = store.upgrade() else {
+                    return;
+                };
+                if let Err(err) = current.add_member_endpoints().await {
+                    tracing::debug!("etcd members: {err}");
+                }
+                drop(current);
+                tokio::time::sleep(MEMBERS_REFRESH).await;
+            }
+        });
+    }
+
+    async fn add_member_endpoints(&self) -> Result<(), StoreError> {
+        let members = self.members().await?;
+        let urls = members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .flat_map(|m| m.client_urls.iter());
+        for url in urls {
+            let new = self
+                .known_endpoints
+                .lock()
+                .is_ok_and(|mut known| known.insert(url.clone()));
+            if new {
+                tracing::info!(endpoint = %url, "etcd: using member endpoint");
+                self.client
+                    .add_endpoint(url)
+                    .await
+                    .map_err(|source| self.error("add endpoint", source))?;
+            }
+        }
+        Ok(())
     }
 
     fn kv(&self) -> KvClient {
@@ -219,60 +286,221 @@ impl EtcdStore {
         }
     }
 
+    /// Runs `attempt` until it succeeds, fails for good, or [`retry::RIDE_THROUGH`] has
+    /// passed. For reads and for writes that may be repeated as they are.
+    async fn retrying<T, Fut>(
+        &self,
+        op: &'static str,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempts = retry::Attempts::start();
+        loop {
+            match attempt().await {
+                Err(err) if retry::is_transient(&err) => {
+                    tracing::debug!(op, "etcd: {err}; trying again");
+                    if !attempts.pause().await {
+                        return Err(err);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`retrying`](Self::retrying) for writes: `attempt` is told whether an earlier attempt
+    /// may have been applied (its answer lost to a timeout or a broken connection), and if
+    /// the calls stop while that is so, the error is [`StoreError::Unconfirmed`].
+    async fn writing<T, Fut>(
+        &self,
+        op: &'static str,
+        mut attempt: impl FnMut(bool) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempts = retry::Attempts::start();
+        let mut unsure = false;
+        loop {
+            match attempt(unsure).await {
+                Err(err) if retry::is_transient(&err) => {
+                    unsure |= retry::may_have_applied(&err);
+                    tracing::debug!(op, "etcd: {err}; trying again");
+                    if !attempts.pause().await {
+                        return Err(if unsure {
+                            self.unconfirmed(op, &attempts, err)
+                        } else {
+                            err
+                        });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The error for a write whose outcome is still unknown when the calls stop.
+    fn unconfirmed(
+        &self,
+        op: &'static str,
+        attempts: &retry::Attempts,
+        last: StoreError,
+    ) -> StoreError {
+        StoreError::Unconfirmed {
+            op,
+            endpoints: self.endpoints.to_string(),
+            waited: attempts.elapsed(),
+            source: Box::new(last),
+        }
+    }
+
     pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.retrying("get", || async { Ok(self.get_once(key).await?.0) })
+            .await
+    }
+
+    /// One attempt at reading `key`, and the revision it was read at.
+    async fn get_once(&self, key: &str) -> Result<(Option<KeyValue>, Revision), StoreError> {
         let mut kv = self.kv();
         let response = self.call("get", kv.get(key, None)).await?;
-        Ok(response.kvs().first().map(key_value))
+        let current = response.header().map_or(0, |h| revision(h.revision()));
+        Ok((response.kvs().first().map(key_value), current))
     }
 
     pub(super) async fn range(
         &self,
         prefix: &str,
     ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.retrying("range", || async {
+            let mut kv = self.kv();
+            let response = self
+                .call(
+                    "range",
+                    kv.get(prefix, Some(GetOptions::new().with_prefix())),
+                )
+                .await?;
+            let current = response.header().map_or(0, |h| revision(h.revision()));
+            // etcd answers in key order.
+            Ok((response.kvs().iter().map(key_value).collect(), current))
+        })
+        .await
+    }
+
+    /// Whether no key starts with `prefix`, and the revision that was read at (one attempt).
+    async fn prefix_empty_once(&self, prefix: &str) -> Result<(bool, Revision), StoreError> {
         let mut kv = self.kv();
         let response = self
             .call(
                 "range",
-                kv.get(prefix, Some(GetOptions::new().with_prefix())),
+                kv.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                ),
             )
             .await?;
         let current = response.header().map_or(0, |h| revision(h.revision()));
-        // etcd answers in key order.
-        Ok((response.kvs().iter().map(key_value).collect(), current))
+        Ok((response.count() == 0, current))
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.kv();
-        let response = self
-            .call(
-                "get revision",
-                kv.get("/", Some(GetOptions::new().with_count_only())),
-            )
-            .await?;
-        Ok(response.header().map_or(0, |h| revision(h.revision())))
+        self.retrying("get revision", || async {
+            let mut kv = self.kv();
+            let response = self
+                .call(
+                    "get revision",
+                    kv.get("/", Some(GetOptions::new().with_count_only())),
+                )
+                .await?;
+            Ok(response.header().map_or(0, |h| revision(h.revision())))
+        })
+        .await
     }
 
+    /// A plain put: writing the same value again is harmless, so it is simply repeated.
     pub(super) async fn put(
         &self,
         key: &str,
         value: Vec<u8>,
         lease: LeaseId,
     ) -> Result<Revision, StoreError> {
-        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-        let mut kv = self.kv();
-        let response = self
-            .call_with_lease("put", lease, kv.put(key, value, options))
-            .await?;
-        Ok(response.header().map_or(0, |h| revision(h.revision())))
+        self.writing("put", |_| async {
+            let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+            let mut kv = self.kv();
+            let response = self
+                .call_with_lease("put", lease, kv.put(key, value.clone(), options))
+                .await?;
+            Ok(response.header().map_or(0, |h| revision(h.revision())))
+        })
+        .await
     }
 
+    /// Deletes `key`; true if it existed — or if an earlier attempt, whose answer was lost,
+    /// may have been the one that deleted it.
     pub(super) async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
-        let response = self.call("delete", kv.delete(key, None)).await?;
-        Ok(response.deleted() > 0)
+        self.writing("delete", |unsure| async move {
+            let mut kv = self.kv();
+            let response = self.call("delete", kv.delete(key, None)).await?;
+            Ok(response.deleted() > 0 || unsure)
+        })
+        .await
     }
 
+    /// A compare-and-swap transaction, ridden through elections. After an attempt that may
+    /// have been applied, the next one first reads back whether every write of the success
+    /// branch is in place; if so, that attempt is taken to have succeeded (applying it again
+    /// could only fail its comparisons, or repeat what is already there). A later attempt whose
+    /// comparisons fail is checked the same way.
     pub(super) async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let txn = &txn;
+        self.writing("transaction", |unsure| async move {
+            if unsure && let Some(outcome) = self.confirmed(txn).await {
+                return Ok(outcome);
+            }
+            let outcome = self.txn_once(txn).await?;
+            if unsure && !outcome.succeeded {
+                // The comparisons failed, maybe because of our own lost attempt.
+                return Ok(self.confirmed(txn).await.unwrap_or(outcome));
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// A succeeded outcome if every write of `txn`'s success branch is visible now; `None` if
+    /// one is not, or if that cannot be read at the moment.
+    async fn confirmed(&self, txn: &Txn) -> Option<TxnOutcome> {
+        if txn.success.is_empty() {
+            return None;
+        }
+        let mut at = 0;
+        for op in &txn.success {
+            let (present, read_at) = match op {
+                Op::Put { key, value, .. } => {
+                    let (kv, read_at) = self.get_once(key).await.ok()?;
+                    (kv.is_some_and(|kv| kv.value == *value), read_at)
+                }
+                Op::Delete { key } => {
+                    let (kv, read_at) = self.get_once(key).await.ok()?;
+                    (kv.is_none(), read_at)
+                }
+                Op::DeletePrefix { prefix } => self.prefix_empty_once(prefix).await.ok()?,
+            };
+            if !present {
+                return None;
+            }
+            at = at.max(read_at);
+        }
+        tracing::info!("etcd: a transaction whose answer was lost is in place");
+        Some(TxnOutcome {
+            succeeded: true,
+            revision: at,
+        })
+    }
+
+    async fn txn_once(&self, txn: &Txn) -> Result<TxnOutcome, StoreError> {
+        let txn = txn.clone();
         // etcd doesn't say which lease was missing; name the first one the transaction uses.
         let lease = txn
             .success
@@ -295,16 +523,25 @@ impl EtcdStore {
         })
     }
 
+    /// A lease; a grant repeated after a lost answer leaves an unused lease that expires.
     pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         // etcd counts whole seconds; round up so a lease never lives shorter than asked.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
-        let response = self.call("grant lease", lease.grant(seconds, None)).await?;
-        Ok(response.id())
+        self.retrying("grant lease", || async {
+            let mut lease = self.client.lease_client();
+            let response = self.call("grant lease", lease.grant(seconds, None)).await?;
+            Ok(response.id())
+        })
+        .await
     }
 
     pub(super) async fn keep_alive(&self, id: LeaseId) -> Result<(), StoreError> {
+        self.retrying("keep lease alive", || self.keep_alive_once(id))
+            .await
+    }
+
+    async fn keep_alive_once(&self, id: LeaseId) -> Result<(), StoreError> {
         let mut lease = self.client.lease_client();
         // One request and its answer: etcd-client's keep_alive sends the first one itself and
         // fails when the answer's TTL says the lease is gone.
@@ -323,18 +560,32 @@ impl EtcdStore {
         }
     }
 
+    /// Revokes the lease; a missing lease after an attempt whose answer was lost counts as
+    /// revoked.
     pub(super) async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
-        let mut lease = self.client.lease_client();
-        self.call_with_lease("revoke lease", id, lease.revoke(id))
-            .await
-            .map(drop)
+        self.writing("revoke lease", |unsure| async move {
+            let mut lease = self.client.lease_client();
+            match self
+                .call_with_lease("revoke lease", id, lease.revoke(id))
+                .await
+            {
+                Err(StoreError::LeaseNotFound { .. }) if unsure => Ok(()),
+                other => other.map(drop),
+            }
+        })
+        .await
     }
 
     pub(super) async fn compact(&self, target: Revision) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        let request = kv.compact(etcd_revision(target), None::<CompactionOptions>);
-        match self.call("compact", request).await {
-            Ok(_) => Ok(()),
+        let result = self
+            .retrying("compact", || async {
+                let mut kv = self.kv();
+                let request = kv.compact(etcd_revision(target), None::<CompactionOptions>);
+                self.call("compact", request).await.map(drop)
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
             Err(StoreError::Etcd { source, .. })
                 if server_message(&source).contains("required revision has been compacted") =>
             {
@@ -357,7 +608,9 @@ impl EtcdStore {
         prefix: &str,
         from: Revision,
     ) -> Result<WatchStream, StoreError> {
-        let (stream, next) = self.open_watch(prefix, from).await?;
+        let (stream, next) = self
+            .retrying("watch", || self.open_watch(prefix, from))
+            .await?;
         let store = self.clone();
         let prefix = prefix.to_owned();
         Ok(WatchStream::spawn(move |tx| async move {
@@ -476,9 +729,12 @@ impl EtcdStore {
     }
 
     pub(super) async fn members(&self) -> Result<Vec<Member>, StoreError> {
-        let mut cluster = self.client.cluster_client();
-        let response = self.call("list members", cluster.member_list()).await?;
-        Ok(response.members().iter().map(member).collect())
+        self.retrying("list members", || async {
+            let mut cluster = self.client.cluster_client();
+            let response = self.call("list members", cluster.member_list()).await?;
+            Ok(response.members().iter().map(member).collect())
+        })
+        .await
     }
 
     pub(super) async fn add_learner(
