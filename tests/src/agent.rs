@@ -152,6 +152,33 @@ impl Agent {
         self.launch();
     }
 
+    /// Sets (or with `None` removes) an environment variable of the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself (e.g. at a crash point); true if
+    /// it did. A running agent is left running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            let Some(process) = self.process.as_mut() else {
+                return true;
+            };
+            if process.exited().is_some() {
+                self.process = None;
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Adds arguments for the next (re)start, e.g. `--cluster-init`.
     pub fn add_args(&mut self, args: &[&str]) {
         self.args.extend(args.iter().map(|a| (*a).to_owned()));
