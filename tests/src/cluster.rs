@@ -3,8 +3,14 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
+use hivemind_agent::{
+    cluster::NodeTls,
+    store::{EtcdTls, Member, Store},
+};
+
 use crate::{
     Agent, AgentOptions, Containerd, Netns, Registry,
+    node::NodeRuntime,
     util::{check, unique, wait_for},
 };
 
@@ -200,4 +206,98 @@ pub fn form_three(
         }
     }
     (n1, registry, image, n2, n3)
+}
+
+impl ClusterNode {
+    /// The node's certificates (CA, node certificate and key) from its data dir.
+    pub fn tls(&self) -> NodeTls {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.pki().join(name))
+                .unwrap_or_else(|err| panic!("{} {name}: {err}", self.name()))
+        };
+        NodeTls {
+            ca_pem: read("ca.crt"),
+            cert_pem: read("node.crt"),
+            key_pem: read("node.key"),
+        }
+    }
+}
+
+/// The store of one node's etcd member, used from inside its namespace with its certificate
+/// (only that member: no other endpoints are added).
+#[derive(Debug)]
+pub struct EtcdView {
+    runtime: NodeRuntime,
+    store: Store,
+}
+
+impl EtcdView {
+    pub fn of(node: &ClusterNode) -> Self {
+        let runtime = NodeRuntime::new(&node.netns);
+        let tls = node.tls();
+        let store = runtime.run(async move {
+            Store::connect_etcd_tls(
+                &["https://127.0.0.1:2379".to_owned()],
+                &EtcdTls {
+                    ca_pem: tls.ca_pem,
+                    cert_pem: tls.cert_pem,
+                    key_pem: tls.key_pem,
+                    domain: None,
+                },
+            )
+            .await
+            .expect("connect to the node's etcd member")
+        });
+        Self { runtime, store }
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        let store = self.store.clone();
+        self.runtime
+            .run(async move { store.members().await.expect("members") })
+    }
+
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let store = self.store.clone();
+        let prefix = prefix.to_owned();
+        self.runtime.run(async move {
+            store
+                .range(&prefix)
+                .await
+                .expect("range")
+                .0
+                .into_iter()
+                .map(|kv| kv.key)
+                .collect()
+        })
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let store = self.store.clone();
+        let key = key.to_owned();
+        self.runtime
+            .run(async move { store.get(&key).await.expect("get").map(|kv| kv.value) })
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        let store = self.store.clone();
+        let (key, value) = (key.to_owned(), value.as_bytes().to_vec());
+        self.runtime
+            .run(async move { store.put(&key, value).await.expect("put") });
+    }
+
+    /// The leader's member name, as this member sees it; `None` while it knows none (or does
+    /// not answer).
+    pub fn leader(&self) -> Option<String> {
+        let store = self.store.clone();
+        let status = self
+            .runtime
+            .run(async move { store.member_status().await })
+            .ok()?;
+        self.members()
+            .into_iter()
+            .find(|m| m.id == status.leader)
+            .map(|m| m.name)
+    }
 }

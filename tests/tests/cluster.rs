@@ -13,13 +13,13 @@ use std::{
 };
 
 use hivemind_agent::{
-    cluster::{ClusterClient as ClusterNodes, NodeTls, client},
+    cluster::{ClusterClient as ClusterNodes, client},
     proto::{self, cluster_client::ClusterClient, containers_client::ContainersClient},
-    store::{EtcdTls, Member, Store},
+    store::{EtcdTls, Store},
 };
 use hivemind_tests::{
     AgentOptions, Containerd, REGISTRY_ADDR, Registry,
-    cluster::{ClusterNode, Underlay},
+    cluster::{ClusterNode, EtcdView, Underlay},
     node::NodeRuntime,
     util::{stderr, stdout, unique, wait_for},
 };
@@ -28,101 +28,21 @@ use serde_json::Value;
 /// The liveness lease's TTL is 10 s; allow for the keep-alive period and etcd's lease checks.
 const NOT_READY_WITHIN: Duration = Duration::from_secs(16);
 
-fn tls(node: &ClusterNode) -> NodeTls {
-    let read = |name: &str| {
-        std::fs::read_to_string(node.pki().join(name))
-            .unwrap_or_else(|err| panic!("{} {name}: {err}", node.name()))
-    };
-    NodeTls {
-        ca_pem: read("ca.crt"),
-        cert_pem: read("node.crt"),
-        key_pem: read("node.key"),
-    }
-}
-
-/// The store of `node`'s etcd member, used from inside its namespace with its certificate.
 /// Members (id, name, learner), node record keys, subnet claim keys.
 type Snapshot = (Vec<(u64, String, bool)>, Vec<String>, Vec<String>);
 
-struct EtcdView {
-    runtime: NodeRuntime,
-    store: Store,
-}
-
-impl EtcdView {
-    fn of(node: &ClusterNode) -> Self {
-        let runtime = NodeRuntime::new(&node.netns);
-        let tls = tls(node);
-        let store = runtime.run(async move {
-            Store::connect_etcd_tls(
-                &["https://127.0.0.1:2379".to_owned()],
-                &EtcdTls {
-                    ca_pem: tls.ca_pem,
-                    cert_pem: tls.cert_pem,
-                    key_pem: tls.key_pem,
-                    domain: None,
-                },
-            )
-            .await
-            .expect("connect to the node's etcd member")
-        });
-        Self { runtime, store }
-    }
-
-    fn members(&self) -> Vec<Member> {
-        let store = self.store.clone();
-        self.runtime
-            .run(async move { store.members().await.expect("members") })
-    }
-
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let store = self.store.clone();
-        let prefix = prefix.to_owned();
-        self.runtime.run(async move {
-            store
-                .range(&prefix)
-                .await
-                .expect("range")
-                .0
-                .into_iter()
-                .map(|kv| kv.key)
-                .collect()
-        })
-    }
-
-    fn put(&self, key: &str, value: &str) {
-        let store = self.store.clone();
-        let (key, value) = (key.to_owned(), value.as_bytes().to_vec());
-        self.runtime
-            .run(async move { store.put(&key, value).await.expect("put") });
-    }
-
-    /// The leader's member name.
-    fn leader(&self) -> String {
-        let store = self.store.clone();
-        let status = self
-            .runtime
-            .run(async move { store.member_status().await.expect("status") });
-        self.members()
-            .into_iter()
-            .find(|m| m.id == status.leader)
-            .map(|m| m.name)
-            .expect("a leader")
-    }
-
-    /// What a join may not change: members, node records, subnet claims.
-    fn snapshot(&self) -> Snapshot {
-        let members = self
-            .members()
-            .into_iter()
-            .map(|m| (m.id, m.name, m.is_learner))
-            .collect();
-        (
-            members,
-            self.keys("/hivemind/nodes/"),
-            self.keys("/hivemind/ipam/subnets/"),
-        )
-    }
+/// What a join may not change: members, node records, subnet claims.
+fn snapshot(etcd: &EtcdView) -> Snapshot {
+    let members = etcd
+        .members()
+        .into_iter()
+        .map(|m| (m.id, m.name, m.is_learner))
+        .collect();
+    (
+        members,
+        etcd.keys("/hivemind/nodes/"),
+        etcd.keys("/hivemind/ipam/subnets/"),
+    )
 }
 
 fn assert_single(node: &hivemind_tests::Agent) {
@@ -330,7 +250,7 @@ fn cluster_forms_shares_state_and_survives_faults() {
         .expect("a container id")
         .to_owned();
     let inside_n3 = NodeRuntime::new(&n3.netns);
-    let (n3_tls, n1_name) = (tls(&n3), n1.name().to_owned());
+    let (n3_tls, n1_name) = (n3.tls(), n1.name().to_owned());
     let info = inside_n3.run(async move {
         let store = Store::connect_etcd_tls(
             &["https://127.0.0.1:2379".to_owned()],
@@ -391,7 +311,7 @@ fn cluster_forms_shares_state_and_survives_faults() {
     n1.wait_ready(n3.name(), true, Duration::from_secs(15));
 
     // The etcd leader's node dies (agent and member): the others keep taking writes.
-    let leader = etcd.leader();
+    let leader = etcd.leader().expect("a leader");
     drop(etcd);
     let mut nodes = vec![n1, n2, n3];
     let at = nodes
@@ -458,7 +378,7 @@ fn cluster_bad_joins_change_nothing() {
             r#"{{"name":"{ghost}","underlay_ip":"192.0.2.99","subnet":null,"cluster_address":"","version":"0","joined_at_ms":1,"state":"member"}}"#
         ),
     );
-    let before = etcd.snapshot();
+    let before = snapshot(&etcd);
     assert_eq!(before.0.len(), 1, "one member");
 
     // The joiner: a namespace with its containerd; one agent at a time, each a different case.
@@ -489,7 +409,7 @@ fn cluster_bad_joins_change_nothing() {
             assert!(err.contains(want), "{args:?}: expected {want:?} in:\n{err}");
             assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
             assert_single(agent);
-            assert_eq!(etcd.snapshot(), before, "{args:?} changed the cluster");
+            assert_eq!(snapshot(&etcd), before, "{args:?} changed the cluster");
         };
     let (hash, secret) = token
         .strip_prefix("HM10")
@@ -560,7 +480,7 @@ fn cluster_bad_joins_change_nothing() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(etcd.snapshot(), before);
+    assert_eq!(snapshot(&etcd), before);
     drop(j);
 
     let j = agent(&ghost, &[]);
