@@ -209,6 +209,22 @@ impl Etcd {
         });
     }
 
+    /// SIGSTOP: the member keeps its connections but answers nothing (a hung server).
+    pub fn freeze(&self) {
+        self.process
+            .as_ref()
+            .expect("etcd running")
+            .signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        self.process
+            .as_ref()
+            .expect("etcd running")
+            .signal(libc::SIGCONT);
+    }
+
     /// SIGKILL, as a crash would. [`restart`](Self::restart) brings it back.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {

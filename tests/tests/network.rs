@@ -347,6 +347,7 @@ fn bad_policy_files_change_nothing_and_name_the_problem() {
     let good = "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: keep }\nspec:\n  selector: { app: api }\n  ingress: [ { from: [ { app: web } ] } ]\n";
     assert!(apply(&node, good).status.success());
     let before = node.agent.cli_json(&["policy", "ls"]);
+    let big = format!("{good}{}", "# padding\n".repeat(1 << 20));
     for (yaml, needles) in [
         (
             "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: x }\nspec: { selector: { app: api }, ingress: [ { from: [ { cidr: 10.0.0.1/8 } ] } ] }\n",
@@ -367,6 +368,15 @@ fn bad_policy_files_change_nothing_and_name_the_problem() {
         (
             "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: keep }\nspec: { selector: { app: api } }\n---\napiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: keep }\nspec: { selector: { app: api } }\n",
             vec!["keep", "already defined"],
+        ),
+        (
+            "apiVersion: hivemind/v1\nkind: NetworkPolicy\nmetadata: { name: x }\nspec:\n  selector: { app: api }\nspec: {}\n",
+            vec!["policy.yaml:6:1:", "duplicate entry with key \"spec\""],
+        ),
+        (
+            // 10 MiB: refused by the CLI in user terms before anything is sent.
+            big.as_str(),
+            vec!["10.0 MiB of YAML", "at most 4 MiB"],
         ),
     ] {
         let out = apply(&node, yaml);

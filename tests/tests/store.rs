@@ -76,6 +76,58 @@ async fn store_etcd_unreachable_fails_clearly() {
     assert!(err.to_string().contains(&endpoint), "{err}");
 }
 
+/// A write that etcd neither confirms nor refuses (the member hangs) ends, after the store's
+/// ride-through time, as "may have been applied"; a read as a plain timeout; a write to a
+/// member that refuses connections as a plain failure (it cannot have been applied). When the
+/// member answers again within the time, the call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_etcd_unanswered_writes_are_unconfirmed_refused_ones_failed() {
+    let (mut etcd, store) = etcd_store().await;
+    store.put("/k", b"before".to_vec()).await.expect("put");
+
+    etcd.freeze();
+    let started = Instant::now();
+    let err = store
+        .put("/k", b"frozen".to_vec())
+        .await
+        .expect_err("a frozen etcd confirms nothing");
+    let waited = started.elapsed();
+    assert!(err.is_unconfirmed(), "{err:?}");
+    assert!(err.to_string().contains("may have been applied"), "{err}");
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(25)).contains(&waited),
+        "gave up after {waited:?}"
+    );
+    let err = store.get("/k").await.expect_err("nor answers a read");
+    assert!(!err.is_unconfirmed() && err.is_unavailable(), "{err:?}");
+    let txn = Txn {
+        compare: vec![Compare::Absent("/new".into())],
+        success: vec![Op::Put {
+            key: "/new".into(),
+            value: b"1".to_vec(),
+            lease: 0,
+        }],
+        failure: Vec::new(),
+    };
+    // Thawed while the transaction is being retried: it goes through.
+    let thaw = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        etcd.thaw();
+    };
+    let (outcome, ()) = tokio::join!(store.txn(txn), thaw);
+    assert!(outcome.expect("the transaction after the thaw").succeeded);
+
+    etcd.kill();
+    let err = store
+        .put("/k", b"refused".to_vec())
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        !err.is_unconfirmed() && err.is_unavailable(),
+        "a refused connection applied nothing: {err:?}"
+    );
+}
+
 /// A watch keeps going, without a gap, when its etcd member is killed and comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_etcd_watch_survives_a_member_restart() {

@@ -181,3 +181,38 @@ impl From<ApiError> for tonic::Status {
         tonic::Status::new(code, err.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timeout() -> StoreError {
+        StoreError::EtcdTimeout {
+            op: "txn",
+            endpoints: "https://127.0.0.1:2379".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_write_etcd_did_not_confirm_is_not_reported_as_failed() {
+        let unconfirmed = StoreError::Unconfirmed {
+            op: "transaction",
+            endpoints: "https://127.0.0.1:2379".into(),
+            waited: Duration::from_secs(15),
+            source: Box::new(timeout()),
+        };
+        let status = tonic::Status::from(ApiError::from(unconfirmed));
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("may have been applied"),
+            "{}",
+            status.message()
+        );
+        let status = tonic::Status::from(ApiError::from(timeout()));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().starts_with("the store is unavailable"));
+    }
+}

@@ -116,6 +116,10 @@ impl Modify for CommonResponses {
                     "A dependency (containerd, a registry, the store) is unavailable",
                 );
                 if mutating {
+                    add(
+                        "504",
+                        "The store did not confirm the change in time: it may have been applied",
+                    );
                     add("413", "Request body too large");
                     add("415", "Wrong content type (send application/json)");
                 }

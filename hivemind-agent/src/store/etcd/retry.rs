@@ -19,6 +19,8 @@ const TRANSIENT: &[&str] = &[
     "leader changed",
     "no leader",
     "timed out",
+    // tonic's words when an attempt's deadline passes.
+    "Timeout expired",
     "too many requests",
     "server stopped",
     "not capable",
@@ -28,9 +30,15 @@ const TRANSIENT: &[&str] = &[
     "broken pipe",
 ];
 
-/// etcd refuses a request with this before proposing anything (the client asks for a leader
-/// on every request), so a write refused with it was certainly not applied.
-const NO_LEADER: &str = "no leader";
+/// Words of failures that happen before a request reaches etcd, or that etcd gives before
+/// proposing anything (the client asks for a leader on every request): a write that failed so
+/// was certainly not applied.
+const NOT_SENT: &[&str] = &[
+    "no leader",
+    "error trying to connect",
+    "tcp connect error",
+    "Connection refused",
+];
 
 /// Whether `err` is worth another attempt: an election, a restarting or unreachable member, a
 /// dropped connection, or an attempt that ran out of time.
@@ -52,9 +60,9 @@ pub(in crate::store) fn is_transient(err: &StoreError) -> bool {
 }
 
 /// Whether a write that failed with `err` may nevertheless have been applied: any transient
-/// failure but etcd's "no leader" refusal.
+/// failure but a refused connection or etcd's "no leader".
 pub(super) fn may_have_applied(err: &StoreError) -> bool {
-    is_transient(err) && !err.etcd_message().contains(NO_LEADER)
+    is_transient(err) && !NOT_SENT.iter().any(|m| crate::error_chain(err).contains(m))
 }
 
 /// The pauses between attempts of one call: growing from 50 ms to 1 s, within
@@ -132,10 +140,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refusal_without_leader_is_known_not_applied() {
+    fn only_refusals_are_known_not_applied() {
         assert!(!may_have_applied(&etcd(tonic::Status::unavailable(
             "etcdserver: no leader"
         ))));
+        assert!(!may_have_applied(&etcd(tonic::Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)"
+        ))));
+        assert!(may_have_applied(&StoreError::EtcdTimeout {
+            op: "txn",
+            endpoints: String::new(),
+            timeout: Duration::from_secs(5),
+        }));
         assert!(may_have_applied(&etcd(tonic::Status::unavailable(
             "etcdserver: request timed out"
         ))));
