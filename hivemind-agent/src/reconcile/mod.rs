@@ -152,7 +152,7 @@ impl Reconciler {
                 }
             }
             Err(ReconcileError::Runtime(err)) if err.is_unreachable() => {
-                tracing::debug!("reconcile pass skipped: {err}")
+                tracing::debug!("reconcile pass skipped: {err}");
             }
             Err(err) => tracing::warn!("reconcile pass failed: {}", crate::error_chain(&err)),
         }
