@@ -9,6 +9,7 @@
 //! - [`apps`]: deploying, listing, waiting for and exec-ing into an agent's containers;
 //! - [`cluster`]: node namespaces on a bridged underlay, each with containerd and an agent;
 //! - [`http`]: requests to an agent's REST API with real `curl` inside its namespace;
+//! - [`maps`]: the agent's pinned BPF maps as `bpftool` dumps them;
 //! - [`Etcd`]: an etcd member with its own data dir, in the root namespace or in a [`Netns`];
 //! - [`overlay::Cluster`]: node namespaces on an underlay, each running the dataplane
 //!   in-process, with the overlay between them (the overlay tests and its benchmark).
@@ -28,6 +29,7 @@ mod containerd;
 mod etcd;
 pub mod http;
 pub mod image;
+pub mod maps;
 mod netns;
 pub mod node;
 pub mod openapi;

@@ -99,6 +99,21 @@ impl SingleNode {
             .args(args))
     }
 
+    /// The container network namespaces the agent has made (`/run/hivemind/netns/<node>/`),
+    /// sorted.
+    pub fn netns_entries(&self) -> Vec<String> {
+        let mut entries: Vec<String> = std::fs::read_dir(
+            std::path::Path::new("/run/hivemind/netns").join(self.agent.node_name()),
+        )
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+        entries.sort();
+        entries
+    }
+
     /// containerd's namespace for the agent's containers.
     pub fn ns(&self) -> &'static str {
         "hivemind"

@@ -4,7 +4,7 @@
 // Each test is one scenario that reads top to bottom.
 #![allow(clippy::too_many_lines)]
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use hivemind_tests::{
     SingleNode, apps,
@@ -53,15 +53,6 @@ fn wait_running(node: &SingleNode, app: &str, n: usize) -> Vec<String> {
     }
 }
 
-fn netns_entries(node: &SingleNode) -> Vec<String> {
-    std::fs::read_dir(Path::new("/run/hivemind/netns").join(node.agent.node_name()))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// Nothing of any app is left: no containers (containerd or records), namespaces or files.
 fn assert_nothing_left(node: &SingleNode) {
     assert!(
@@ -72,9 +63,9 @@ fn assert_nothing_left(node: &SingleNode) {
     let records = node.agent.cli_json(&["app", "containers"]);
     assert_eq!(records, Value::Array(Vec::new()), "records left");
     assert!(
-        netns_entries(node).is_empty(),
+        node.netns_entries().is_empty(),
         "namespaces left: {:?}",
-        netns_entries(node)
+        node.netns_entries()
     );
     let files: Vec<_> = std::fs::read_dir(node.agent.data_dir().join("containers"))
         .into_iter()
@@ -224,7 +215,7 @@ fn scale_one_three_zero_two() {
             n,
             "containerd has exactly {n}"
         );
-        assert_eq!(netns_entries(&node).len(), n, "one namespace per container");
+        assert_eq!(node.netns_entries().len(), n, "one namespace per container");
     }
     let apps = node.agent.cli_json(&["app", "ls"]);
     assert_eq!(apps[0]["replicas"], 2);
@@ -359,7 +350,7 @@ fn kill_9_during_scale_and_deploy_converges() {
         || (node.containerd_containers().len() == 8 + expected).then_some(()),
     );
     assert_eq!(
-        netns_entries(&node).len(),
+        node.netns_entries().len(),
         8 + expected,
         "no orphan namespaces"
     );

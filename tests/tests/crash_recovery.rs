@@ -10,8 +10,6 @@
 
 use std::{
     collections::BTreeSet,
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,9 +17,9 @@ use hivemind_agent::{crashpoint, model::keys, store::Store};
 use hivemind_tests::{
     AgentOptions, NODE_IP, SingleNode,
     apps::{self, ID_CHECK},
-    util::{line_set, run, stderr, stdout, wait_for},
+    maps,
+    util::{line_set, stderr, stdout, wait_for},
 };
-use serde_json::Value;
 
 const APP: &str = "burst";
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,61 +105,18 @@ fn through_router(node: &SingleNode, count: usize) -> BTreeSet<String> {
         .collect()
 }
 
-/// A pinned map's entries (bpftool's BTF formatting).
-fn dump(pin: &Path) -> Vec<Value> {
-    let out = run(Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(pin));
-    assert!(out.status.success(), "bpftool: {}", stderr(&out));
-    serde_json::from_str::<Value>(&stdout(&out))
-        .expect("bpftool JSON")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|entry| entry["formatted"].clone())
-        .collect()
-}
-
-fn wire(ip: &str) -> u64 {
-    let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
-    u64::from(u32::from_ne_bytes(ip.octets()))
-}
-
-fn dotted(wire: u64) -> String {
-    let wire = u32::try_from(wire).expect("an IPv4 address");
-    std::net::Ipv4Addr::from(wire.to_ne_bytes()).to_string()
-}
-
 /// The VIP's current backends (addresses) in the balancer's maps.
 fn vip_backends(node: &SingleNode, vip: &str) -> BTreeSet<String> {
-    let pins = node.agent.pin_dir();
-    let id = wire(vip);
-    let Some(service) = dump(&pins.join("HM_LB_SERVICES"))
-        .into_iter()
-        .find(|e| e["key"]["ip"] == id && e["key"]["protocol"] == 6)
-    else {
-        return BTreeSet::new();
-    };
-    let count = service["value"]["count"].as_u64().unwrap_or(0);
-    let base = service["value"]["base"].as_u64().unwrap_or(0);
-    dump(&pins.join("HM_LB_BACKENDS"))
-        .into_iter()
-        .filter(|e| e["key"]["id"] == id)
-        .filter(|e| {
-            e["key"]["slot"]
-                .as_u64()
-                .is_some_and(|s| s >= base && s < base + count)
-        })
-        .filter_map(|e| e["value"]["ip"].as_u64().map(dotted))
-        .collect()
+    maps::vip_backends(&node.agent.pin_dir(), vip)
+        .map(|(_, backends)| backends.into_iter().map(maps::dotted).collect())
+        .unwrap_or_default()
 }
 
 /// Addresses with an endpoint in the dataplane (local containers).
 fn endpoints(node: &SingleNode) -> BTreeSet<String> {
-    dump(&node.agent.pin_dir().join("HM_ENDPOINTS"))
+    maps::dump(&node.agent.pin_dir().join("HM_ENDPOINTS"))
         .into_iter()
-        .filter_map(|e| e["key"].as_u64().map(dotted))
+        .filter_map(|e| e["key"].as_u64().map(maps::dotted))
         .collect()
 }
 
@@ -174,15 +129,6 @@ fn eth0(node: &SingleNode, id: &str) -> BTreeSet<String> {
         .nth(1)
         .map(|a| a.split('/').next().unwrap_or_default().to_owned())
         .into_iter()
-        .collect()
-}
-
-fn netns_entries(node: &SingleNode) -> BTreeSet<String> {
-    std::fs::read_dir(Path::new("/run/hivemind/netns").join(node.agent.node_name()))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 
@@ -226,7 +172,11 @@ fn assert_converged(node: &mut SingleNode, replicas: usize, context: &str) {
         node.running_tasks().into_iter().collect(),
         &ids,
     );
-    everything("network namespaces", netns_entries(node), &ids);
+    everything(
+        "network namespaces",
+        node.netns_entries().into_iter().collect(),
+        &ids,
+    );
     everything("dataplane endpoints", endpoints(node), &ips);
     let gw = gateway(node);
     let vip = apps::vip_of(&node.agent, APP);
@@ -329,7 +279,7 @@ fn a_crash_at_any_step_of_a_deploy_converges_to_true_records() {
         // Back to nothing for the next step: and nothing is left behind.
         node.agent.cli_ok(&["app", "rm", "--name", APP]);
         assert!(node.containerd_containers().is_empty(), "{context}");
-        assert!(netns_entries(node).is_empty(), "{context}");
+        assert!(node.netns_entries().is_empty(), "{context}");
         assert!(endpoints(node).is_empty(), "{context}");
     });
     // Seven steps a container: recorded, namespace, attached, address recorded, containerd
@@ -350,44 +300,28 @@ fn a_crash_at_any_step_of_a_scale_converges_to_true_records() {
             .map(|a| (*a).to_owned())
             .collect()
     };
-    let (up, down) = (scale("4"), scale("2"));
-    let (mut up_done, mut down_done) = (None, None);
-    // One step number for both directions at a time: a crash scaling up, then one scaling
-    // back down.
+    // One step number for both directions at a time: a crash scaling up to 4, then one
+    // scaling back down to 2; a direction whose sweep is done just scales.
+    let mut done: [Option<u64>; 2] = [None, None];
     for step in 1..100 {
-        if up_done.is_none() {
-            let args: Vec<&str> = up.iter().map(String::as_str).collect();
-            if !crash_during(&mut node, step, &args) {
-                up_done = Some(step - 1);
+        for (direction, (replicas, count)) in [("4", 4), ("2", 2)].into_iter().enumerate() {
+            let args = scale(replicas);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if done[direction].is_some() {
+                node.agent.cli_ok(&args);
+                continue;
             }
-            assert_converged(
-                &mut node,
-                4,
-                &format!("scale 2 -> 4, crash after step {step}"),
-            );
-        } else {
-            node.agent
-                .cli_ok(&["app", "scale", "--name", APP, "--replicas", "4"]);
-        }
-        if down_done.is_none() {
-            let args: Vec<&str> = down.iter().map(String::as_str).collect();
             if !crash_during(&mut node, step, &args) {
-                down_done = Some(step - 1);
+                done[direction] = Some(step - 1);
             }
-            assert_converged(
-                &mut node,
-                2,
-                &format!("scale 4 -> 2, crash after step {step}"),
-            );
-        } else {
-            node.agent
-                .cli_ok(&["app", "scale", "--name", APP, "--replicas", "2"]);
+            let context = format!("scale to {replicas}, crash after step {step}");
+            assert_converged(&mut node, count, &context);
         }
-        if up_done.is_some() && down_done.is_some() {
+        if done.iter().all(Option::is_some) {
             break;
         }
     }
     // Seven steps a new container; six a removal: recorded stopping, task stopped,
     // containerd container deleted, detached, namespace removed, record deleted.
-    assert_eq!((up_done, down_done), (Some(14), Some(12)));
+    assert_eq!(done, [Some(14), Some(12)]);
 }

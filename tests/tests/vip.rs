@@ -7,7 +7,6 @@
 #![allow(clippy::too_many_lines)]
 
 use std::{
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -15,6 +14,7 @@ use std::{
 use hivemind_tests::{
     SingleNode,
     apps::{self, id, tally},
+    maps::{self, dump, wire},
     util::{hivemind_bin, run, stderr, stdout, wait_for},
 };
 use serde_json::Value;
@@ -48,49 +48,9 @@ fn requests(node: &SingleNode, client: &str, host: &str, path: &str, count: u32)
     apps::http_gets(&node.containerd, client, host, path, count)
 }
 
-/// A pinned map's entries, as bpftool's BTF formatting shows them.
-fn dump(pin: &Path) -> Vec<Value> {
-    let out = run(Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(pin));
-    assert!(out.status.success(), "bpftool: {}", stderr(&out));
-    serde_json::from_str::<Value>(&stdout(&out))
-        .expect("bpftool JSON")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|entry| entry["formatted"].clone())
-        .collect()
-}
-
-fn wire(ip: &str) -> u64 {
-    let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
-    u64::from(u32::from_ne_bytes(ip.octets()))
-}
-
 /// (count, backends) the maps hold for `vip`'s TCP entry, if any.
 fn installed(node: &SingleNode, vip: &str) -> Option<(u64, Vec<u64>)> {
-    let pins = node.agent.pin_dir();
-    let id = wire(vip);
-    let service = dump(&pins.join("HM_LB_SERVICES"))
-        .into_iter()
-        .find(|e| e["key"]["ip"] == id && e["key"]["protocol"] == 6)?;
-    let (count, base) = (
-        service["value"]["count"].as_u64()?,
-        service["value"]["base"].as_u64()?,
-    );
-    let backends = dump(&pins.join("HM_LB_BACKENDS"))
-        .into_iter()
-        .filter(|e| e["key"]["id"] == id)
-        .filter(|e| {
-            e["key"]["slot"]
-                .as_u64()
-                .is_some_and(|s| s >= base && s < base + count)
-        })
-        .filter_map(|e| e["value"]["ip"].as_u64())
-        .collect();
-    Some((count, backends))
+    maps::vip_backends(&node.agent.pin_dir(), vip)
 }
 
 #[test]
