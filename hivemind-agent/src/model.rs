@@ -103,7 +103,7 @@ impl std::fmt::Display for VolumeMount {
 }
 
 /// What the user asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
     pub name: String,
     /// The image reference as normalised by the pull (`registry/repo:tag`).
@@ -120,9 +120,32 @@ pub struct AppSpec {
     pub cpu_millis: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a container stops.
     pub stop_timeout_secs: u32,
-    /// How to tell a replica is healthy (`--health-cmd`, `--health-http`, `--health-tcp`).
+    /// How to tell a replica is healthy (`--health-cmd`, `--health-http`, `--health-tcp`, or
+    /// the image's `HEALTHCHECK`).
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// `health` is the image's `HEALTHCHECK` (re-read when the image changes), not one given.
+    #[serde(default)]
+    pub health_from_image: bool,
+    /// `--no-healthcheck`: no check, not even the image's.
+    #[serde(default)]
+    pub no_healthcheck: bool,
+    /// `--user`: instead of the image's `USER` (`name`, `uid`, `name:group`, `uid:gid`, ...).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `--workdir`: instead of the image's `WORKDIR`.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `--entrypoint`: instead of the image's `ENTRYPOINT` (and then without its `CMD`, as
+    /// Docker does); empty runs the command alone.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// The arguments after `--`: instead of the image's `CMD`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `--stop-signal`, else the image's `STOPSIGNAL`, else `SIGTERM`: what a stop sends first.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
     /// Bumped by every change that needs new containers (image, env, restart...).
     pub generation: u64,
     pub created_at_ms: u64,
@@ -144,6 +167,9 @@ impl AppSpec {
 pub enum Probe {
     /// A command run inside the container with `sh -c`; exit code 0 is healthy.
     Cmd { command: String },
+    /// A program and its arguments run inside the container as they are (an image's
+    /// `HEALTHCHECK CMD ["prog", "arg"]`); exit code 0 is healthy.
+    Exec { args: Vec<String> },
     /// An HTTP GET of `path` on the container's `port`; a 2xx or 3xx status is healthy.
     Http { port: u16, path: String },
     /// A TCP connection to the container's `port`.
@@ -154,6 +180,7 @@ impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Cmd { command } => write!(f, "cmd {command:?}"),
+            Self::Exec { args } => write!(f, "exec {args:?}"),
             Self::Http { port, path } => write!(f, "http {port}{path}"),
             Self::Tcp { port } => write!(f, "tcp {port}"),
         }
@@ -195,10 +222,11 @@ impl Health {
 }
 
 /// A container's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
     /// Record written, containerd objects being made.
+    #[default]
     Creating,
     Running,
     /// The process exited; the reconciler restarts it after a backoff.
@@ -234,7 +262,7 @@ pub struct StatusChange {
 pub const HISTORY_LIMIT: usize = 50;
 
 /// What runs, where, and what happened to it. Written by the node that runs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
     pub app: String,
@@ -259,6 +287,16 @@ pub struct ContainerRecord {
     /// Why the last check failed (its output, status or error), empty once it passes.
     #[serde(default)]
     pub health_detail: String,
+    /// The image's `EXPOSE`d ports (`PORT/PROTO`), for `container-info`.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// Whom the process runs as, e.g. `www (uid 1000, gid 1000, groups 50,2000)`.
+    #[serde(default)]
+    pub user: String,
+    /// The signal a stop sends first (`--stop-signal`, else the image's `STOPSIGNAL`); `None`
+    /// means `SIGTERM`.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 impl ContainerRecord {
@@ -346,6 +384,7 @@ mod tests {
             history: Vec::new(),
             health: None,
             health_detail: String::new(),
+            ..ContainerRecord::default()
         };
         for i in 0..(HISTORY_LIMIT + 5) {
             record.transition(

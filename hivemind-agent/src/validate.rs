@@ -21,6 +21,73 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Inval
     }
 }
 
+/// A signal by name (`SIGUSR1`, `usr1`) or number (`10`), as `STOPSIGNAL` and
+/// `--stop-signal` take it; returns its canonical name.
+pub fn signal(value: &str) -> Result<String, InvalidInput> {
+    use std::str::FromStr as _;
+    let bad = || invalid("stop signal", value, "expected a signal name such as SIGTERM or SIGQUIT, or its number");
+    let trimmed = value.trim();
+    let signal = match trimmed.parse::<i32>() {
+        Ok(number) => nix::sys::signal::Signal::try_from(number).map_err(|_| bad())?,
+        Err(_) => {
+            let upper = trimmed.to_ascii_uppercase();
+            let name = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
+            nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())?
+        }
+    };
+    Ok(signal.as_str().to_owned())
+}
+
+/// The number of a signal [`signal`] accepted.
+pub fn signal_number(name: &str) -> Option<u32> {
+    use std::str::FromStr as _;
+    let signal = nix::sys::signal::Signal::from_str(name).ok()?;
+    u32::try_from(signal as i32).ok()
+}
+
+/// `--user`: `user[:group]`, each a name or a numeric id (resolved against the image later).
+pub fn user(value: &str) -> Result<String, InvalidInput> {
+    let (user, group) = value.split_once(':').unwrap_or((value, "x"));
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+    };
+    if part(user) && part(group) {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            "user",
+            value,
+            "expected USER or USER:GROUP, each a name or a numeric id",
+        ))
+    }
+}
+
+/// `--workdir`: an absolute path.
+pub fn workdir(value: &str) -> Result<String, InvalidInput> {
+    if value.starts_with('/') && !value.contains('\0') {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid("workdir", value, "expected an absolute path"))
+    }
+}
+
+/// `--entrypoint`: a command line split as a shell would (`""` is no entrypoint).
+pub fn entrypoint(value: &str) -> Result<Vec<String>, InvalidInput> {
+    shlex::split(value).ok_or_else(|| {
+        invalid(
+            "entrypoint",
+            value,
+            "unbalanced quotes; quote it as you would in a shell",
+        )
+    })
+}
+
 /// Most replicas one app may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
 

@@ -127,9 +127,7 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::Network(_) => Self::new(ErrorKind::Internal, err.to_string()),
             // The container could not be made or started from this image and these settings
             // (e.g. its command does not exist): the request's fault, said in the message.
-            LifecycleError::Runtime(_)
-            | LifecycleError::User { .. }
-            | LifecycleError::NoCommand { .. } => {
+            LifecycleError::Runtime(_) | LifecycleError::Process(_) => {
                 Self::invalid(format!("the container could not start: {err}"))
             }
         }

@@ -134,9 +134,27 @@ pub struct DeployArgs {
     /// Failures this soon after a start do not count [default: 0s].
     #[arg(long, value_name = "DURATION")]
     health_start_period: Option<String>,
+    /// No health check, not even the image's HEALTHCHECK.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_http", "health_tcp"])]
+    no_healthcheck: bool,
+    /// Run as this user instead of the image's USER: NAME, UID, NAME:GROUP, UID:GID, ...
+    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Working directory instead of the image's WORKDIR.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    workdir: Option<String>,
+    /// Command line instead of the image's ENTRYPOINT (its CMD is then dropped); "" for none.
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Signal a stop sends first instead of the image's STOPSIGNAL (default SIGTERM).
+    #[arg(long, value_name = "SIGNAL")]
+    stop_signal: Option<String>,
     /// With --update: how the replicas are replaced.
     #[command(flatten)]
     rollout: RolloutArgs,
+    /// The command and its arguments, instead of the image's CMD (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<ExitCode> {
@@ -257,6 +275,12 @@ async fn deploy(
         health_start_period: args.health_start_period.clone().unwrap_or_default(),
         parallel: args.rollout.parallel.unwrap_or(0),
         rollout_timeout: args.rollout.rollout_timeout.clone().unwrap_or_default(),
+        user: args.user.clone().unwrap_or_default(),
+        workdir: args.workdir.clone().unwrap_or_default(),
+        entrypoint: args.entrypoint.clone(),
+        command: args.command.clone(),
+        stop_signal: args.stop_signal.clone().unwrap_or_default(),
+        no_healthcheck: args.no_healthcheck,
     };
     let events = apps.deploy(request).await?.into_inner();
     follow(global, events).await
@@ -450,6 +474,8 @@ fn container_details(c: &proto::ContainerInfo) -> String {
         ("Health", health_line(c)),
         ("Restarts", c.restart_count.to_string()),
         ("IP", dash(&c.ip)),
+        ("User", dash(&c.user)),
+        ("Exposed", dash(&c.exposed_ports.join(", "))),
         ("Service", service_line(c)),
         ("VIP", dash(&c.vip)),
     ];

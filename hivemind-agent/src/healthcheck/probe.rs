@@ -27,7 +27,11 @@ pub async fn run(
     scratch: &Path,
 ) -> ProbeResult {
     match probe {
-        Probe::Cmd { command } => cmd(runtime, command, id, timeout, scratch).await,
+        Probe::Cmd { command } => {
+            let args = ["sh", "-c", command.as_str()].map(str::to_owned);
+            exec(runtime, &args, id, timeout, scratch).await
+        }
+        Probe::Exec { args } => exec(runtime, args, id, timeout, scratch).await,
         Probe::Http { port, path } => {
             let ip = ip.ok_or("the container has no address")?;
             http(ip, *port, path, timeout).await
@@ -43,9 +47,9 @@ pub async fn run(
     }
 }
 
-async fn cmd(
+async fn exec(
     runtime: &Runtime,
-    command: &str,
+    args: &[String],
     id: &str,
     timeout: Duration,
     scratch: &Path,
@@ -53,9 +57,8 @@ async fn cmd(
     let output = scratch.join("health.out");
     let _ = std::fs::remove_file(&output);
     let exec_id = format!("health-{}", fastrand::u32(..));
-    let args = vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let outcome = runtime
-        .exec(id, &exec_id, &args, timeout, &output)
+        .exec(id, &exec_id, args, timeout, &output)
         .await
         .map_err(|err| err.to_string())?;
     let said = std::fs::read_to_string(&output).unwrap_or_default();

@@ -277,6 +277,7 @@ mod tests {
             history: Vec::new(),
             health,
             health_detail: String::new(),
+            ..ContainerRecord::default()
         }
     }
 

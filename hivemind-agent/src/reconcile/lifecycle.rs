@@ -10,7 +10,7 @@ use crate::{
     runtime::{
         Runtime, RuntimeError,
         containers::{NewContainer, labels},
-        image::{ImageError, PulledImage},
+        image::ImageError,
         netns::{NetnsDir, NetnsError},
         spec::{self, BindMount, SpecInput},
     },
@@ -21,9 +21,6 @@ use crate::{
 
 /// Grace period for containers nobody wants any more.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
-
-/// PATH for images that set none (Docker's default).
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -44,12 +41,9 @@ pub enum LifecycleError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "image {image}: user {user:?} is not numeric (uid[:gid]); named users are not supported"
-    )]
-    User { image: String, user: String },
-    #[error("image {image} has neither an entrypoint nor a command to run")]
-    NoCommand { image: String },
+    /// The image and the app's settings make no process (unknown user, no command, ...).
+    #[error(transparent)]
+    Process(#[from] super::process::ProcessError),
 }
 
 /// A create that failed: the container (whose record is marked failed) and why.
@@ -143,6 +137,9 @@ impl Lifecycle {
             history: Vec::new(),
             health: app.health.as_ref().map(|_| Health::Starting),
             health_detail: String::new(),
+            exposed_ports: Vec::new(),
+            user: String::new(),
+            stop_signal: None,
         };
         record.transition(
             ContainerState::Creating,
@@ -185,6 +182,13 @@ impl Lifecycle {
         let id = record.id.clone();
         let image = self.runtime.ensure_image(&app.image, false, None).await?;
         record.image_digest.clone_from(&image.digest);
+        // Settled before anything is made: an image and settings that make no process fail
+        // here, with nothing to undo.
+        let accounts = self.runtime.image_accounts(&image.chain_id).await?;
+        let process = super::process::process(app, &image.name, &image.config, &accounts, &id)?;
+        record.exposed_ports.clone_from(&image.config.exposed_ports);
+        record.user.clone_from(&process.user_display);
+        record.stop_signal = Some(process.stop_signal.clone());
         let netns_path = self.netns.create(&id)?;
         crate::crashpoint::step("network namespace created");
         let attachment = self.network.attach(&id, &app.name, &netns_path).await?;
@@ -200,30 +204,14 @@ impl Lifecycle {
                 read_only: volume.read_only,
             });
         }
-        let (uid, gid) = parse_user(&image)?;
-        let args: Vec<String> = image
-            .config
-            .entrypoint
-            .iter()
-            .chain(image.config.cmd.iter())
-            .cloned()
-            .collect();
-        if args.is_empty() {
-            return Err(LifecycleError::NoCommand {
-                image: image.name.clone(),
-            });
-        }
         let spec = spec::build(&SpecInput {
             id: id.clone(),
-            args,
-            env: merge_env(&image.config.env, &app.env, &id),
-            cwd: if image.config.working_dir.is_empty() {
-                "/".into()
-            } else {
-                image.config.working_dir.clone()
-            },
-            uid,
-            gid,
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            uid: process.user.uid,
+            gid: process.user.gid,
+            additional_gids: process.user.additional_gids,
             netns_path,
             mounts,
             memory_bytes: app.memory_bytes,
@@ -259,7 +247,9 @@ impl Lifecycle {
         grace: Duration,
     ) -> Result<(), LifecycleError> {
         let reason = if record.state == ContainerState::Running {
-            self.runtime.stop_task(&record.id, grace).await?;
+            self.runtime
+                .stop_task(&record.id, stop_signal(record), grace)
+                .await?;
             format!("unhealthy: {}", record.health_detail)
         } else {
             format!(
@@ -300,7 +290,9 @@ impl Lifecycle {
             self.state.put_container(record).await?;
             crate::crashpoint::step("container recorded stopping");
         }
-        self.runtime.stop_task(&record.id, grace).await?;
+        self.runtime
+            .stop_task(&record.id, stop_signal(record), grace)
+            .await?;
         crate::crashpoint::step("task stopped");
         self.runtime.delete_container(&record.id).await?;
         crate::crashpoint::step("containerd container deleted");
@@ -338,7 +330,9 @@ impl Lifecycle {
     /// Removes a Hivemind container that has no record (left by a crash between creating it
     /// in containerd and recording it, or by a removed app).
     pub async fn remove_unrecorded(&self, id: &str) -> Result<(), LifecycleError> {
-        self.runtime.stop_task(id, ORPHAN_GRACE).await?;
+        self.runtime
+            .stop_task(id, super::process::signal_number("SIGTERM"), ORPHAN_GRACE)
+            .await?;
         self.runtime.delete_container(id).await?;
         self.network.detach(id, None).await?;
         self.netns.remove(id)?;
@@ -420,54 +414,9 @@ impl Lifecycle {
     }
 }
 
-/// Image env, then the app's env overriding it; PATH defaulted; HOSTNAME set.
-fn merge_env(
-    image_env: &[String],
-    app_env: &std::collections::BTreeMap<String, String>,
-    id: &str,
-) -> Vec<String> {
-    let mut merged: Vec<(String, String)> = Vec::new();
-    let mut set = |key: &str, value: &str| {
-        if let Some(slot) = merged.iter_mut().find(|(k, _)| k == key) {
-            value.clone_into(&mut slot.1);
-        } else {
-            merged.push((key.to_owned(), value.to_owned()));
-        }
-    };
-    let (path_key, path_value) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", ""));
-    set(path_key, path_value);
-    set("HOSTNAME", id);
-    for pair in image_env {
-        if let Some((k, v)) = pair.split_once('=') {
-            set(k, v);
-        }
-    }
-    for (k, v) in app_env {
-        set(k, v);
-    }
-    merged
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect()
-}
-
-fn parse_user(image: &PulledImage) -> Result<(u32, u32), LifecycleError> {
-    let user = image.config.user.trim();
-    if user.is_empty() || user == "root" {
-        return Ok((0, 0));
-    }
-    let bad = || LifecycleError::User {
-        image: image.name.clone(),
-        user: user.to_owned(),
-    };
-    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
-    let uid: u32 = uid.parse().map_err(|_| bad())?;
-    let gid: u32 = if gid.is_empty() {
-        uid
-    } else {
-        gid.parse().map_err(|_| bad())?
-    };
-    Ok((uid, gid))
+/// The signal a stop of `record`'s container sends first.
+fn stop_signal(record: &ContainerRecord) -> u32 {
+    super::process::signal_number(record.stop_signal.as_deref().unwrap_or("SIGTERM"))
 }
 
 fn random_suffix() -> String {
@@ -475,20 +424,4 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_merges_in_order() {
-        let app_env = std::collections::BTreeMap::from([("B".to_owned(), "app".to_owned())]);
-        let env = merge_env(
-            &["PATH=/bin".into(), "B=image".into(), "C=1".into()],
-            &app_env,
-            "web-1",
-        );
-        assert_eq!(env, ["PATH=/bin", "HOSTNAME=web-1", "B=app", "C=1"]);
-    }
 }

@@ -7,6 +7,7 @@
 
 mod lifecycle;
 pub mod plan;
+pub mod process;
 pub mod rollout;
 pub mod schedule;
 
@@ -597,6 +598,11 @@ fn adoptable(
         history: Vec::new(),
         health: app.health.as_ref().map(|_| crate::model::Health::Starting),
         health_detail: String::new(),
+        // What the image made of it is known to the node that made it; an adopted record
+        // shows the app's stop signal and leaves the rest empty.
+        exposed_ports: Vec::new(),
+        user: String::new(),
+        stop_signal: app.stop_signal.clone(),
     };
     let state = if running {
         ContainerState::Running

@@ -220,6 +220,7 @@ mod tests {
             generation,
             created_at_ms: 0,
             updated_at_ms: 0,
+            ..AppSpec::default()
         }
     }
 
@@ -248,6 +249,7 @@ mod tests {
             history: Vec::new(),
             health: None,
             health_detail: String::new(),
+            ..ContainerRecord::default()
         }
     }
 

@@ -500,6 +500,7 @@ mod tests {
             generation,
             created_at_ms: 0,
             updated_at_ms: 0,
+            ..AppSpec::default()
         }
     }
 
@@ -522,6 +523,7 @@ mod tests {
             history: Vec::new(),
             health,
             health_detail: String::new(),
+            ..ContainerRecord::default()
         }
     }
 

@@ -28,7 +28,6 @@ use super::{Runtime, RuntimeError, spec::SPEC_TYPE_URL};
 /// The runc shim; the only runtime Hivemind uses.
 const RUNC_V2: &str = "io.containerd.runc.v2";
 pub const SNAPSHOTTER: &str = "overlayfs";
-const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 
 /// Labels Hivemind puts on its containerd containers, so it can find and re-adopt them.
@@ -198,19 +197,25 @@ impl Runtime {
         }
     }
 
-    /// SIGTERM, up to `grace` for the process to exit, then SIGKILL; then deletes the task.
-    /// Returns the exit status if the task ran.
-    pub async fn stop_task(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError> {
+    /// `signal` (the app's stop signal, SIGTERM by default), up to `grace` for the process to
+    /// exit, then SIGKILL; then deletes the task. Returns the exit status if the task ran.
+    pub async fn stop_task(
+        &self,
+        id: &str,
+        signal: u32,
+        grace: Duration,
+    ) -> Result<Option<u32>, RuntimeError> {
         let Some(state) = self.task(id).await? else {
             return Ok(None);
         };
         if state.running {
-            self.kill(id, SIGTERM).await?;
+            self.kill(id, signal).await?;
             if tokio::time::timeout(grace, self.wait(id)).await.is_err() {
                 tracing::info!(
                     container = id,
                     ?grace,
-                    "did not stop after SIGTERM; sending SIGKILL"
+                    signal,
+                    "did not stop after its stop signal; sending SIGKILL"
                 );
                 self.kill(id, SIGKILL).await?;
                 // SIGKILL cannot be ignored; the bound only guards against a wedged shim.

@@ -10,8 +10,10 @@ pub mod exec;
 pub mod image;
 pub mod metrics;
 pub mod netns;
+pub mod rootfs;
 mod seccomp;
 pub mod spec;
+pub mod user;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -63,6 +65,8 @@ pub struct Runtime {
     socket: PathBuf,
     namespace: String,
     images: Images,
+    /// Image accounts (`/etc/passwd`, `/etc/group`) read so far, by chain id.
+    accounts: rootfs::AccountsCache,
 }
 
 /// containerd selects the namespace of every call from this gRPC header.
@@ -99,6 +103,7 @@ impl Runtime {
             socket,
             namespace,
             images,
+            accounts: rootfs::AccountsCache::default(),
         }
     }
 

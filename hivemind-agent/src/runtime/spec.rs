@@ -78,6 +78,8 @@ pub struct SpecInput {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
     /// Network namespace made by the agent (`/run/hivemind/netns/<id>`).
     pub netns_path: PathBuf,
     /// Volumes and the generated `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
@@ -161,7 +163,11 @@ pub fn build(input: &SpecInput) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": { "uid": input.uid, "gid": input.gid },
+            "user": {
+                "uid": input.uid,
+                "gid": input.gid,
+                "additionalGids": input.additional_gids,
+            },
             "args": input.args,
             "env": input.env,
             "cwd": input.cwd,

@@ -352,6 +352,7 @@ mod tests {
             generation: 1,
             created_at_ms: 0,
             updated_at_ms: 0,
+            ..AppSpec::default()
         }
     }
 
@@ -374,6 +375,7 @@ mod tests {
             history: Vec::new(),
             health,
             health_detail: String::new(),
+            ..ContainerRecord::default()
         }
     }
 

@@ -90,6 +90,27 @@ pub struct DeployBody {
     /// is rolled back, e.g. `"2m"` (default: from the health check's timing, plus 30 s).
     #[serde(default)]
     pub rollout_timeout: Option<String>,
+    /// Run as this user instead of the image's `USER`: `name`, `uid`, `name:group`, `uid:gid`.
+    #[serde(default)]
+    #[schema(example = "1000:1000")]
+    pub user: Option<String>,
+    /// Working directory instead of the image's `WORKDIR` (an absolute path).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// A command line instead of the image's `ENTRYPOINT` (its `CMD` is then dropped); `""`
+    /// runs `command` alone.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// The command and its arguments instead of the image's `CMD`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The signal a stop sends first, e.g. `"SIGQUIT"` (default: the image's `STOPSIGNAL`,
+    /// else `SIGTERM`).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// No health check, not even the image's `HEALTHCHECK`.
+    #[serde(default)]
+    pub no_healthcheck: bool,
 }
 
 impl DeployBody {
@@ -117,6 +138,12 @@ impl DeployBody {
             health_start_period: self.health_start_period.unwrap_or_default(),
             parallel: self.parallel.unwrap_or(0),
             rollout_timeout: self.rollout_timeout.unwrap_or_default(),
+            user: self.user.unwrap_or_default(),
+            workdir: self.workdir.unwrap_or_default(),
+            entrypoint: self.entrypoint,
+            command: self.command,
+            stop_signal: self.stop_signal.unwrap_or_default(),
+            no_healthcheck: self.no_healthcheck,
         }
     }
 }

@@ -12,7 +12,10 @@ use crate::{
     },
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},
     proto,
-    reconcile::rollout::{Phase, Rollout, RolloutKind},
+    reconcile::{
+        process,
+        rollout::{Phase, Rollout, RolloutKind},
+    },
     runtime::image::ImageRef,
     validate,
 };
@@ -58,6 +61,7 @@ impl AgentService {
             .pull(&spec.image, request.force_pull, progress.as_ref())
             .await?;
         spec.image.clone_from(&image.name);
+        self.check_image_settings(&mut spec, &image).await?;
 
         if let Some((current, revision)) = existing {
             spec.generation = current.generation + 1;
@@ -145,6 +149,22 @@ impl AgentService {
             let _ = forwarder.await; // the pull's messages before the rollout's
         }
         Ok(image?)
+    }
+
+    /// Takes the image's `HEALTHCHECK` into the spec (unless one is given or checks are off)
+    /// and makes sure the image and the settings make a process — its user exists in the
+    /// image, it has a command — before anything is stored or made.
+    async fn check_image_settings(
+        &self,
+        spec: &mut AppSpec,
+        image: &crate::runtime::image::PulledImage,
+    ) -> Result<(), ApiError> {
+        let invalid = |err: process::ProcessError| ApiError::invalid(err.to_string());
+        process::adopt_image_settings(spec, &image.name, &image.config).map_err(invalid)?;
+        let accounts = self.parts().runtime.image_accounts(&image.chain_id).await?;
+        process::process(spec, &image.name, &image.config, &accounts, &spec.name)
+            .map(drop)
+            .map_err(invalid)
     }
 
     /// Follows an update's rollout to its end and answers with the new replicas.
@@ -589,6 +609,21 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
             "invalid stop timeout {stop_timeout_secs}s: at most {MAX_STOP_TIMEOUT_SECS}s"
         )));
     }
+    let health = validate::health(&validate::HealthInput {
+        cmd: &request.health_cmd,
+        http: &request.health_http,
+        tcp: request.health_tcp,
+        interval: &request.health_interval,
+        timeout: &request.health_timeout,
+        retries: request.health_retries,
+        start_period: &request.health_start_period,
+    })?;
+    if request.no_healthcheck && health.is_some() {
+        return Err(ApiError::invalid(
+            "--no-healthcheck and a --health-* check exclude each other",
+        ));
+    }
+    let optional = |value: &str| (!value.trim().is_empty()).then(|| value.trim().to_owned());
     let now = now_ms();
     Ok(AppSpec {
         name: request.name.clone(),
@@ -602,15 +637,24 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
         memory_bytes,
         cpu_millis,
         stop_timeout_secs,
-        health: validate::health(&validate::HealthInput {
-            cmd: &request.health_cmd,
-            http: &request.health_http,
-            tcp: request.health_tcp,
-            interval: &request.health_interval,
-            timeout: &request.health_timeout,
-            retries: request.health_retries,
-            start_period: &request.health_start_period,
-        })?,
+        health,
+        health_from_image: false,
+        no_healthcheck: request.no_healthcheck,
+        user: optional(&request.user)
+            .map(|u| validate::user(&u))
+            .transpose()?,
+        workdir: optional(&request.workdir)
+            .map(|w| validate::workdir(&w))
+            .transpose()?,
+        entrypoint: request
+            .entrypoint
+            .as_deref()
+            .map(validate::entrypoint)
+            .transpose()?,
+        command: (!request.command.is_empty()).then(|| request.command.clone()),
+        stop_signal: optional(&request.stop_signal)
+            .map(|s| validate::signal(&s))
+            .transpose()?,
         generation: 0,
         created_at_ms: now,
         updated_at_ms: now,

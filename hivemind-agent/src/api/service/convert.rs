@@ -82,6 +82,8 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
         service_names: Vec::new(),
         serving: false,
         vip: String::new(),
+        exposed_ports: record.exposed_ports.clone(),
+        user: record.user.clone(),
     }
 }
 

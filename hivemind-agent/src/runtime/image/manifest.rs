@@ -289,6 +289,28 @@ pub struct ImageConfig {
     /// `PORT/PROTO`, sorted.
     pub exposed_ports: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// `HEALTHCHECK`, if the image has one.
+    pub healthcheck: Option<ImageHealthcheck>,
+    /// `STOPSIGNAL` ("" if none).
+    pub stop_signal: String,
+}
+
+/// An image's `HEALTHCHECK`, as its config stores it (durations in nanoseconds, 0 = the
+/// default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageHealthcheck {
+    /// `["CMD-SHELL", "cmd"]`, `["CMD", "prog", "arg"...]`, or `["NONE"]` (checks disabled).
+    #[serde(default)]
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval: u64,
+    #[serde(default)]
+    pub timeout: u64,
+    #[serde(default)]
+    pub start_period: u64,
+    #[serde(default)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +337,10 @@ struct ContainerConfig {
     exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    healthcheck: Option<ImageHealthcheck>,
+    #[serde(default)]
+    stop_signal: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +378,8 @@ pub fn parse_config(bytes: &[u8], layers: usize) -> Result<ParsedConfig, Manifes
             user: c.user.unwrap_or_default(),
             exposed_ports: c.exposed_ports.unwrap_or_default().into_keys().collect(),
             labels: c.labels.unwrap_or_default(),
+            healthcheck: c.healthcheck,
+            stop_signal: c.stop_signal.unwrap_or_default(),
         },
         diff_ids: file.rootfs.diff_ids,
     })

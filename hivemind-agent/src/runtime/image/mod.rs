@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, transport::Channel};
 
 pub use error::ImageError;
-pub use manifest::ImageConfig;
+pub use manifest::{ImageConfig, ImageHealthcheck};
 pub use reference::{ImageRef, ReferenceError};
 pub use registry::RegistryOptions;
 
