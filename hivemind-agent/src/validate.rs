@@ -25,19 +25,24 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Inval
 /// `--stop-signal` take it; returns its canonical name.
 pub fn signal(value: &str) -> Result<String, InvalidInput> {
     use std::str::FromStr as _;
-    let bad = || invalid("stop signal", value, "expected a signal name such as SIGTERM or SIGQUIT, or its number");
+    let bad = || {
+        invalid(
+            "stop signal",
+            value,
+            "expected a signal name such as SIGTERM or SIGQUIT, or its number",
+        )
+    };
     let trimmed = value.trim();
-    let signal = match trimmed.parse::<i32>() {
-        Ok(number) => nix::sys::signal::Signal::try_from(number).map_err(|_| bad())?,
-        Err(_) => {
-            let upper = trimmed.to_ascii_uppercase();
-            let name = if upper.starts_with("SIG") {
-                upper
-            } else {
-                format!("SIG{upper}")
-            };
-            nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())?
-        }
+    let signal = if let Ok(number) = trimmed.parse::<i32>() {
+        nix::sys::signal::Signal::try_from(number).map_err(|_| bad())?
+    } else {
+        let upper = trimmed.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())?
     };
     Ok(signal.as_str().to_owned())
 }
@@ -115,6 +120,19 @@ pub fn replicas(value: i64) -> Result<u32, InvalidInput> {
                 format!("expected 0 to {MAX_REPLICAS}"),
             )
         })
+}
+
+/// A rollout's `--parallel`: 0 (the default, 1) to [`MAX_REPLICAS`].
+pub fn parallel(value: u32) -> Result<u32, InvalidInput> {
+    if value <= MAX_REPLICAS {
+        Ok(value)
+    } else {
+        Err(invalid(
+            "parallel",
+            &value.to_string(),
+            format!("expected 1 to {MAX_REPLICAS}"),
+        ))
+    }
 }
 
 /// `KEY=VALUE` pairs; later keys override earlier ones.

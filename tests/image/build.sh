@@ -4,11 +4,16 @@
 # /www on port 80.
 # With `two-layers` as $2, a second layer adds /www/layer2.html ("second layer") and deletes
 # /data of the first with a whiteout, so a correct unpack needs both layers in order.
+# With `accounts` as $2, a second layer replaces /etc/passwd and /etc/group with named users
+# and groups: www (1000:1000, home /var/www, also in staff 50 and web 2000) and app
+# (1001:1001, also in staff).
+# $CONFIG, if set, is the image config's "config" object (JSON) instead of the default one,
+# e.g. with "User", "Healthcheck" or "StopSignal".
 # Deterministic: the same busybox gives the same digests.
 set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR [two-layers]}
 variant=${2:-}
-case $variant in "" | two-layers) ;; *) echo "unknown variant $variant (expected two-layers)" >&2; exit 2 ;; esac
+case $variant in "" | two-layers | accounts) ;; *) echo "unknown variant $variant (expected two-layers or accounts)" >&2; exit 2 ;; esac
 busybox=/bin/busybox # from busybox-static: no shared libraries to copy
 [ -x "$busybox" ] || { echo "$busybox missing: install busybox-static (cargo xtask setup)" >&2; exit 1; }
 
@@ -29,17 +34,21 @@ chmod 1777 "$rootfs/tmp"
 #   APPEND=TEXT   appended as a line to $APPEND_TO (default /data/lines) at start
 #   EXIT_AFTER=N  exit after N seconds with EXIT_CODE (default 1) instead of serving
 #   PORT          httpd port (default 80)
-# It traps SIGTERM and exits 0, as a well-behaved service does.
+#   SIGNAL_LOG    a file the stop signal's name is appended to
+# It traps SIGTERM (and SIGUSR1) and exits 0, as a well-behaved service does.
 cat > "$rootfs/bin/entrypoint" <<'SH'
 #!/bin/sh
 echo "hivemind test image on $(hostname): ${MESSAGE:-hello}"
+echo "running as $(id) in $(pwd)"
 if [ -n "$APPEND" ]; then echo "$APPEND" >> "${APPEND_TO:-/data/lines}"; fi
 if [ -n "$EXIT_AFTER" ]; then
   sleep "$EXIT_AFTER"
   echo "exiting with code ${EXIT_CODE:-1}"
   exit "${EXIT_CODE:-1}"
 fi
-trap 'echo "stopping on SIGTERM"; kill $pid 2>/dev/null; exit 0' TERM
+stop() { echo "stopping on $1"; [ -z "$SIGNAL_LOG" ] || echo "$1" >> "$SIGNAL_LOG"; kill $pid 2>/dev/null; exit 0; }
+trap 'stop SIGTERM' TERM
+trap 'stop SIGUSR1' USR1
 httpd -f -v -p "${PORT:-80}" -h /www &
 pid=$!
 wait $pid
@@ -80,9 +89,19 @@ if [ "$variant" = two-layers ]; then
   touch "$upper/.wh.data" # OCI whiteout: /data of the layer below is gone
   add_layer "$upper"
 fi
+if [ "$variant" = accounts ]; then
+  upper=$work/accounts
+  mkdir -p "$upper/etc" "$upper/var/www" "$upper/home/app"
+  printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'www:x:1000:1000:web server:/var/www:/bin/sh' \
+    'app:x:1001:1001::/home/app:/bin/sh' > "$upper/etc/passwd"
+  printf '%s\n' 'root:x:0:' 'www:x:1000:' 'app:x:1001:' 'staff:x:50:www,app' 'web:x:2000:www' \
+    > "$upper/etc/group"
+  add_layer "$upper"
+fi
+default_config='{"Env":["PATH=/bin"],"Cmd":["/bin/entrypoint"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}}'
 
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/entrypoint"],"WorkingDir":"/","ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":[$(join "${diff_ids[@]}")]},"history":[$(join "${history[@]}")]}
+{"architecture":"amd64","os":"linux","config":${CONFIG:-$default_config},"rootfs":{"type":"layers","diff_ids":[$(join "${diff_ids[@]}")]},"history":[$(join "${history[@]}")]}
 JSON
 config_size=$(stat -c %s "$work/config.json")
 config=$(put_blob "$work/config.json")

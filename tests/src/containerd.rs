@@ -145,6 +145,14 @@ impl Containerd {
         ids(&self.ctr(&["-n", namespace, "containers", "ls", "-q"]))
     }
 
+    /// The OCI runtime spec containerd holds for container `id` (`ctr containers info`).
+    pub fn oci_spec(&self, namespace: &str, id: &str) -> serde_json::Value {
+        let info = self.ctr_ok(&["-n", namespace, "containers", "info", id]);
+        let info: serde_json::Value = serde_json::from_str(&info)
+            .unwrap_or_else(|err| panic!("ctr info {id}: {err}\n{info}"));
+        info["Spec"].clone()
+    }
+
     /// Image references in `namespace`.
     pub fn images(&self, namespace: &str) -> Vec<String> {
         ids(&self.ctr(&["-n", namespace, "images", "ls", "-q"]))

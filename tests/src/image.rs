@@ -3,9 +3,10 @@
 //! `tests/image/build.sh` once per test process.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::{Mutex, OnceLock},
 };
 
 use crate::util::{check, workspace};
@@ -33,6 +34,26 @@ pub fn oci_layout_two_layers() -> &'static Path {
         );
         dir
     })
+}
+
+/// The test image built as `variant` (`""`, `two-layers`, `accounts`; see
+/// `tests/image/build.sh`) with `config` (JSON) as its config's `config` object instead of the
+/// default one. Built on first use per `name` (a directory name under `target/`).
+pub fn oci_layout_configured(name: &str, variant: &str, config: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let dir = workspace().join(format!("target/hivemind-test-image-{name}"));
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.insert(name.to_owned()) {
+        let mut command = Command::new(workspace().join("tests/image/build.sh"));
+        command.arg(&dir).env("CONFIG", config);
+        if !variant.is_empty() {
+            command.arg(variant);
+        }
+        check(&mut command);
+    }
+    dir
 }
 
 /// The manifest digest of an OCI layout (its one `index.json` entry).

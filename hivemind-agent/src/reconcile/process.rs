@@ -114,14 +114,18 @@ pub fn process(
 }
 
 fn describe_user(spec: &str, user: &ExecUser) -> String {
-    let name = if spec.trim().is_empty() { "root" } else { spec.trim() };
-    let mut text = format!("{name} (uid {}, gid {}", user.uid, user.gid);
-    if !user.additional_gids.is_empty() {
+    let name = if spec.trim().is_empty() {
+        "root"
+    } else {
+        spec.trim()
+    };
+    let groups = if user.additional_gids.is_empty() {
+        String::new()
+    } else {
         let groups: Vec<String> = user.additional_gids.iter().map(u32::to_string).collect();
-        text.push_str(&format!(", groups {}", groups.join(",")));
-    }
-    text.push(')');
-    text
+        format!(", groups {}", groups.join(","))
+    };
+    format!("{name} (uid {}, gid {}{groups})", user.uid, user.gid)
 }
 
 /// Defaults, then the image's env, then the app's; later keys override earlier ones.
@@ -177,11 +181,12 @@ pub fn adopt_image_settings(
         app.health = None;
     }
     app.health_from_image = false;
-    if app.health.is_none() && !app.no_healthcheck {
-        if let Some(check) = &config.healthcheck {
-            app.health = image_check(image, check)?;
-            app.health_from_image = app.health.is_some();
-        }
+    if app.health.is_none()
+        && !app.no_healthcheck
+        && let Some(check) = &config.healthcheck
+    {
+        app.health = image_check(image, check)?;
+        app.health_from_image = app.health.is_some();
     }
     if !config.stop_signal.trim().is_empty() && validate::signal(&config.stop_signal).is_err() {
         return Err(ProcessError::StopSignal {
@@ -210,7 +215,13 @@ fn image_check(image: &str, check: &ImageHealthcheck) -> Result<Option<HealthChe
             });
         }
     };
-    let ms = |ns: u64, default: u64| if ns == 0 { default } else { (ns / 1_000_000).max(1) };
+    let ms = |ns: u64, default: u64| {
+        if ns == 0 {
+            default
+        } else {
+            (ns / 1_000_000).max(1)
+        }
+    };
     Ok(Some(HealthCheck {
         probe,
         interval_ms: ms(check.interval, IMAGE_CHECK_INTERVAL_MS),
@@ -264,7 +275,13 @@ mod tests {
         assert_eq!(p.user_display, "www (uid 1000, gid 1000, groups 50)");
         assert_eq!(
             p.env,
-            ["PATH=/bin", "HOSTNAME=web-1", "HOME=/var/www", "B=app", "C=1"]
+            [
+                "PATH=/bin",
+                "HOSTNAME=web-1",
+                "HOME=/var/www",
+                "B=app",
+                "C=1"
+            ]
         );
     }
 
@@ -280,7 +297,7 @@ mod tests {
         assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
         assert_eq!(p.cwd, "/tmp");
         assert_eq!((p.user.uid, p.user.gid), (1000, 50));
-        assert!(p.user.additional_gids.is_empty());
+        assert_eq!(p.user.additional_gids, Vec::<u32>::new());
         assert!(p.env.contains(&"HOME=/data".to_owned()), "{:?}", p.env);
         // An entrypoint drops the image's CMD; an empty one runs the command alone.
         let mut a = app();

@@ -15,7 +15,9 @@ use containerd_client::{
     services::v1::{
         CreateRequest, DeleteRequest,
         leases_client::LeasesClient,
-        snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest, snapshots_client::SnapshotsClient},
+        snapshots::{
+            RemoveSnapshotRequest, ViewSnapshotRequest, snapshots_client::SnapshotsClient,
+        },
     },
     types::Mount,
 };
@@ -256,7 +258,11 @@ mod tests {
         assert_eq!(read_in_root(&root, "etc/group").expect("read"), "");
         std::fs::remove_file(root.join("etc/group")).expect("rm");
         std::os::unix::fs::symlink("passwd", root.join("etc/group")).expect("symlink");
-        assert!(read_in_root(&root, "etc/group").expect("read").starts_with("www"));
+        assert!(
+            read_in_root(&root, "etc/group")
+                .expect("read")
+                .starts_with("www")
+        );
         assert_eq!(read_in_root(&root, "etc/shadow").expect("read"), "");
     }
 }

@@ -149,7 +149,7 @@ impl Accounts {
                 .map(|e| {
                     self.groups
                         .iter()
-                        .filter(|g| g.members.iter().any(|m| *m == e.name))
+                        .filter(|g| g.members.contains(&e.name))
                         .map(|g| g.gid)
                         .collect()
                 })
@@ -229,7 +229,10 @@ web:x:2000: www
     #[test]
     fn names_resolve_with_their_group_and_memberships() {
         let a = accounts();
-        assert_eq!(a.resolve("www"), Ok(user(1000, 1000, &[50, 2000], "/var/www")));
+        assert_eq!(
+            a.resolve("www"),
+            Ok(user(1000, 1000, &[50, 2000], "/var/www"))
+        );
         assert_eq!(a.resolve("app"), Ok(user(1001, 1001, &[50], "/home/app")));
         assert_eq!(a.resolve(""), Ok(user(0, 0, &[], "/root")));
         assert_eq!(a.resolve("root"), Ok(user(0, 0, &[], "/root")));
@@ -240,17 +243,26 @@ web:x:2000: www
         let a = accounts();
         assert_eq!(a.resolve("www:staff"), Ok(user(1000, 50, &[], "/var/www")));
         assert_eq!(a.resolve("www:7"), Ok(user(1000, 7, &[], "/var/www")));
-        assert_eq!(a.resolve("1001:web"), Ok(user(1001, 2000, &[], "/home/app")));
+        assert_eq!(
+            a.resolve("1001:web"),
+            Ok(user(1001, 2000, &[], "/home/app"))
+        );
         assert_eq!(a.resolve("4242:4343"), Ok(user(4242, 4343, &[], "/")));
     }
 
     #[test]
     fn numeric_users_need_no_entry() {
         let a = accounts();
-        assert_eq!(a.resolve("1000"), Ok(user(1000, 1000, &[50, 2000], "/var/www")));
+        assert_eq!(
+            a.resolve("1000"),
+            Ok(user(1000, 1000, &[50, 2000], "/var/www"))
+        );
         assert_eq!(a.resolve("4242"), Ok(user(4242, 0, &[], "/")));
         let none = Accounts::default();
-        assert_eq!(none.resolve("65534:65534"), Ok(user(65534, 65534, &[], "/")));
+        assert_eq!(
+            none.resolve("65534:65534"),
+            Ok(user(65534, 65534, &[], "/"))
+        );
     }
 
     #[test]

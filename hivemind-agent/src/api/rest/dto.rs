@@ -85,6 +85,7 @@ pub struct DeployBody {
     pub health_start_period: Option<String>,
     /// With `update`: replicas replaced at once (default 1).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
     pub parallel: Option<u32>,
     /// With `update`: how long each new replica may take to become healthy before the update
     /// is rolled back, e.g. `"2m"` (default: from the health check's timing, plus 30 s).
@@ -235,6 +236,7 @@ pub struct ContainersQuery {
 #[into_params(parameter_in = Query)]
 pub struct RestartQuery {
     /// Replicas replaced at once (default 1).
+    #[param(minimum = 0, maximum = 1000)]
     pub parallel: Option<u32>,
     /// How long each new replica may take to become healthy before the restart is rolled
     /// back, e.g. `2m` (default: from the health check's timing, plus 30 s).

@@ -272,6 +272,7 @@ impl AgentService {
     ) -> Result<proto::DeployResult, ApiError> {
         let name = &request.name;
         let deadline_ms = rollout_timeout(&request.rollout_timeout)?;
+        validate::parallel(request.parallel)?;
         let change = self.inner.changes.lock().await;
         let (mut app, revision) = self.existing_app(name).await?;
         self.check_no_rollout(name).await?;
@@ -595,6 +596,7 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
         Some(request.service.clone())
     };
     let replicas = validate::replicas(request.replicas.unwrap_or(1))?;
+    validate::parallel(request.parallel)?;
     let memory_bytes = (!request.memory.is_empty())
         .then(|| validate::memory(&request.memory))
         .transpose()?;

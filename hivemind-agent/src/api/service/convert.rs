@@ -27,16 +27,51 @@ fn looks_secret(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
+/// Prefixes of well-known credential formats (GitHub, GitLab, Slack, Stripe, AWS access keys,
+/// JWTs) and of HTTP authorization values.
+const SECRET_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "sk_live_",
+    "sk_test_",
+    "AKIA",
+    "eyJ",
+];
+const AUTH_SCHEMES: &[&str] = &["bearer ", "basic ", "token ", "digest "];
+
+/// The value as it may be shown: masked whole when its key or its form says it is a
+/// credential; a URL keeps everything but the password in its user info
+/// (`postgres://app:******@db/shop`).
+fn shown_value(key: &str, value: &str) -> String {
+    let lower = value.to_ascii_lowercase();
+    if looks_secret(key)
+        || SECRET_PREFIXES.iter().any(|p| value.starts_with(p))
+        || AUTH_SCHEMES.iter().any(|s| lower.starts_with(s))
+    {
+        return MASK.to_owned();
+    }
+    mask_url_password(value).unwrap_or_else(|| value.to_owned())
+}
+
+/// `scheme://user:password@host...` with the password masked; `None` if there is none.
+fn mask_url_password(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (userinfo, host) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| format!("{scheme}://{user}:{MASK}@{host}{path}"))
+}
+
 pub fn masked_env(app: &AppSpec) -> Vec<String> {
     app.env
         .iter()
-        .map(|(k, v)| {
-            if looks_secret(k) {
-                format!("{k}={MASK}")
-            } else {
-                format!("{k}={v}")
-            }
-        })
+        .map(|(k, v)| format!("{k}={}", shown_value(k, v)))
         .collect()
 }
 
@@ -219,6 +254,41 @@ mod tests {
         }
         for key in ["PATH", "PORT", "LOG_LEVEL"] {
             assert!(!looks_secret(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn credential_looking_values_are_masked_whatever_their_key() {
+        for (key, value, shown) in [
+            (
+                "DATABASE_URL",
+                "postgres://u:pw@db/x",
+                "postgres://u:******@db/x",
+            ),
+            (
+                "REDIS",
+                "redis://:s3cret@cache:6379/0?x=1",
+                "redis://:******@cache:6379/0?x=1",
+            ),
+            (
+                "UPSTREAM",
+                "https://user@example.com/",
+                "https://user@example.com/",
+            ),
+            (
+                "UPSTREAM",
+                "https://example.com/a:b@c",
+                "https://example.com/a:b@c",
+            ),
+            ("HEADER", "Bearer abc.def", MASK),
+            ("X", "Basic dXNlcjpwdw==", MASK),
+            ("GH", "ghp_0123456789abcdef", MASK),
+            ("AWS_ID", "AKIAABCDEFGHIJKLMNOP", MASK),
+            ("JWT_VALUE", "eyJhbGciOiJIUzI1NiJ9.e30.x", MASK),
+            ("DB_PASSWORD", "anything", MASK),
+            ("LOG_LEVEL", "debug", "debug"),
+        ] {
+            assert_eq!(shown_value(key, value), shown, "{key}={value}");
         }
     }
 }

@@ -28,6 +28,7 @@ const TRANSIENT: &[&str] = &[
     "connection",
     "h2 protocol",
     "broken pipe",
+    "operation was canceled",
 ];
 
 /// Words of failures that happen before a request reaches etcd, or that etcd gives before
@@ -35,6 +36,8 @@ const TRANSIENT: &[&str] = &[
 /// was certainly not applied.
 const NOT_SENT: &[&str] = &[
     "no leader",
+    // hyper's words for a request dropped before it was written (its connection had closed).
+    "operation was canceled",
     "error trying to connect",
     "tcp connect error",
     "Connection refused",
@@ -147,6 +150,8 @@ mod tests {
         assert!(!may_have_applied(&etcd(tonic::Status::unavailable(
             "error trying to connect: tcp connect error: Connection refused (os error 111)"
         ))));
+        let dropped = etcd(tonic::Status::cancelled("operation was canceled"));
+        assert!(is_transient(&dropped) && !may_have_applied(&dropped));
         assert!(may_have_applied(&StoreError::EtcdTimeout {
             op: "txn",
             endpoints: String::new(),
