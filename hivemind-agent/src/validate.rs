@@ -464,7 +464,9 @@ fn probe(
 }
 
 /// The check's timing, with defaults and bounds.
-fn timing_of(input: &HealthInput<'_>, probe: Probe) -> Result<HealthCheck, InvalidInput> {
+/// A check of `probe` with the timing of `input` (its defaults where it gives none), bounded as
+/// [`health`] bounds it.
+pub fn timing_of(input: &HealthInput<'_>, probe: Probe) -> Result<HealthCheck, InvalidInput> {
     let or = |value: &str, default: &str| {
         if value.is_empty() {
             default.to_owned()

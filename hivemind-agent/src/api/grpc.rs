@@ -41,6 +41,7 @@ impl proto::agent_server::Agent for AgentService {
 impl proto::apps_server::Apps for AgentService {
     type DeployStream = Streaming<proto::DeployEvent>;
     type RestartStream = Streaming<proto::DeployEvent>;
+    type UpdateStream = Streaming<proto::DeployEvent>;
 
     async fn deploy(
         &self,
@@ -94,6 +95,26 @@ impl proto::apps_server::Apps for AgentService {
     ) -> Result<Response<proto::ActionReply>, Status> {
         Ok(Response::new(
             self.remove_app(&request.into_inner().name).await?,
+        ))
+    }
+
+    async fn update(
+        &self,
+        request: Request<proto::UpdateRequest>,
+    ) -> Result<Response<Self::UpdateStream>, Status> {
+        let request = request.into_inner();
+        let service = self.clone();
+        Ok(Response::new(with_progress(move |progress| async move {
+            AgentService::update(&service, request, Some(progress)).await
+        })))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<proto::AppRequest>,
+    ) -> Result<Response<proto::AppSpecInfo>, Status> {
+        Ok(Response::new(
+            AgentService::inspect(self, &request.into_inner().name).await?,
         ))
     }
 }

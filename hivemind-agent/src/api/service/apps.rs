@@ -39,7 +39,7 @@ impl AgentService {
     ) -> Result<proto::DeployResult, ApiError> {
         let parts = self.parts();
         let mut spec = validate_deploy(&request)?;
-        let deadline_ms = rollout_timeout(&request.rollout_timeout)?;
+        rollout_timeout(&request.rollout_timeout)?;
         let change = self.inner.changes.lock().await;
 
         let existing = parts.state.app(&spec.name).await?;
@@ -52,7 +52,9 @@ impl AgentService {
             )));
         }
         if existing.is_some() {
-            self.check_no_rollout(&spec.name).await?;
+            // An update changes what the deploy gives and keeps the rest (`app update`).
+            drop(change);
+            return self.update(super::update::from_deploy(&request), progress).await;
         }
         self.check_volumes_exist(&spec).await?;
         self.check_no_clash(&spec).await?;
@@ -62,24 +64,6 @@ impl AgentService {
             .await?;
         spec.image.clone_from(&image.name);
         self.check_image_settings(&mut spec, &image).await?;
-
-        if let Some((current, revision)) = existing {
-            spec.generation = current.generation + 1;
-            spec.created_at_ms = current.created_at_ms;
-            if request.replicas.is_none() {
-                spec.replicas = current.replicas;
-            }
-            let rollout = Rollout::new(
-                RolloutKind::Update,
-                current,
-                &spec,
-                request.parallel,
-                deadline_ms,
-            );
-            self.begin_rollout(&spec, revision, &rollout).await?;
-            drop(change); // the rollout is recorded: a second one is refused, not queued
-            return self.finish_rollout(&spec, progress.as_ref()).await;
-        }
 
         spec.generation = 1;
         if !parts.state.create_app(&spec).await? {
@@ -124,7 +108,7 @@ impl AgentService {
     }
 
     /// Pulls `image` (if needed), reporting progress.
-    async fn pull(
+    pub(super) async fn pull(
         &self,
         image: &str,
         force: bool,
@@ -154,7 +138,7 @@ impl AgentService {
     /// Takes the image's `HEALTHCHECK` into the spec (unless one is given or checks are off)
     /// and makes sure the image and the settings make a process — its user exists in the
     /// image, it has a command — before anything is stored or made.
-    async fn check_image_settings(
+    pub(super) async fn check_image_settings(
         &self,
         spec: &mut AppSpec,
         image: &crate::runtime::image::PulledImage,
@@ -165,29 +149,6 @@ impl AgentService {
         process::process(spec, &image.name, &image.config, &accounts, &spec.name)
             .map(drop)
             .map_err(invalid)
-    }
-
-    /// Follows an update's rollout to its end and answers with the new replicas.
-    async fn finish_rollout(
-        &self,
-        spec: &AppSpec,
-        progress: Option<&mpsc::Sender<Progress>>,
-    ) -> Result<proto::DeployResult, ApiError> {
-        self.follow_rollout(spec, progress).await?;
-        let records = self.current_records(spec).await?;
-        let container_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        Ok(proto::DeployResult {
-            app: spec.name.clone(),
-            container_id: container_ids.first().cloned().unwrap_or_default(),
-            message: format!(
-                "Updated application {} to {} ({} replicas replaced: {})",
-                spec.name,
-                spec.image,
-                container_ids.len(),
-                container_ids.join(", ")
-            ),
-            container_ids,
-        })
     }
 
     /// Removes a new app that failed to start, with whatever containers it got.
@@ -241,6 +202,12 @@ impl AgentService {
         }
         convert::set_vip(&mut info, parts.vips.of(&app.name).await?);
         Ok(info)
+    }
+
+    /// The app's whole spec (`app inspect`).
+    pub async fn inspect(&self, name: &str) -> Result<proto::AppSpecInfo, ApiError> {
+        let (app, _) = self.existing_app(name).await?;
+        Ok(convert::spec_info(&app))
     }
 
     pub async fn scale(&self, name: &str, replicas: i64) -> Result<proto::ActionReply, ApiError> {
@@ -304,7 +271,7 @@ impl AgentService {
     }
 
     /// Refuses a change while a rollout of the app is under way.
-    async fn check_no_rollout(&self, name: &str) -> Result<(), ApiError> {
+    pub(super) async fn check_no_rollout(&self, name: &str) -> Result<(), ApiError> {
         if let Some((rollout, _)) = self.parts().state.rollout(name).await?
             && rollout.phase.is_active()
         {
@@ -319,7 +286,7 @@ impl AgentService {
     }
 
     /// Stores the new spec and its rollout together.
-    async fn begin_rollout(
+    pub(super) async fn begin_rollout(
         &self,
         spec: &AppSpec,
         revision: u64,
@@ -342,7 +309,7 @@ impl AgentService {
 
     /// Drives reconcile passes until the rollout of `spec` finishes, streaming its steps. A
     /// rolled-back rollout is an error saying why.
-    async fn follow_rollout(
+    pub(super) async fn follow_rollout(
         &self,
         spec: &AppSpec,
         progress: Option<&mpsc::Sender<Progress>>,
@@ -408,7 +375,7 @@ impl AgentService {
     }
 
     /// The app's current-generation containers, by slot.
-    async fn current_records(&self, spec: &AppSpec) -> Result<Vec<ContainerRecord>, ApiError> {
+    pub(super) async fn current_records(&self, spec: &AppSpec) -> Result<Vec<ContainerRecord>, ApiError> {
         let mut records: Vec<ContainerRecord> = self
             .app_records(&spec.name)
             .await?
@@ -455,7 +422,7 @@ impl AgentService {
 
     /// Runs reconcile passes until `done` holds for the app's records. Fails with the
     /// reconciler's message if a container of this app cannot be created or started.
-    async fn converge_app(
+    pub(super) async fn converge_app(
         &self,
         app: &AppSpec,
         done: impl Fn(&[ContainerRecord]) -> bool,
@@ -506,7 +473,7 @@ impl AgentService {
         }
     }
 
-    async fn check_volumes_exist(&self, spec: &AppSpec) -> Result<(), ApiError> {
+    pub(super) async fn check_volumes_exist(&self, spec: &AppSpec) -> Result<(), ApiError> {
         for mount in &spec.volumes {
             if self.parts().state.volume(&mount.volume).await?.is_none() {
                 return Err(ApiError::invalid(format!(
@@ -519,7 +486,7 @@ impl AgentService {
     }
 
     /// Host ports and service names belong to one app each.
-    async fn check_no_clash(&self, spec: &AppSpec) -> Result<(), ApiError> {
+    pub(super) async fn check_no_clash(&self, spec: &AppSpec) -> Result<(), ApiError> {
         for other in self.parts().state.apps().await? {
             if other.name == spec.name {
                 continue;
@@ -550,7 +517,7 @@ impl AgentService {
 
 /// True when every slot has a running container of the app's generation and nothing else
 /// is left.
-fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<> {
+pub(super) fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<> {
     let generation = app.generation;
     let replicas = app.replicas;
     move |records: &[ContainerRecord]| {
@@ -567,7 +534,7 @@ fn generation_done(app: &AppSpec) -> impl Fn(&[ContainerRecord]) -> bool + use<>
 }
 
 /// `--rollout-timeout`: absent (the default deadline) or 1s to 1h.
-fn rollout_timeout(value: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn rollout_timeout(value: &str) -> Result<Option<u64>, ApiError> {
     if value.trim().is_empty() {
         return Ok(None);
     }
@@ -578,6 +545,16 @@ fn rollout_timeout(value: &str) -> Result<Option<u64>, ApiError> {
         )));
     }
     Ok(Some(ms))
+}
+
+/// `--stop-timeout`: at most an hour.
+pub(super) fn stop_timeout(secs: u32) -> Result<u32, ApiError> {
+    if secs > MAX_STOP_TIMEOUT_SECS {
+        return Err(ApiError::invalid(format!(
+            "invalid stop timeout {secs}s: at most {MAX_STOP_TIMEOUT_SECS}s"
+        )));
+    }
+    Ok(secs)
 }
 
 /// Everything about a deploy request that can be checked without side effects.
@@ -603,14 +580,11 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
     let cpu_millis = (!request.cpus.is_empty())
         .then(|| validate::cpus(&request.cpus))
         .transpose()?;
-    let stop_timeout_secs = request
-        .stop_timeout_secs
-        .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
-    if stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
-        return Err(ApiError::invalid(format!(
-            "invalid stop timeout {stop_timeout_secs}s: at most {MAX_STOP_TIMEOUT_SECS}s"
-        )));
-    }
+    let stop_timeout_secs = stop_timeout(
+        request
+            .stop_timeout_secs
+            .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
+    )?;
     let health = validate::health(&validate::HealthInput {
         cmd: &request.health_cmd,
         http: &request.health_http,

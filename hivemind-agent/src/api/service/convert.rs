@@ -122,6 +122,60 @@ pub fn container(record: &ContainerRecord, app: Option<&AppSpec>) -> proto::Cont
     }
 }
 
+/// The app's spec as `app inspect` shows it: what the user set, with the image's share
+/// (`""`, absent lists) where they set nothing.
+pub fn spec_info(spec: &AppSpec) -> proto::AppSpecInfo {
+    let list = |items: &Option<Vec<String>>| {
+        items.as_ref().map(|items| proto::StringList {
+            items: items.clone(),
+        })
+    };
+    #[allow(clippy::cast_precision_loss)] // display only
+    let cpus = spec
+        .cpu_millis
+        .map(|m| format!("{}", m as f64 / 1000.0))
+        .unwrap_or_default();
+    proto::AppSpecInfo {
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        replicas: spec.replicas,
+        service: spec.service.clone().unwrap_or_default(),
+        env: masked_env(spec),
+        ports: spec.ports.iter().map(ToString::to_string).collect(),
+        volumes: spec.volumes.iter().map(ToString::to_string).collect(),
+        labels: spec.labels.clone().into_iter().collect(),
+        memory: spec.memory_bytes.map(memory_size).unwrap_or_default(),
+        cpus,
+        stop_timeout_secs: spec.stop_timeout_secs,
+        stop_signal: spec.stop_signal.clone().unwrap_or_default(),
+        health_check: spec.health.as_ref().map(describe_health).unwrap_or_default(),
+        health_source: match (&spec.health, spec.health_from_image, spec.no_healthcheck) {
+            (_, _, true) => "off",
+            (Some(_), true, _) => "image",
+            (Some(_), false, _) => "flags",
+            (None, _, _) => "none",
+        }
+        .to_owned(),
+        user: spec.user.clone().unwrap_or_default(),
+        workdir: spec.workdir.clone().unwrap_or_default(),
+        entrypoint: list(&spec.entrypoint),
+        command: list(&spec.command),
+        generation: spec.generation,
+        created_at_ms: spec.created_at_ms,
+        updated_at_ms: spec.updated_at_ms,
+    }
+}
+
+/// Bytes as `--memory` takes them: `256m`, `1g`, or bytes when not a whole multiple.
+fn memory_size(bytes: u64) -> String {
+    for (suffix, unit) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
+        if bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
 pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
     let current: Vec<&&ContainerRecord> = records
         .iter()

@@ -9,6 +9,7 @@ mod metrics;
 mod monitor;
 mod policies;
 mod remote;
+mod update;
 mod volumes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
