@@ -20,6 +20,7 @@ pub mod paths;
 pub mod policy;
 pub mod reconcile;
 pub mod runtime;
+pub mod sealed;
 pub mod service;
 pub mod state;
 pub mod store;

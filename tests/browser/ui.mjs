@@ -83,6 +83,23 @@ try {
   await page.getByText("3 running of 3").waitFor();
   await shot("05-app-scaled");
 
+  // Edit its settings: add an environment variable; what was not touched stays.
+  await page.getByRole("link", { name: "Edit settings" }).click();
+  await page.getByRole("heading", { name: `Edit ${APP}` }).waitFor();
+  const envField = page.getByLabel("Environment");
+  await envField.fill((await envField.inputValue()) + "\nEXTRA=from-the-edit");
+  await shot("05b-app-edit");
+  await page.getByRole("button", { name: "Save and roll out" }).click();
+  await page.waitForURL(`**/#/apps/${APP}`);
+  await page.getByText("EXTRA=from-the-edit").waitFor({ timeout: TIMEOUT });
+  await page.getByText("MESSAGE=from-the-ui").waitFor();
+  await page.getByText("tier=front").waitFor();
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("tbody tr")];
+    return rows.length === 3 && rows.every((r) => r.textContent.includes("running"));
+  }, null, { timeout: TIMEOUT });
+  seen.edited = true;
+
   // A container: info, history, usage and the live log tail.
   await page.locator("tbody tr a.mono").first().click();
   await page.getByRole("heading", { name: "Status history" }).waitFor();

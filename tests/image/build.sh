@@ -39,7 +39,6 @@ chmod 1777 "$rootfs/tmp"
 cat > "$rootfs/bin/entrypoint" <<'SH'
 #!/bin/sh
 echo "hivemind test image on $(hostname): ${MESSAGE:-hello}"
-echo "running as $(id) in $(pwd)"
 if [ -n "$APPEND" ]; then echo "$APPEND" >> "${APPEND_TO:-/data/lines}"; fi
 if [ -n "$EXIT_AFTER" ]; then
   sleep "$EXIT_AFTER"
@@ -51,6 +50,9 @@ trap 'stop SIGTERM' TERM
 trap 'stop SIGUSR1' USR1
 httpd -f -v -p "${PORT:-80}" -h /www &
 pid=$!
+# After httpd is started: health checks that only run a command must not find a replica
+# "healthy" long before it serves.
+echo "running as $(id) in $(pwd)"
 wait $pid
 SH
 chmod 755 "$rootfs/bin/entrypoint"

@@ -590,7 +590,10 @@ fn deploy_update_replaces_containers_with_the_new_settings() {
     deploy(&node, "upd", &["--replicas", "2", "--env", "MESSAGE=v1"]);
     let v1 = wait_running(&node, "upd", 2);
     let out = deploy(&node, "upd", &["--update", "--env", "MESSAGE=v2"]);
-    assert!(out.contains("Updated application upd"), "{out}");
+    assert!(
+        out.contains("Updated application upd (env ~MESSAGE)"),
+        "{out}"
+    );
     let v2 = wait_running(&node, "upd", 2);
     assert!(v2.iter().all(|id| !v1.contains(id)));
     let logs = node

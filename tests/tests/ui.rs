@@ -52,6 +52,7 @@ fn ui_deploy_scale_volume_in_chromium() {
         .find_map(|line| serde_json::from_str(line).ok())
         .unwrap_or_else(|| panic!("no result line from the browser test: {stdout}"));
     assert_eq!(seen["scaled"], 3, "{seen}");
+    assert_eq!(seen["edited"], true, "{seen}");
     assert_eq!(seen["phoneOverflow"], 0, "{seen}");
 
     // What the browser did is real: three running containers (API and containerd), the volume,
@@ -61,6 +62,12 @@ fn ui_deploy_scale_volume_in_chromium() {
     assert_eq!(app["replicas"], 3, "{app}");
     assert_eq!(app["service"], "web-ui.example.com");
     assert_eq!(app["labels"]["tier"], "front");
+    // The edit added one variable and kept the rest, through containerd's own spec too.
+    let env: Vec<&str> = app["env"]
+        .as_array()
+        .map(|e| e.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(env, ["EXTRA=from-the-edit", "MESSAGE=from-the-ui"], "{app}");
     let ids = wait_for(
         "3 running containers",
         std::time::Duration::from_secs(30),
@@ -87,6 +94,7 @@ fn ui_deploy_scale_volume_in_chromium() {
         "03-deploy-form",
         "04-app-running",
         "05-app-scaled",
+        "05b-app-edit",
         "06-container",
         "07-containers",
         "08-volumes",

@@ -138,9 +138,12 @@ fn the_vip_spreads_over_healthy_replicas_and_follows_failures() {
     wait_for("the sick replica to leave the maps", TIMEOUT, || {
         installed(&node, &vip).filter(|(_, backends)| !backends.contains(&wire(&sick_ip)))
     });
+    // A bound, not a benchmark: the maps follow the record within a sync (milliseconds on a
+    // quiet machine); a shared CI machine gets slack.
     let left_after = verdict.elapsed();
+    println!("the sick replica left the VIP {left_after:?} after its verdict");
     assert!(
-        left_after < Duration::from_secs(1),
+        left_after < Duration::from_secs(5),
         "left the VIP {left_after:?} after the verdict"
     );
     let answers = tally(&requests(&node, &client, &vip, "/id", 30));

@@ -13,6 +13,14 @@ use crate::proto;
 pub enum AppCommand {
     /// Deploy an image as an app (pulls it, starts its replicas).
     Deploy(Box<DeployArgs>),
+    /// Change only what is given (image, env, ports, volumes, labels, limits, health check,
+    /// replicas, ...): new containers roll out one by one, health-gated.
+    Update(Box<super::app_update::UpdateArgs>),
+    /// Show an app's whole spec (`-o yaml` or `-o json` for a document).
+    Inspect {
+        /// The app.
+        name: String,
+    },
     /// List apps.
     #[command(alias = "list")]
     Ls,
@@ -65,11 +73,11 @@ pub enum AppCommand {
 pub struct RolloutArgs {
     /// Replicas replaced at once [default: 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    parallel: Option<u32>,
+    pub parallel: Option<u32>,
     /// How long each new replica may take to become healthy before the rollout is rolled back
     /// [default: start period + (retries + 1) x (interval + timeout) + 30s].
     #[arg(long, value_name = "DURATION")]
-    rollout_timeout: Option<String>,
+    pub rollout_timeout: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -163,10 +171,21 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
     let mut containers = proto::containers_client::ContainersClient::new(channel);
     match command {
         AppCommand::Deploy(args) => deploy(global, &mut apps, args).await?,
+        AppCommand::Update(args) => {
+            let events = apps.update(args.request()).await?.into_inner();
+            follow(global, events).await?;
+        }
+        AppCommand::Inspect { name } => {
+            let spec = apps
+                .inspect(proto::AppRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            super::app_update::print_spec(global, &spec)?;
+        }
         AppCommand::Ls => {
             let reply = apps.list(proto::ListAppsRequest {}).await?.into_inner();
             match global.output {
-                Output::Json => output::json(&reply.apps)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply.apps)?,
                 Output::Table => print!("{}", apps_table(&reply.apps)),
             }
         }
@@ -176,7 +195,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             };
             let reply = containers.list(request).await?.into_inner();
             match global.output {
-                Output::Json => output::json(&reply.containers)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply.containers)?,
                 Output::Table => print!("{}", containers_table(&reply.containers)),
             }
         }
@@ -186,7 +205,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             };
             let info = containers.info(request).await?.into_inner();
             match global.output {
-                Output::Json => output::json(&info)?,
+                Output::Json | Output::Yaml => output::document(global.output, &info)?,
                 Output::Table => print!("{}", container_details(&info)),
             }
         }
@@ -239,7 +258,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
 
 pub fn action(global: &GlobalArgs, reply: &proto::ActionReply) -> anyhow::Result<()> {
     match global.output {
-        Output::Json => output::json(reply),
+        Output::Json | Output::Yaml => output::document(global.output, reply),
         Output::Table => {
             println!("{}", reply.message);
             Ok(())
@@ -315,7 +334,7 @@ async fn follow(
         if let Some(result) = event.result {
             bar.clear();
             match global.output {
-                Output::Json => output::json(&result)?,
+                Output::Json | Output::Yaml => output::document(global.output, &result)?,
                 Output::Table => println!("{}", result.message),
             }
         }

@@ -81,7 +81,7 @@ pub async fn join(global: &GlobalArgs, args: &JoinArgs) -> anyhow::Result<ExitCo
     }
     let node = wait_for_restart(global, &reply.node_name).await?;
     match global.output {
-        Output::Json => output::json(&reply)?,
+        Output::Json | Output::Yaml => output::document(global.output, &reply)?,
         Output::Table => println!(
             "Node {} is ready ({} node{} in the cluster)",
             reply.node_name,
@@ -137,7 +137,7 @@ pub async fn node(global: &GlobalArgs, command: &NodeCommand) -> anyhow::Result<
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&reply.nodes)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply.nodes)?,
                 Output::Table => print!("{}", render_nodes(&reply.nodes)),
             }
         }
@@ -151,7 +151,7 @@ pub async fn cluster(global: &GlobalArgs, command: &ClusterCommand) -> anyhow::R
         ClusterCommand::Token => {
             let reply = cluster.token(proto::TokenRequest {}).await?.into_inner();
             match global.output {
-                Output::Json => output::json(&reply)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply)?,
                 Output::Table => println!("{}", reply.token),
             }
         }

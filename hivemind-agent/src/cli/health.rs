@@ -9,7 +9,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut client = client::connect(global).await?;
     let reply = client.health(proto::HealthRequest {}).await?.into_inner();
     match global.output {
-        Output::Json => output::json(&reply)?,
+        Output::Json | Output::Yaml => output::document(global.output, &reply)?,
         Output::Table => print!("{}", render(&reply)),
     }
     Ok(if reply.is_healthy() {

@@ -2,6 +2,7 @@
 //! of a running agent.
 
 mod app;
+mod app_update;
 mod client;
 mod cluster;
 mod health;
@@ -45,7 +46,7 @@ pub struct GlobalArgs {
     /// Bearer token for remote agents; for `hivemind join`, the join token.
     #[arg(long, global = true, env = "HIVEMIND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Output format.
+    /// Output format (`monitor` prints JSON lines for yaml too).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -56,6 +57,8 @@ pub enum Output {
     Table,
     /// JSON for scripts.
     Json,
+    /// YAML, the same documents as JSON.
+    Yaml,
 }
 
 #[derive(Subcommand, Debug)]

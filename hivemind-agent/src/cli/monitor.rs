@@ -29,7 +29,8 @@ pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> anyhow::Result<Exit
     while let Some(event) = events.next().await {
         let event = event?;
         let line = match global.output {
-            Output::Json => serde_json::to_string(&event)?,
+            // One JSON document a line (a YAML stream would need separators).
+            Output::Json | Output::Yaml => serde_json::to_string(&event)?,
             Output::Table => render(&event),
         };
         if writeln!(stdout, "{line}")

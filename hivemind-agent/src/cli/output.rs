@@ -8,6 +8,16 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `value` as JSON, or as YAML for `-o yaml`.
+pub fn document<T: serde::Serialize>(output: super::Output, value: &T) -> anyhow::Result<()> {
+    if output == super::Output::Yaml {
+        print!("{}", serde_norway::to_string(value)?);
+        Ok(())
+    } else {
+        json(value)
+    }
+}
+
 /// A left-aligned text table with an upper-case header row.
 #[derive(Debug, Default)]
 pub struct Table {

@@ -36,7 +36,7 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&reply)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply)?,
                 Output::Table => {
                     for name in &reply.created {
                         println!("policy {name} created");
@@ -56,7 +56,7 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&reply.policies)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply.policies)?,
                 Output::Table => {
                     let mut table = output::Table::new(&[
                         "name", "id", "selector", "selects", "rules", "dropped", "applied",
@@ -93,7 +93,7 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&info)?,
+                Output::Json | Output::Yaml => output::document(global.output, &info)?,
                 Output::Table => print!("{}", info.yaml),
             }
         }

@@ -27,7 +27,7 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&info)?,
+                Output::Json | Output::Yaml => output::document(global.output, &info)?,
                 Output::Table => println!("Created volume {} at {}", info.name, info.path),
             }
         }
@@ -37,7 +37,7 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
-                Output::Json => output::json(&reply.volumes)?,
+                Output::Json | Output::Yaml => output::document(global.output, &reply.volumes)?,
                 Output::Table => {
                     let mut table =
                         output::Table::new(&["name", "node", "size", "used by", "created"]);

@@ -102,9 +102,11 @@ impl HealthMonitor {
                 continue;
             };
             let started_at_ms = record.started_at_ms.unwrap_or(0);
+            // As Docker does, the first check runs one interval after the start: a server
+            // started in the background is not judged before it has had time to listen.
             let run = self.runs.entry(record.id.clone()).or_insert_with(|| Run {
                 started_at_ms,
-                next_due: now,
+                next_due: first_due(now, started_at_ms, check.interval_ms),
                 in_flight: false,
                 failures: 0,
                 health: Health::Starting,
@@ -186,6 +188,13 @@ fn check_of(
         return rollout.previous.health.clone();
     }
     app.health.clone()
+}
+
+/// When a container's first check runs: one interval after it started (sooner when the agent
+/// meets an already-running container, e.g. after a restart of the agent).
+fn first_due(now: Instant, started_at_ms: u64, interval_ms: u64) -> Instant {
+    let running_for = now_ms().saturating_sub(started_at_ms);
+    now + Duration::from_millis(interval_ms.saturating_sub(running_for))
 }
 
 /// The verdict after one more check.

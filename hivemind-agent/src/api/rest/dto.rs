@@ -1,7 +1,7 @@
 //! Request and response documents that exist only in the REST API. Everything else the API
 //! returns is one of the API messages (`crate::proto`), exactly as the CLI's `-o json` prints it.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Deserializer, Serialize, de};
 use utoipa::{IntoParams, ToSchema};
@@ -145,6 +145,111 @@ impl DeployBody {
             command: self.command,
             stop_signal: self.stop_signal.unwrap_or_default(),
             no_healthcheck: self.no_healthcheck,
+        }
+    }
+}
+
+/// `PATCH /api/apps/{name}`: a JSON merge patch of the app's spec. Only the fields present
+/// change: `env` and `labels` merge key by key (`null` removes a key), `ports`, `volumes`
+/// and `command` replace the whole list, `""` resets a value (no service domain, no limit,
+/// the image's user, workdir or stop signal).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+pub struct AppPatch {
+    pub image: Option<String>,
+    #[schema(minimum = 0, maximum = 1000)]
+    pub replicas: Option<i64>,
+    pub service: Option<String>,
+    /// `{"KEY": "VALUE"}` sets, `{"KEY": null}` removes.
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub env: Option<BTreeMap<String, Option<String>>>,
+    /// As `env`.
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub labels: Option<BTreeMap<String, Option<String>>>,
+    /// `HOST:CONTAINER[/tcp|udp]`, the whole list.
+    pub ports: Option<Vec<String>>,
+    /// `VOLUME:/path[:ro]`, the whole list.
+    pub volumes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    #[schema(value_type = Option<String>, example = "256m")]
+    pub memory: Option<String>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    #[schema(value_type = Option<String>, example = "0.5")]
+    pub cpus: Option<String>,
+    pub stop_timeout_secs: Option<u32>,
+    pub stop_signal: Option<String>,
+    /// A new probe replaces the check's (its timing kept where not given).
+    pub health_cmd: Option<String>,
+    #[schema(example = "80/healthz")]
+    pub health_http: Option<String>,
+    pub health_tcp: Option<u16>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub health_retries: Option<u32>,
+    pub health_start_period: Option<String>,
+    /// `true`: no check at all; `false`: back to the image's `HEALTHCHECK`.
+    pub no_healthcheck: Option<bool>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub entrypoint: Option<String>,
+    /// The whole command (`[]`: the image's `CMD`).
+    pub command: Option<Vec<String>>,
+    /// Pull the image even if it is present.
+    #[serde(default)]
+    pub force_pull: bool,
+    /// Replicas replaced at once (default 1).
+    #[schema(minimum = 0, maximum = 1000)]
+    pub parallel: Option<u32>,
+    pub rollout_timeout: Option<String>,
+}
+
+impl AppPatch {
+    pub fn into_request(self, name: String) -> proto::UpdateRequest {
+        let split = |map: Option<BTreeMap<String, Option<String>>>| {
+            let mut add = Vec::new();
+            let mut remove = Vec::new();
+            for (key, value) in map.unwrap_or_default() {
+                match value {
+                    Some(value) => add.push(format!("{key}={value}")),
+                    None => remove.push(key),
+                }
+            }
+            (add, remove)
+        };
+        let (env_add, env_rm) = split(self.env);
+        let (label_add, label_rm) = split(self.labels);
+        let list = |items: Option<Vec<String>>| items.map(|items| proto::StringList { items });
+        proto::UpdateRequest {
+            name,
+            image: self.image,
+            replicas: self.replicas,
+            service: self.service,
+            env_add,
+            env_rm,
+            label_add,
+            label_rm,
+            ports: list(self.ports),
+            volumes: list(self.volumes),
+            memory: self.memory,
+            cpus: self.cpus,
+            stop_timeout_secs: self.stop_timeout_secs,
+            stop_signal: self.stop_signal,
+            health_cmd: self.health_cmd.unwrap_or_default(),
+            health_http: self.health_http.unwrap_or_default(),
+            health_tcp: self.health_tcp.map_or(0, u32::from),
+            health_interval: self.health_interval.unwrap_or_default(),
+            health_timeout: self.health_timeout.unwrap_or_default(),
+            health_retries: self.health_retries,
+            health_start_period: self.health_start_period.unwrap_or_default(),
+            no_healthcheck: self.no_healthcheck,
+            user: self.user,
+            workdir: self.workdir,
+            entrypoint: self.entrypoint,
+            command: list(self.command),
+            force_pull: self.force_pull,
+            parallel: self.parallel.unwrap_or(0),
+            rollout_timeout: self.rollout_timeout.unwrap_or_default(),
+            ..proto::UpdateRequest::default()
         }
     }
 }

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{
     AppState,
     dto::{
-        ActionReply, ContainersQuery, DeployBody, DeployReply, LogsQuery, RestartQuery, ScaleBody,
-        VolumeBody, VolumeCreated,
+        ActionReply, AppPatch, ContainersQuery, DeployBody, DeployReply, LogsQuery, RestartQuery,
+        ScaleBody, VolumeBody, VolumeCreated,
     },
     error::{ErrorBody, RestError},
     extract::{JsonBody, Path, Query},
@@ -103,6 +103,42 @@ pub async fn get_app(
     Path(name): Path<String>,
 ) -> Result<Json<proto::AppInfo>> {
     Ok(Json(state.service.app(&name).await?))
+}
+
+/// Change only what the body gives (a JSON merge patch; see `AppPatch`). A change that needs
+/// new containers rolls out like a restart (each new replica healthy before an old one stops;
+/// rolled back, 409, if one does not become healthy); replicas, labels, ports and the service
+/// domain change in place. An invalid patch changes nothing.
+#[utoipa::path(patch, path = "/api/apps/{name}", tag = "apps",
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
+    request_body(content = AppPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated (or unchanged) and running", body = DeployReply),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is in progress, the app changed concurrently, or the update was rolled back", body = ErrorBody),
+    ))]
+pub async fn update_app(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<AppPatch>,
+) -> Result<Json<DeployReply>> {
+    let result = state.service.update(body.into_request(name), None).await?;
+    Ok(Json(result.into()))
+}
+
+/// The app's whole spec as stored (credential-looking env values masked), as
+/// `hivemind app inspect -o json` prints it.
+#[utoipa::path(get, path = "/api/apps/{name}/spec", tag = "apps",
+    params(("name" = String, Path, description = "App name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)),
+    responses(
+        (status = 200, description = "The spec", body = proto::AppSpecInfo),
+        (status = 404, description = "No such app", body = ErrorBody),
+    ))]
+pub async fn app_spec(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::AppSpecInfo>> {
+    Ok(Json(state.service.inspect(&name).await?))
 }
 
 /// Stop and remove every container of the app, then forget it. Its volumes are kept.

@@ -93,6 +93,7 @@ impl Modify for CommonResponses {
                 (&mut item.post, true),
                 (&mut item.delete, true),
                 (&mut item.put, true),
+                (&mut item.patch, true),
             ];
             for (operation, mutating) in operations {
                 let Some(operation) = operation.as_mut() else {
@@ -143,7 +144,12 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::openapi))
         .routes(routes!(handlers::deploy))
         .routes(routes!(handlers::list_apps))
-        .routes(routes!(handlers::get_app, handlers::remove_app))
+        .routes(routes!(
+            handlers::get_app,
+            handlers::remove_app,
+            handlers::update_app
+        ))
+        .routes(routes!(handlers::app_spec))
         .routes(routes!(handlers::scale_app))
         .routes(routes!(handlers::restart_app))
         .routes(routes!(handlers::list_containers))

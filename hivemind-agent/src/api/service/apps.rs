@@ -54,7 +54,9 @@ impl AgentService {
         if existing.is_some() {
             // An update changes what the deploy gives and keeps the rest (`app update`).
             drop(change);
-            return self.update(super::update::from_deploy(&request), progress).await;
+            return self
+                .update(super::update::from_deploy(&request), progress)
+                .await;
         }
         self.check_volumes_exist(&spec).await?;
         self.check_no_clash(&spec).await?;
@@ -375,7 +377,10 @@ impl AgentService {
     }
 
     /// The app's current-generation containers, by slot.
-    pub(super) async fn current_records(&self, spec: &AppSpec) -> Result<Vec<ContainerRecord>, ApiError> {
+    pub(super) async fn current_records(
+        &self,
+        spec: &AppSpec,
+    ) -> Result<Vec<ContainerRecord>, ApiError> {
         let mut records: Vec<ContainerRecord> = self
             .app_records(&spec.name)
             .await?

@@ -148,7 +148,11 @@ pub fn spec_info(spec: &AppSpec) -> proto::AppSpecInfo {
         cpus,
         stop_timeout_secs: spec.stop_timeout_secs,
         stop_signal: spec.stop_signal.clone().unwrap_or_default(),
-        health_check: spec.health.as_ref().map(describe_health).unwrap_or_default(),
+        health_check: spec
+            .health
+            .as_ref()
+            .map(describe_health)
+            .unwrap_or_default(),
         health_source: match (&spec.health, spec.health_from_image, spec.no_healthcheck) {
             (_, _, true) => "off",
             (Some(_), true, _) => "image",
@@ -169,7 +173,7 @@ pub fn spec_info(spec: &AppSpec) -> proto::AppSpecInfo {
 /// Bytes as `--memory` takes them: `256m`, `1g`, or bytes when not a whole multiple.
 fn memory_size(bytes: u64) -> String {
     for (suffix, unit) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }

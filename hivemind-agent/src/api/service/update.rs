@@ -64,7 +64,7 @@ impl AgentService {
             return Ok(result(
                 &next,
                 &records,
-                format!("Updated {}: {}", next.name, changed.join(", ")),
+                format!("Updated application {}: {}", next.name, changed.join(", ")),
             ));
         }
         next.generation = current.generation + 1;
@@ -83,10 +83,15 @@ impl AgentService {
             &next,
             &records,
             format!(
-                "Updated {} ({}): {} replicas replaced",
+                "Updated application {} ({}): {} replicas replaced ({})",
                 next.name,
                 changed.join(", "),
-                records.len()
+                records.len(),
+                records
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ))
     }
@@ -152,7 +157,7 @@ pub fn apply(current: &AppSpec, request: &proto::UpdateRequest) -> Result<AppSpe
         }
         crate::runtime::image::ImageRef::parse(image)
             .map_err(|err| ApiError::invalid(err.to_string()))?;
-        next.image = image.trim().to_owned();
+        image.trim().clone_into(&mut next.image);
     }
     if let Some(replicas) = request.replicas {
         next.replicas = validate::replicas(replicas)?;
@@ -165,7 +170,12 @@ pub fn apply(current: &AppSpec, request: &proto::UpdateRequest) -> Result<AppSpe
             Some(service.trim().to_owned())
         };
     }
-    edit_map(&mut next.env, &request.env_add, &request.env_rm, validate::env)?;
+    edit_map(
+        &mut next.env,
+        &request.env_add,
+        &request.env_rm,
+        validate::env,
+    )?;
     edit_map(
         &mut next.labels,
         &request.label_add,
@@ -217,12 +227,15 @@ pub fn apply(current: &AppSpec, request: &proto::UpdateRequest) -> Result<AppSpe
     Ok(next)
 }
 
+/// Parses `KEY=VALUE` flags into a map (env or labels).
+type ParseMap = fn(&[String]) -> Result<BTreeMap<String, String>, validate::InvalidInput>;
+
 /// Adds (`KEY=VALUE`, replacing) and removes (`KEY`) entries of an env or label map.
 fn edit_map(
     map: &mut BTreeMap<String, String>,
     add: &[String],
     remove: &[String],
-    parse: fn(&[String]) -> Result<BTreeMap<String, String>, validate::InvalidInput>,
+    parse: ParseMap,
 ) -> Result<(), ApiError> {
     for key in remove {
         if key.contains('=') || key.trim().is_empty() {
@@ -309,8 +322,9 @@ fn edit_volumes(
 /// current check for what is not given), timing alone changes the current check,
 /// `no_healthcheck` switches checks off (true) or back to the image's (false).
 fn edit_health(next: &mut AppSpec, request: &proto::UpdateRequest) -> Result<(), ApiError> {
-    let probe_given =
-        !request.health_cmd.is_empty() || !request.health_http.is_empty() || request.health_tcp != 0;
+    let probe_given = !request.health_cmd.is_empty()
+        || !request.health_http.is_empty()
+        || request.health_tcp != 0;
     let timing_given = !request.health_interval.is_empty()
         || !request.health_timeout.is_empty()
         || !request.health_start_period.is_empty()
@@ -345,8 +359,14 @@ fn edit_health(next: &mut AppSpec, request: &proto::UpdateRequest) -> Result<(),
         (true, Some(ms)) => format!("{ms}ms"),
         _ => value.to_owned(),
     };
-    let interval = ms(&request.health_interval, current.as_ref().map(|c| c.interval_ms));
-    let timeout = ms(&request.health_timeout, current.as_ref().map(|c| c.timeout_ms));
+    let interval = ms(
+        &request.health_interval,
+        current.as_ref().map(|c| c.interval_ms),
+    );
+    let timeout = ms(
+        &request.health_timeout,
+        current.as_ref().map(|c| c.timeout_ms),
+    );
     let start_period = ms(
         &request.health_start_period,
         current.as_ref().map(|c| c.start_period_ms),
@@ -392,93 +412,60 @@ pub fn needs_new_containers(current: &AppSpec, next: &AppSpec) -> bool {
     in_place(current) != in_place(next)
 }
 
+/// One scalar setting as people read it, for [`changes`].
+type Shown = fn(&AppSpec) -> String;
+
+fn joined(words: Option<&Vec<String>>) -> String {
+    words.map(|w| w.join(" ")).unwrap_or_default()
+}
+
+/// The settings [`changes`] reports as `NAME old -> new`.
+const SCALARS: &[(&str, Shown)] = &[
+    ("image", |a| a.image.clone()),
+    ("replicas", |a| a.replicas.to_string()),
+    ("service", |a| a.service.clone().unwrap_or_default()),
+    ("memory", |a| {
+        a.memory_bytes.map(|b| b.to_string()).unwrap_or_default()
+    }),
+    ("cpus", |a| a.cpu_millis.map(millis).unwrap_or_default()),
+    ("stop timeout", |a| format!("{}s", a.stop_timeout_secs)),
+    ("stop signal", |a| a.stop_signal.clone().unwrap_or_default()),
+    ("user", |a| a.user.clone().unwrap_or_default()),
+    ("workdir", |a| a.workdir.clone().unwrap_or_default()),
+    ("entrypoint", |a| joined(a.entrypoint.as_ref())),
+    ("command", |a| joined(a.command.as_ref())),
+    ("health check", |a| {
+        a.health
+            .as_ref()
+            .map(super::convert::describe_health)
+            .unwrap_or_default()
+    }),
+];
+
 /// What changed, for people: `image a -> b`, `env +FOO -BAR ~BAZ`, `replicas 2 -> 3`, ...
 pub fn changes(current: &AppSpec, next: &AppSpec) -> Vec<String> {
     let mut out = Vec::new();
-    let mut scalar = |what: &str, a: String, b: String| {
+    for (what, shown) in SCALARS {
+        let (a, b) = (shown(current), shown(next));
         if a != b {
             out.push(format!("{what} {} -> {}", dash(&a), dash(&b)));
         }
-    };
-    scalar("image", current.image.clone(), next.image.clone());
-    scalar(
-        "replicas",
-        current.replicas.to_string(),
-        next.replicas.to_string(),
-    );
-    scalar(
-        "service",
-        current.service.clone().unwrap_or_default(),
-        next.service.clone().unwrap_or_default(),
-    );
-    scalar(
-        "memory",
-        current.memory_bytes.map(|b| b.to_string()).unwrap_or_default(),
-        next.memory_bytes.map(|b| b.to_string()).unwrap_or_default(),
-    );
-    scalar(
-        "cpus",
-        current.cpu_millis.map(millis).unwrap_or_default(),
-        next.cpu_millis.map(millis).unwrap_or_default(),
-    );
-    scalar(
-        "stop timeout",
-        format!("{}s", current.stop_timeout_secs),
-        format!("{}s", next.stop_timeout_secs),
-    );
-    scalar(
-        "stop signal",
-        current.stop_signal.clone().unwrap_or_default(),
-        next.stop_signal.clone().unwrap_or_default(),
-    );
-    scalar(
-        "user",
-        current.user.clone().unwrap_or_default(),
-        next.user.clone().unwrap_or_default(),
-    );
-    scalar(
-        "workdir",
-        current.workdir.clone().unwrap_or_default(),
-        next.workdir.clone().unwrap_or_default(),
-    );
-    scalar(
-        "entrypoint",
-        current.entrypoint.as_ref().map(|e| e.join(" ")).unwrap_or_default(),
-        next.entrypoint.as_ref().map(|e| e.join(" ")).unwrap_or_default(),
-    );
-    scalar(
-        "command",
-        current.command.as_ref().map(|e| e.join(" ")).unwrap_or_default(),
-        next.command.as_ref().map(|e| e.join(" ")).unwrap_or_default(),
-    );
-    scalar(
-        "health check",
-        current
-            .health
-            .as_ref()
-            .map(super::convert::describe_health)
-            .unwrap_or_default(),
-        next.health
-            .as_ref()
-            .map(super::convert::describe_health)
-            .unwrap_or_default(),
-    );
+    }
     map_changes(&mut out, "env", &current.env, &next.env);
     map_changes(&mut out, "labels", &current.labels, &next.labels);
-    let shown = |items: Vec<String>| items;
     list_changes(
         &mut out,
         "ports",
-        shown(current.ports.iter().map(ToString::to_string).collect()),
-        shown(next.ports.iter().map(ToString::to_string).collect()),
+        &strings(&current.ports),
+        &strings(&next.ports),
     );
-    list_changes(
-        &mut out,
-        "volumes",
-        current.volumes.iter().map(ToString::to_string).collect(),
-        next.volumes.iter().map(ToString::to_string).collect(),
-    );
+    let volumes = (strings(&current.volumes), strings(&next.volumes));
+    list_changes(&mut out, "volumes", &volumes.0, &volumes.1);
     out
+}
+
+fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
 }
 
 fn dash(value: &str) -> &str {
@@ -505,13 +492,17 @@ fn map_changes(
             Some(_) => {}
         }
     }
-    parts.extend(a.keys().filter(|k| !b.contains_key(*k)).map(|k| format!("-{k}")));
+    parts.extend(
+        a.keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| format!("-{k}")),
+    );
     if !parts.is_empty() {
         out.push(format!("{what} {}", parts.join(" ")));
     }
 }
 
-fn list_changes(out: &mut Vec<String>, what: &str, a: Vec<String>, b: Vec<String>) {
+fn list_changes(out: &mut Vec<String>, what: &str, a: &[String], b: &[String]) {
     let mut parts: Vec<String> = b
         .iter()
         .filter(|x| !a.contains(x))
@@ -564,7 +555,10 @@ mod tests {
         assert_eq!(next.labels, app().labels);
         assert_eq!(next.ports, app().ports);
         assert_eq!(next.volumes, app().volumes);
-        assert_eq!(changes(&app(), &next), ["image registry.lan/api:1 -> registry.lan/api:2"]);
+        assert_eq!(
+            changes(&app(), &next),
+            ["image registry.lan/api:1 -> registry.lan/api:2"]
+        );
         assert!(needs_new_containers(&app(), &next));
     }
 
@@ -616,7 +610,7 @@ mod tests {
             },
         )
         .expect("update");
-        assert!(removed.ports.is_empty());
+        assert_eq!(removed.ports, []);
     }
 
     #[test]
@@ -634,9 +628,13 @@ mod tests {
         assert!(!needs_new_containers(&app(), &next));
         assert_eq!(
             changes(&app(), &next),
-            ["replicas 2 -> 5", "service - -> api.example.com", "labels +x"]
+            [
+                "replicas 2 -> 5",
+                "service - -> api.example.com",
+                "labels +x"
+            ]
         );
-        assert!(changes(&app(), &app()).is_empty());
+        assert_eq!(changes(&app(), &app()), Vec::<String>::new());
     }
 
     #[test]
@@ -651,7 +649,10 @@ mod tests {
         )
         .expect("update");
         let check = with.health.clone().expect("a check");
-        assert_eq!((check.interval_ms, check.timeout_ms, check.retries), (20_000, 5000, 3));
+        assert_eq!(
+            (check.interval_ms, check.timeout_ms, check.retries),
+            (20_000, 5000, 3)
+        );
         // Timing alone keeps the probe; a probe alone keeps the timing.
         let retimed = apply(
             &with,

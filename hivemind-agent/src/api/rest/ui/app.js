@@ -197,6 +197,7 @@ function errorBox(err) {
 let current = { stop() {} };
 
 const routes = [
+  [/^#\/apps\/([^/]+)\/edit$/, (m) => editPage(decodeURIComponent(m[1])), "apps"],
   [/^#\/apps\/([^/]+)$/, (m) => appPage(decodeURIComponent(m[1])), "apps"],
   [/^#\/apps$/, () => appsPage(), "apps"],
   [/^#\/deploy$/, () => deployPage(), "deploy"],
@@ -303,9 +304,10 @@ function appPage(name) {
     h("div", { class: "field" }, h("label", { for: "scale-replicas" }, "Replicas"), scaleInput, scaleError),
     scaleButton);
   const restartButton = h("button", { type: "button", onclick: onRestart }, "Restart");
+  const editLink = h("a", { class: "button", href: `#/apps/${encodeURIComponent(name)}/edit` }, "Edit settings");
   const removeButton = h("button", { type: "button", class: "danger", onclick: onRemove }, "Remove");
   const actions = h("div", { class: "panel" }, h("h2", {}, "Actions"),
-    h("div", { class: "row" }, scaleForm, h("div", { class: "actions" }, restartButton, removeButton)));
+    h("div", { class: "row" }, scaleForm, h("div", { class: "actions" }, editLink, restartButton, removeButton)));
   append(main, h("div", { class: "crumb" }, h("a", { href: "#/apps" }, "Apps"), " / ", name), head, facts, actions, containers);
   let scaleTouched = false;
   scaleInput.addEventListener("input", () => { scaleTouched = true; });
@@ -568,6 +570,130 @@ function deployPage() {
     }
   }
   return { stop() {} };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edit an app: its spec in a form; only what changed is sent, as a merge patch (PATCH).
+
+/// `KEY=VALUE` lines as a map.
+function kvMap(list) {
+  const map = {};
+  for (const line of list) {
+    const i = line.indexOf("=");
+    map[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return map;
+}
+
+/// The merge patch of a map: changed or new keys with their value, removed keys as null.
+/// A masked value left as it was is not sent (it is unchanged).
+function mapPatch(before, after) {
+  const patch = {};
+  for (const [k, v] of Object.entries(after)) if (before[k] !== v) patch[k] = v;
+  for (const k of Object.keys(before)) if (!(k in after)) patch[k] = null;
+  return Object.keys(patch).length ? patch : null;
+}
+
+const sameList = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+function editPage(name) {
+  const main = $("#main");
+  const alert = h("div", {});
+  const body = h("div", { class: "panel" }, h("p", { class: "notice" }, "Loading…"));
+  append(main, h("div", { class: "crumb" }, h("a", { href: "#/apps" }, "Apps"), " / ",
+    h("a", { href: `#/apps/${encodeURIComponent(name)}` }, name), " / edit"),
+  pageHead(`Edit ${name}`), alert, body);
+  let stopped = false;
+  api("GET", `/api/apps/${encodeURIComponent(name)}/spec`).then((spec) => {
+    if (!stopped) replace(body, form(spec));
+  }, (err) => replace(body, errorBox(err)));
+
+  function form(spec) {
+    const input = (value, attrs = {}) => h("input", { value: value ?? "", autocomplete: "off", spellcheck: "false", ...attrs });
+    const area = (list) => h("textarea", { spellcheck: "false" }, list.join("\n"));
+    const f = {
+      image: input(spec.image),
+      replicas: input(String(spec.replicas), { type: "number", min: "0", max: "1000" }),
+      service: input(spec.service, { placeholder: "app.example.com" }),
+      env: area(spec.env),
+      labels: area(Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`)),
+      ports: area(spec.ports),
+      volumes: area(spec.volumes),
+      memory: input(spec.memory, { placeholder: "256m" }),
+      cpus: input(spec.cpus, { placeholder: "0.5" }),
+      user: input(spec.user, { placeholder: "the image's USER" }),
+      workdir: input(spec.workdir, { placeholder: "the image's WORKDIR" }),
+      stop_signal: input(spec.stop_signal, { placeholder: "the image's STOPSIGNAL" }),
+    };
+    const submit = h("button", { type: "submit", class: "primary" }, "Save and roll out");
+    const el = h("form", { class: "stack", novalidate: true, onsubmit: onSubmit },
+      field("edit-image", "Image", f.image),
+      h("div", { class: "two" },
+        field("edit-replicas", "Replicas", f.replicas),
+        field("edit-service", "Service domain", f.service, "Empty: none.")),
+      field("edit-env", "Environment", f.env, "KEY=VALUE per line. Masked values (******) are kept unless you change them."),
+      field("edit-labels", "Labels", f.labels, "KEY=VALUE per line."),
+      field("edit-ports", "Ports", f.ports, "HOST:CONTAINER[/tcp|udp] per line."),
+      field("edit-volumes", "Volumes", f.volumes, "VOLUME:/path[:ro] per line; the volumes must exist."),
+      h("div", { class: "two" },
+        field("edit-memory", "Memory limit", f.memory, "Empty: no limit."),
+        field("edit-cpus", "CPU limit", f.cpus, "Empty: no limit.")),
+      h("div", { class: "two" },
+        field("edit-user", "User", f.user, "name, uid, name:group, uid:gid; empty: the image's."),
+        field("edit-workdir", "Working directory", f.workdir, "Empty: the image's.")),
+      field("edit-stop_signal", "Stop signal", f.stop_signal, "e.g. SIGQUIT; empty: the image's, else SIGTERM."),
+      h("p", { class: "hint" }, "Only what you change is sent. Changes other than replicas, labels, ports and the service domain replace the replicas one at a time, each new one healthy before an old one stops."),
+      h("div", { class: "actions" }, h("a", { class: "button", href: `#/apps/${encodeURIComponent(name)}` }, "Cancel"), submit));
+
+    function patch() {
+      const p = {};
+      const text = (key, before) => { const v = f[key].value.trim(); if (v !== (before ?? "")) p[key] = v; };
+      text("image", spec.image);
+      text("service", spec.service);
+      text("memory", spec.memory);
+      text("cpus", spec.cpus);
+      text("user", spec.user);
+      text("workdir", spec.workdir);
+      text("stop_signal", spec.stop_signal);
+      const r = Number(f.replicas.value);
+      if (f.replicas.value === "" || !Number.isInteger(r) || r < 0 || r > 1000) {
+        setError("edit-replicas", "Enter a whole number from 0 to 1000.");
+        return null;
+      }
+      if (r !== spec.replicas) p.replicas = r;
+      const envs = lines(f.env.value), labelList = lines(f.labels.value);
+      const bad = envs.find((e) => !KV_RE.test(e));
+      if (bad) { setError("edit-env", `"${bad}" is not KEY=VALUE.`); return null; }
+      const badLabel = labelList.find((e) => !KV_RE.test(e));
+      if (badLabel) { setError("edit-labels", `"${badLabel}" is not KEY=VALUE.`); return null; }
+      const env = mapPatch(kvMap(spec.env), kvMap(envs));
+      if (env) p.env = env;
+      const labels = mapPatch(spec.labels || {}, kvMap(labelList));
+      if (labels) p.labels = labels;
+      const portList = lines(f.ports.value), volumeList = lines(f.volumes.value);
+      const badPort = portList.find((x) => !PORT_RE.test(x));
+      if (badPort) { setError("edit-ports", `"${badPort}" is not HOST:CONTAINER[/tcp|udp].`); return null; }
+      if (!sameList(portList, spec.ports)) p.ports = portList;
+      if (!sameList(volumeList, spec.volumes)) p.volumes = volumeList;
+      return p;
+    }
+
+    async function onSubmit(event) {
+      event.preventDefault();
+      alert.replaceChildren();
+      const p = patch();
+      if (!p) return;
+      if (!Object.keys(p).length) { toast("Nothing changed."); return; }
+      try {
+        await act(submit, "Rolling out…", () => api("PATCH", `/api/apps/${encodeURIComponent(name)}`, p));
+        location.hash = `#/apps/${encodeURIComponent(name)}`;
+      } catch (err) {
+        replace(alert, errorBox(err));
+      }
+    }
+    return el;
+  }
+  return { stop() { stopped = true; } };
 }
 
 // ---------------------------------------------------------------------------------------------
