@@ -80,6 +80,33 @@ pub struct RolloutArgs {
     pub rollout_timeout: Option<String>,
 }
 
+/// A health check (replacing the app's, or the image's `HEALTHCHECK`) and its timing.
+#[derive(Args, Debug)]
+#[allow(clippy::struct_field_names)] // clap names the flags after the fields: --health-cmd, ...
+pub struct HealthArgs {
+    /// Health check: a command run inside the container with `sh -c`; exit 0 is healthy.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["health_http", "health_tcp"])]
+    pub health_cmd: Option<String>,
+    /// Health check: HTTP GET on the container's PORT/PATH; 2xx or 3xx is healthy.
+    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
+    pub health_http: Option<String>,
+    /// Health check: a TCP connection to the container's PORT.
+    #[arg(long, value_name = "PORT")]
+    pub health_tcp: Option<u32>,
+    /// Time between checks [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// A check that takes longer fails [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures that make a replica unhealthy [default: 3].
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Failures this soon after a start do not count [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct DeployArgs {
     /// Image reference: [registry/]repository[:tag][@digest].
@@ -121,27 +148,8 @@ pub struct DeployArgs {
     /// Pull the image even if it is already present.
     #[arg(long)]
     pull: bool,
-    /// Health check: a command run inside the container with `sh -c`; exit 0 is healthy.
-    #[arg(long, value_name = "CMD", conflicts_with_all = ["health_http", "health_tcp"])]
-    health_cmd: Option<String>,
-    /// Health check: HTTP GET on the container's PORT/PATH; 2xx or 3xx is healthy.
-    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
-    health_http: Option<String>,
-    /// Health check: a TCP connection to the container's PORT.
-    #[arg(long, value_name = "PORT")]
-    health_tcp: Option<u32>,
-    /// Time between checks [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    health_interval: Option<String>,
-    /// A check that takes longer fails [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    health_timeout: Option<String>,
-    /// Consecutive failures that make a replica unhealthy [default: 3].
-    #[arg(long, value_name = "N")]
-    health_retries: Option<u32>,
-    /// Failures this soon after a start do not count [default: 0s].
-    #[arg(long, value_name = "DURATION")]
-    health_start_period: Option<String>,
+    #[command(flatten)]
+    health: HealthArgs,
     /// No health check, not even the image's HEALTHCHECK.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_http", "health_tcp"])]
     no_healthcheck: bool,
@@ -285,13 +293,13 @@ async fn deploy(
         update: args.update,
         force_pull: args.pull,
         stop_timeout_secs: args.stop_timeout,
-        health_cmd: args.health_cmd.clone().unwrap_or_default(),
-        health_http: args.health_http.clone().unwrap_or_default(),
-        health_tcp: args.health_tcp.unwrap_or(0),
-        health_interval: args.health_interval.clone().unwrap_or_default(),
-        health_timeout: args.health_timeout.clone().unwrap_or_default(),
-        health_retries: args.health_retries,
-        health_start_period: args.health_start_period.clone().unwrap_or_default(),
+        health_cmd: args.health.health_cmd.clone().unwrap_or_default(),
+        health_http: args.health.health_http.clone().unwrap_or_default(),
+        health_tcp: args.health.health_tcp.unwrap_or(0),
+        health_interval: args.health.health_interval.clone().unwrap_or_default(),
+        health_timeout: args.health.health_timeout.clone().unwrap_or_default(),
+        health_retries: args.health.health_retries,
+        health_start_period: args.health.health_start_period.clone().unwrap_or_default(),
         parallel: args.rollout.parallel.unwrap_or(0),
         rollout_timeout: args.rollout.rollout_timeout.clone().unwrap_or_default(),
         user: args.user.clone().unwrap_or_default(),

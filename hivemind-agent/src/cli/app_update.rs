@@ -57,27 +57,8 @@ pub struct UpdateArgs {
     /// The signal a stop sends first ("" = the image's STOPSIGNAL).
     #[arg(long, value_name = "SIGNAL")]
     stop_signal: Option<String>,
-    /// Health check: a command run with `sh -c` (replaces the probe).
-    #[arg(long, value_name = "CMD", conflicts_with_all = ["health_http", "health_tcp"])]
-    health_cmd: Option<String>,
-    /// Health check: HTTP GET on PORT/PATH (replaces the probe).
-    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
-    health_http: Option<String>,
-    /// Health check: a TCP connection to PORT (replaces the probe).
-    #[arg(long, value_name = "PORT")]
-    health_tcp: Option<u32>,
-    /// Time between checks.
-    #[arg(long, value_name = "DURATION")]
-    health_interval: Option<String>,
-    /// A check that takes longer fails.
-    #[arg(long, value_name = "DURATION")]
-    health_timeout: Option<String>,
-    /// Consecutive failures that make a replica unhealthy.
-    #[arg(long, value_name = "N")]
-    health_retries: Option<u32>,
-    /// Failures this soon after a start do not count.
-    #[arg(long, value_name = "DURATION")]
-    health_start_period: Option<String>,
+    #[command(flatten)]
+    health: super::app::HealthArgs,
     /// No health check at all.
     #[arg(long, conflicts_with = "image_healthcheck")]
     no_healthcheck: bool,
@@ -123,13 +104,13 @@ impl UpdateArgs {
             cpus: self.cpus.clone(),
             stop_timeout_secs: self.stop_timeout,
             stop_signal: self.stop_signal.clone(),
-            health_cmd: self.health_cmd.clone().unwrap_or_default(),
-            health_http: self.health_http.clone().unwrap_or_default(),
-            health_tcp: self.health_tcp.unwrap_or(0),
-            health_interval: self.health_interval.clone().unwrap_or_default(),
-            health_timeout: self.health_timeout.clone().unwrap_or_default(),
-            health_retries: self.health_retries,
-            health_start_period: self.health_start_period.clone().unwrap_or_default(),
+            health_cmd: self.health.health_cmd.clone().unwrap_or_default(),
+            health_http: self.health.health_http.clone().unwrap_or_default(),
+            health_tcp: self.health.health_tcp.unwrap_or(0),
+            health_interval: self.health.health_interval.clone().unwrap_or_default(),
+            health_timeout: self.health.health_timeout.clone().unwrap_or_default(),
+            health_retries: self.health.health_retries,
+            health_start_period: self.health.health_start_period.clone().unwrap_or_default(),
             no_healthcheck: match (self.no_healthcheck, self.image_healthcheck) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
