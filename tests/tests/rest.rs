@@ -328,6 +328,8 @@ fn rest_openapi_lists_every_route() {
         ("get", "/api/apps", "/api/apps"),
         ("get", "/api/apps/{name}", "/api/apps/nope"),
         ("delete", "/api/apps/{name}", "/api/apps/nope"),
+        ("patch", "/api/apps/{name}", "/api/apps/nope"),
+        ("get", "/api/apps/{name}/spec", "/api/apps/nope/spec"),
         ("post", "/api/apps/{name}/scale", "/api/apps/nope/scale"),
         ("post", "/api/apps/{name}/restart", "/api/apps/nope/restart"),
         ("get", "/api/containers", "/api/containers"),
@@ -726,7 +728,7 @@ fn rest_fuzz_schemathesis() {
             String::from_utf8_lossy(&out.stderr),
             node.agent.log()
         );
-        assert!(stdout.contains("19 selected / 19 total"), "{stdout}");
+        assert!(stdout.contains("21 selected / 21 total"), "{stdout}");
     }
     // The agent is still whole: healthy, and its records agree with containerd (the fuzzer
     // may have restarted, scaled or removed the app through the links it inferred).
