@@ -3,6 +3,7 @@
 //! setting and the agent exits 64 (`EX_USAGE`) before touching anything.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -67,6 +68,19 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Trust the CA certificates (PEM) in FILE for the registry HOST[:PORT], beside the
+    /// system roots; repeat for several registries.
+    #[arg(
+        long = "registry-ca",
+        env = "HIVEMIND_REGISTRY_CA",
+        value_name = "HOST=FILE",
+        value_delimiter = ','
+    )]
+    pub registry_ca: Vec<String>,
+    /// A Docker config.json whose `auths`, `credHelpers` and `credsStore` give registry
+    /// credentials (after those of `hivemind registry login`).
+    #[arg(long, env = "HIVEMIND_REGISTRY_CONFIG", value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
     /// Start a local etcd member and become the first node of a cluster.
     #[arg(long, env = "HIVEMIND_CLUSTER_INIT")]
     pub cluster_init: bool,
@@ -123,6 +137,8 @@ struct FileConfig {
     service_cidr: Option<String>,
     vip_cgroup: Option<PathBuf>,
     insecure_registries: Vec<String>,
+    registry_ca: Vec<String>,
+    registry_config: Option<PathBuf>,
     cluster_init: bool,
     etcd_endpoints: Vec<String>,
     log_format: Option<String>,
@@ -155,6 +171,9 @@ pub struct AgentConfig {
     /// `None`: the default, found at start (see `lb::default_cgroup`).
     pub vip_cgroup: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
+    /// `--registry-ca`: registry → the PEM certificates to trust for it.
+    pub registry_ca: BTreeMap<String, Vec<u8>>,
+    pub registry_config: Option<PathBuf>,
     pub cluster_init: bool,
     pub etcd_endpoints: Vec<String>,
     pub log_format: LogFormat,
@@ -276,6 +295,11 @@ impl AgentConfig {
         for registry in &insecure_registries {
             check_host_port("--insecure-registry", registry)?;
         }
+        let registry_ca = parse_registry_ca(&merge(args.registry_ca, file.registry_ca))?;
+        let registry_config = args.registry_config.or(file.registry_config);
+        if let Some(path) = &registry_config {
+            check_registry_config(path)?;
+        }
         let etcd_endpoints = merge(args.etcd_endpoints, file.etcd_endpoints);
         check_etcd_endpoints(&etcd_endpoints)?;
         let cluster_init = args.cluster_init || file.cluster_init;
@@ -323,6 +347,8 @@ impl AgentConfig {
             service_cidr,
             vip_cgroup,
             insecure_registries,
+            registry_ca,
+            registry_config,
             cluster_init,
             etcd_endpoints,
             log_format,
@@ -478,6 +504,45 @@ fn check_dns_label(setting: &'static str, name: &str) -> Result<(), ConfigError>
             "use at most 63 lowercase letters, digits and '-', not starting or ending with '-'",
         ))
     }
+}
+
+/// `HOST[:PORT]=FILE`, each file read now and holding at least one PEM certificate.
+fn parse_registry_ca(values: &[String]) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for value in values {
+        let Some((host, file)) = value
+            .split_once('=')
+            .filter(|(h, f)| !h.is_empty() && !f.is_empty())
+        else {
+            return Err(invalid("--registry-ca", value, "expected HOST[:PORT]=FILE"));
+        };
+        let pem = fs::read(file)
+            .map_err(|err| invalid("--registry-ca", value, format!("cannot read {file}: {err}")))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid(
+                "--registry-ca",
+                value,
+                format!("{file} holds no PEM certificate"),
+            ));
+        }
+        out.insert(host.to_owned(), pem);
+    }
+    Ok(out)
+}
+
+/// The file must be JSON now, not at the first pull that needs it.
+fn check_registry_config(path: &Path) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let text = fs::read(path).map_err(|err| {
+        invalid(
+            "--registry-config",
+            &shown,
+            format!("cannot read it: {err}"),
+        )
+    })?;
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .map(drop)
+        .map_err(|err| invalid("--registry-config", &shown, format!("not JSON: {err}")))
 }
 
 fn check_host_port(setting: &'static str, value: &str) -> Result<(), ConfigError> {

@@ -1,6 +1,8 @@
 //! `hivemind agent`: wires the subsystems together and runs until SIGTERM or SIGINT, or until
 //! a join asks it to restart into the cluster.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -17,9 +19,15 @@ use crate::{
     net::{dataplane, network::NodeNetwork, overlay_sync},
     paths,
     reconcile::{Lifecycle, Reconciler},
-    runtime::{Runtime, netns::NetnsDir},
+    runtime::{
+        Runtime,
+        image::{RegistryOptions, credentials::Credentials},
+        netns::NetnsDir,
+    },
+    sealed::SealKey,
     service::{Services, dns, router},
     state::State,
+    vault::Vault,
     volumes::VolumeDirs,
 };
 
@@ -61,11 +69,21 @@ async fn start_subsystems(
     store: crate::store::Store,
 ) -> anyhow::Result<(AgentService, cluster::nodes::LivenessHandle)> {
     let state = State::new(store);
+    let seal_key = SealKey::load_or_create(&config.data_dir.seal_key())?;
+    let vault = Vault::new(state.clone(), seal_key);
     let dataplane = dataplane::start(&paths::pin_dir(&config.node_name))?;
-    let runtime = Runtime::new(
+    let runtime = Runtime::with_registries(
         config.containerd_socket.clone(),
         config.containerd_namespace.clone(),
-        config.insecure_registries.clone(),
+        RegistryOptions {
+            insecure: config.insecure_registries.clone(),
+            ca: config.registry_ca.clone(),
+            credentials: Credentials {
+                stored: Some(Arc::new(vault.clone())),
+                docker_config: config.registry_config.clone(),
+            },
+            ..RegistryOptions::default()
+        },
     );
     match runtime.version().await {
         Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),
@@ -100,6 +118,7 @@ async fn start_subsystems(
         volumes.clone(),
         NetnsDir::new(paths::netns_dir(&config.node_name)),
         network.clone(),
+        vault.clone(),
     )
     .with_dns_suffix(&config.dns_suffix);
     let liveness = cluster
@@ -135,6 +154,7 @@ async fn start_subsystems(
         network,
         reconciler,
         volumes,
+        vault,
         containers_dir: config.data_dir.containers(),
         cluster: cluster.clone(),
         services,

@@ -27,6 +27,7 @@ pub mod store;
 pub mod telemetry;
 pub mod unix_channel;
 pub mod validate;
+pub mod vault;
 pub mod volumes;
 
 /// The agent's gRPC API, generated from `proto/hivemind.proto`.

@@ -22,6 +22,10 @@ pub mod keys {
     /// Service VIPs, both ways: `vips/app/<app>` → address, `vips/ip/<address>` → app.
     pub const VIPS_BY_APP: &str = "/hivemind/vips/app/";
     pub const VIPS_BY_IP: &str = "/hivemind/vips/ip/";
+    /// `hivemind secret create`: values sealed with the cluster's key (see `sealed`).
+    pub const SECRETS: &str = "/hivemind/secrets/";
+    /// `hivemind registry login`: one per registry host, the password sealed.
+    pub const REGISTRIES: &str = "/hivemind/registries/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -43,6 +47,12 @@ pub mod keys {
     }
     pub fn rollout(app: &str) -> String {
         format!("{ROLLOUTS}{app}")
+    }
+    pub fn secret(name: &str) -> String {
+        format!("{SECRETS}{name}")
+    }
+    pub fn registry(host: &str) -> String {
+        format!("{REGISTRIES}{host}")
     }
 }
 
@@ -102,6 +112,24 @@ impl std::fmt::Display for VolumeMount {
     }
 }
 
+/// `--secret NAME[:TARGET]`: the secret as a read-only file `/run/secrets/TARGET`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub secret: String,
+    /// The file name under `/run/secrets` (the secret's name unless given).
+    pub target: String,
+}
+
+impl std::fmt::Display for SecretMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.target == self.secret {
+            f.write_str(&self.secret)
+        } else {
+            write!(f, "{}:{}", self.secret, self.target)
+        }
+    }
+}
+
 /// What the user asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
@@ -114,6 +142,9 @@ pub struct AppSpec {
     pub env: BTreeMap<String, String>,
     pub ports: Vec<PortMapping>,
     pub volumes: Vec<VolumeMount>,
+    /// `--secret`: files under `/run/secrets` (values live in the secret records only).
+    #[serde(default)]
+    pub secrets: Vec<SecretMount>,
     /// User labels; `app=<name>` is implied and not stored here.
     pub labels: BTreeMap<String, String>,
     pub memory_bytes: Option<u64>,
@@ -351,6 +382,24 @@ pub struct PolicyRecord {
     /// The file (or API request) it came from.
     pub source: String,
     pub applied_at_ms: u64,
+}
+
+/// A secret (`hivemind secret create`): its value sealed, bound to its key (see `sealed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub name: String,
+    pub sealed_value: String,
+    pub size_bytes: u64,
+    pub created_at_ms: u64,
+}
+
+/// `hivemind registry login`: who to pull from `host` as, the password sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    pub host: String,
+    pub username: String,
+    pub sealed_password: String,
+    pub logged_in_at_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -50,6 +50,11 @@ impl DataDir {
     }
 
     /// The cluster CA's certificate and this node's certificate and key.
+    /// The key secrets and registry passwords are sealed with (see `sealed`).
+    pub fn seal_key(&self) -> PathBuf {
+        self.root.join("seal.key")
+    }
+
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")
     }

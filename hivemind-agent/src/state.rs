@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    model::{AppSpec, ContainerRecord, PolicyRecord, VolumeRecord, keys},
+    model::{
+        AppSpec, ContainerRecord, PolicyRecord, RegistryLogin, SecretRecord, VolumeRecord, keys,
+    },
     reconcile::{rollout::Rollout, schedule::Assignments},
     store::{Compare, Op, Revision, Store, StoreError, Txn},
 };
@@ -155,6 +157,74 @@ impl State {
 
     pub async fn delete_volume(&self, name: &str) -> Result<bool, StoreError> {
         self.store.delete(&keys::volume(name)).await
+    }
+
+    // --- secrets ---
+
+    pub async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.list(keys::SECRETS).await
+    }
+
+    pub async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        self.one(&keys::secret(name)).await
+    }
+
+    /// Stores a new secret; false if the name is taken (secrets are not changed in place:
+    /// remove and create again).
+    pub async fn create_secret(&self, secret: &SecretRecord) -> Result<bool, StoreError> {
+        self.create_if_absent(keys::secret(&secret.name), json(secret))
+            .await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        self.store.delete(&keys::secret(name)).await
+    }
+
+    // --- registry logins ---
+
+    pub async fn registry_logins(&self) -> Result<Vec<RegistryLogin>, StoreError> {
+        self.list(keys::REGISTRIES).await
+    }
+
+    pub async fn registry_login(&self, host: &str) -> Result<Option<RegistryLogin>, StoreError> {
+        self.one(&keys::registry(host)).await
+    }
+
+    /// Stores (or replaces) the login for its host.
+    pub async fn put_registry_login(&self, login: &RegistryLogin) -> Result<(), StoreError> {
+        self.store
+            .put(&keys::registry(&login.host), json(login))
+            .await
+            .map(drop)
+    }
+
+    pub async fn delete_registry_login(&self, host: &str) -> Result<bool, StoreError> {
+        self.store.delete(&keys::registry(host)).await
+    }
+
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        Ok(self
+            .store
+            .range_json::<T>(prefix)
+            .await?
+            .0
+            .into_iter()
+            .map(|entry| entry.value)
+            .collect())
+    }
+
+    async fn one<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<T>(key)
+            .await?
+            .map(|entry| entry.value))
     }
 
     // --- policies ---

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{HealthCheck, PortMapping, Probe, Protocol, VolumeMount};
+use crate::model::{HealthCheck, PortMapping, Probe, Protocol, SecretMount, VolumeMount};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field} {value:?}: {reason}")]
@@ -279,6 +279,46 @@ pub fn volumes(values: &[String]) -> Result<Vec<VolumeMount>, InvalidInput> {
                 "volume",
                 value,
                 "two volumes are mounted at this path",
+            ));
+        }
+        mounts.push(mount);
+    }
+    Ok(mounts)
+}
+
+/// `NAME[:TARGET]`: TARGET a file name under `/run/secrets` (the name by default).
+pub fn secret(value: &str) -> Result<SecretMount, InvalidInput> {
+    let (secret, target) = value.split_once(':').unwrap_or((value, value));
+    name("secret", secret)?;
+    if target.is_empty()
+        || target.len() > 255
+        || target.starts_with('.')
+        || !target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "secret",
+            value,
+            "the target must be a file name (letters, digits, '.', '_', '-') under /run/secrets",
+        ));
+    }
+    Ok(SecretMount {
+        secret: secret.to_owned(),
+        target: target.to_owned(),
+    })
+}
+
+/// Secrets must not land on the same file.
+pub fn secrets(values: &[String]) -> Result<Vec<SecretMount>, InvalidInput> {
+    let mut mounts: Vec<SecretMount> = Vec::new();
+    for value in values {
+        let mount = secret(value)?;
+        if mounts.iter().any(|m| m.target == mount.target) {
+            return Err(invalid(
+                "secret",
+                value,
+                "two secrets are mounted at this file",
             ));
         }
         mounts.push(mount);

@@ -223,6 +223,27 @@ impl Agent {
         run(&mut command)
     }
 
+    /// `hivemind ARGS` with `input` on its standard input (a password, a secret's value).
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(hivemind_bin())
+            .arg("--addr")
+            .arg(format!("unix:{}", self.socket.display()))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run hivemind");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("hivemind output")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Process::pid)
     }

@@ -108,6 +108,17 @@ pub fn wait_running(agent: &Agent, app: &str, timeout: Duration) -> Value {
     })
 }
 
+/// Waits until `app`'s only container is a running one other than `old`; returns it.
+pub fn wait_for_new_container(agent: &Agent, app: &str, old: &str, timeout: Duration) -> Value {
+    wait_for(&format!("{app} to replace {old}"), timeout, || {
+        let all = containers(agent, app);
+        match all.as_slice() {
+            [only] if only["id"] != old && only["state"] == "running" => Some(only.clone()),
+            _ => None,
+        }
+    })
+}
+
 /// A container's id (from its JSON entry).
 pub fn id(container: &Value) -> String {
     container["id"].as_str().expect("container id").to_owned()

@@ -45,5 +45,5 @@ pub use containerd::{Containerd, OTHER_RELEASES as OTHER_CONTAINERD_RELEASES};
 pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{Netns, list as netns_list, veth};
 pub use process::Process;
-pub use registry::Registry;
+pub use registry::{Registry, SecureRegistry};
 pub use single_node::{NODE_IP, REGISTRY_ADDR, SingleNode, WORLD_IP, World};

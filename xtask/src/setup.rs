@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     // tests: registry, image, network tools
     "docker-registry",
+    "apache2-utils", // htpasswd: bcrypt users for the registry with basic auth
     "skopeo",
     "busybox-static",
     "iputils-ping",

@@ -124,6 +124,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(e) => e.into(),
             LifecycleError::Netns(_)
             | LifecycleError::Files { .. }
+            | LifecycleError::Secret { .. }
             | LifecycleError::Network(_) => Self::new(ErrorKind::Internal, err.to_string()),
             // The container could not be made or started from this image and these settings
             // (e.g. its command does not exist): the request's fault, said in the message.

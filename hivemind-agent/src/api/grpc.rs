@@ -21,7 +21,8 @@ use crate::{
         self, agent_server::AgentServer, apps_server::AppsServer,
         cluster_peer_server::ClusterPeerServer, cluster_server::ClusterServer,
         containers_server::ContainersServer, monitor_server::MonitorServer,
-        policies_server::PoliciesServer, volumes_server::VolumesServer,
+        policies_server::PoliciesServer, registries_server::RegistriesServer,
+        secrets_server::SecretsServer, volumes_server::VolumesServer,
     },
 };
 
@@ -337,6 +338,63 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+#[tonic::async_trait]
+impl proto::secrets_server::Secrets for AgentService {
+    async fn create(
+        &self,
+        request: Request<proto::CreateSecretRequest>,
+    ) -> Result<Response<proto::SecretInfo>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.create_secret(&request.name, &request.value).await?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListSecretsRequest>,
+    ) -> Result<Response<proto::ListSecretsReply>, Status> {
+        Ok(Response::new(self.secrets().await?))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::SecretRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.remove_secret(&request.into_inner().name).await?,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::registries_server::Registries for AgentService {
+    async fn login(
+        &self,
+        request: Request<proto::RegistryLoginRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.registry_login(request.into_inner()).await?,
+        ))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<proto::RegistryRequest>,
+    ) -> Result<Response<proto::ActionReply>, Status> {
+        Ok(Response::new(
+            self.registry_logout(&request.into_inner().host).await?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListRegistriesRequest>,
+    ) -> Result<Response<proto::ListRegistriesReply>, Status> {
+        Ok(Response::new(self.registries().await?))
+    }
+}
+
 /// A policy apply carries up to [`crate::policy::MAX_YAML_BYTES`] of YAML, plus file names and framing.
 const POLICY_MESSAGE_LIMIT: usize = crate::policy::MAX_YAML_BYTES + (64 << 10);
 
@@ -350,6 +408,8 @@ pub async fn serve(
         .add_service(AppsServer::new(service.clone()))
         .add_service(ContainersServer::new(service.clone()))
         .add_service(VolumesServer::new(service.clone()))
+        .add_service(SecretsServer::new(service.clone()))
+        .add_service(RegistriesServer::new(service.clone()))
         .add_service(
             PoliciesServer::new(service.clone()).max_decoding_message_size(POLICY_MESSAGE_LIMIT),
         )

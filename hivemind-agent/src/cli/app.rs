@@ -130,6 +130,10 @@ pub struct DeployArgs {
     /// Mount a named volume, `VOLUME:/path[:ro]` (repeatable).
     #[arg(long = "volume", short = 'v', value_name = "VOLUME:/PATH[:ro]")]
     volumes: Vec<String>,
+    /// Mount a secret as the read-only file /run/secrets/TARGET, `SECRET[:TARGET]`
+    /// (repeatable; create it first with `hivemind secret create`).
+    #[arg(long = "secret", value_name = "SECRET[:TARGET]")]
+    secrets: Vec<String>,
     /// Label KEY=VALUE, used by network policies (repeatable).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -287,6 +291,7 @@ async fn deploy(
         env: args.env.clone(),
         ports: args.ports.clone(),
         volumes: args.volumes.clone(),
+        secrets: args.secrets.clone(),
         labels: args.labels.clone(),
         memory: args.memory.clone().unwrap_or_default(),
         cpus: args.cpus.clone().unwrap_or_default(),

@@ -39,6 +39,12 @@ pub struct UpdateArgs {
     /// Unmount the volume at a path (repeatable).
     #[arg(long, value_name = "/PATH")]
     volume_rm: Vec<String>,
+    /// Mount a secret, replacing one at the same target (repeatable).
+    #[arg(long, value_name = "SECRET[:TARGET]")]
+    secret_add: Vec<String>,
+    /// Unmount a secret, by name or target (repeatable).
+    #[arg(long, value_name = "SECRET")]
+    secret_rm: Vec<String>,
     /// Add or change a label (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     label_add: Vec<String>,
@@ -98,6 +104,8 @@ impl UpdateArgs {
             port_rm: self.port_rm.clone(),
             volume_add: self.volume_add.clone(),
             volume_rm: self.volume_rm.clone(),
+            secret_add: self.secret_add.clone(),
+            secret_rm: self.secret_rm.clone(),
             label_add: self.label_add.clone(),
             label_rm: self.label_rm.clone(),
             memory: self.memory.clone(),
@@ -167,6 +175,7 @@ pub fn print_spec(global: &GlobalArgs, spec: &proto::AppSpecInfo) -> anyhow::Res
         ("Env", dash(spec.env.join(" "))),
         ("Ports", dash(spec.ports.join(", "))),
         ("Volumes", dash(spec.volumes.join(", "))),
+        ("Secrets", dash(spec.secrets.join(", "))),
         ("Labels", dash(labels.join(", "))),
         ("Memory", dash(spec.memory.clone())),
         ("CPUs", dash(spec.cpus.clone())),

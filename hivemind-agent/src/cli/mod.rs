@@ -9,6 +9,8 @@ mod health;
 mod monitor;
 mod output;
 mod policy;
+mod registry;
+mod secret;
 mod volume;
 
 use std::process::ExitCode;
@@ -73,6 +75,12 @@ pub enum Command {
     /// Create, list and remove named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Secrets mounted into containers under /run/secrets (values never shown again).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// Credentials for private registries, used by every node's pulls.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Apply, list and remove network policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -105,6 +113,8 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Health => health::run(global).await,
             Command::App(command) => app::run(global, command).await,
             Command::Volume(command) => volume::run(global, command).await,
+            Command::Secret(command) => secret::run(global, command).await,
+            Command::Registry(command) => registry::run(global, command).await,
             Command::Policy(command) => policy::run(global, command).await,
             Command::Monitor(args) => monitor::run(global, args).await,
             Command::Join(args) => cluster::join(global, args).await,
@@ -167,6 +177,8 @@ fn check_command(command: &Command) -> &'static str {
     match command {
         Command::App(_) => "hivemind app ls",
         Command::Volume(_) => "hivemind volume ls",
+        Command::Secret(_) => "hivemind secret ls",
+        Command::Registry(_) => "hivemind registry ls",
         Command::Policy(_) => "hivemind policy ls",
         Command::Join(_) | Command::Node(_) | Command::Cluster(_) => "hivemind node ls",
         Command::Agent(_) | Command::Health | Command::Monitor(_) => "hivemind health",

@@ -130,6 +130,15 @@ pub fn ago(ms: u64) -> String {
     format!("{} ago", duration(now.saturating_sub(ms) / 1000))
 }
 
+/// Items joined by commas, or `-` for none.
+pub fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 /// 1536 → "1.5 KiB".
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -42,16 +42,11 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
                     let mut table =
                         output::Table::new(&["name", "node", "size", "used by", "created"]);
                     for v in &reply.volumes {
-                        let used_by = if v.used_by.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            v.used_by.join(",")
-                        };
                         table.row(vec![
                             v.name.clone(),
                             v.node.clone(),
                             output::bytes(v.size_bytes),
-                            used_by,
+                            output::list_or_dash(&v.used_by),
                             output::ago(v.created_at_ms),
                         ]);
                     }

@@ -38,6 +38,7 @@ use crate::{
     model::now_ms,
     net::ipam,
     proto::{self, cluster_peer_client::ClusterPeerClient},
+    sealed::SealKey,
     state::State,
     store::{Member, Store, StoreError},
 };
@@ -122,6 +123,8 @@ pub enum AdmitError {
     Pki(#[from] pki::PkiError),
     #[error("adding the etcd member: {0}")]
     AddMember(StoreError),
+    #[error("the cluster's sealing key: {0}")]
+    Seal(String),
 }
 
 impl AdmitError {
@@ -139,7 +142,8 @@ impl AdmitError {
             | Self::Store(_)
             | Self::Ipam(_)
             | Self::Pki(_)
-            | Self::AddMember(_) => tonic::Code::Internal,
+            | Self::AddMember(_)
+            | Self::Seal(_) => tonic::Code::Internal,
         }
     }
 }
@@ -236,6 +240,9 @@ impl Cluster {
                 .ok_or(AdmitError::Missing { what: "CA" })?
                 .value;
             let ca = pki::Ca::load(&cluster.cluster_id, &ca.cert_pem, &ca.key_pem)?;
+            // The daemon made it at start; this reads it.
+            let seal_key = SealKey::load_or_create(&self.inner.data_dir.seal_key())
+                .map_err(|err| AdmitError::Seal(err.to_string()))?;
             let cert_pem = ca.issue_node(&name, &[ip.into()], &public_key)?;
             let member_id = if etcd_member {
                 add_learner(store, &peer_url).await?.id
@@ -258,6 +265,7 @@ impl Cluster {
                 admitted_by: me.node_name.clone(),
                 cluster_cidr: cluster.cluster_cidr.to_string(),
                 vxlan_port: u32::from(cluster.vxlan_port),
+                seal_key: seal_key.bytes().to_vec(),
             })
         }
         .await;
@@ -535,6 +543,17 @@ impl Cluster {
                 .map_err(|e| fail("waiting for the etcd member to catch up")(&e))?;
             config.etcd_endpoints = vec![etcd::client_url(node_ip)];
         }
+        // The cluster's secrets open with the cluster's key. The node is empty (see
+        // `check_empty`), so nothing sealed with its own key is lost.
+        SealKey::from_bytes(&reply.seal_key)
+            .ok_or_else(|| {
+                (
+                    "taking the cluster's sealing key",
+                    "the node sent no valid key".to_owned(),
+                )
+            })?
+            .save(&data_dir.seal_key())
+            .map_err(|e| fail("taking the cluster's sealing key")(&e))?;
         config
             .save(data_dir)
             .map_err(|e| fail("writing cluster.json")(&e))?;
@@ -673,6 +692,8 @@ async fn check_empty(state: &State) -> Result<(), JoinError> {
     let apps = state.apps().await?.len();
     let volumes = state.volumes().await?.len();
     let policies = state.policies().await?.len();
+    let secrets = state.secrets().await?.len();
+    let logins = state.registry_logins().await?.len();
     let mut what = Vec::new();
     let mut how = Vec::new();
     let plural = |n: usize, one: &str| {
@@ -693,6 +714,14 @@ async fn check_empty(state: &State) -> Result<(), JoinError> {
     if policies > 0 {
         what.push(plural(policies, "policy").replace("policys", "policies"));
         how.push("hivemind policy rm");
+    }
+    if secrets > 0 {
+        what.push(plural(secrets, "secret"));
+        how.push("hivemind secret rm");
+    }
+    if logins > 0 {
+        what.push(plural(logins, "registry login"));
+        how.push("hivemind registry logout");
     }
     if what.is_empty() {
         Ok(())

@@ -16,8 +16,11 @@ use crate::{
     },
     state::State,
     store::StoreError,
+    vault::Vault,
     volumes::VolumeDirs,
 };
+
+use super::secret_files;
 
 /// Grace period for containers nobody wants any more.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
@@ -44,6 +47,13 @@ pub enum LifecycleError {
     /// The image and the app's settings make no process (unknown user, no command, ...).
     #[error(transparent)]
     Process(#[from] super::process::ProcessError),
+    #[error("container {id}: cannot open secret {secret}: {source}")]
+    Secret {
+        id: String,
+        secret: String,
+        #[source]
+        source: crate::vault::VaultError,
+    },
 }
 
 /// A create that failed: the container (whose record is marked failed) and why.
@@ -63,6 +73,8 @@ pub struct Lifecycle {
     volumes: VolumeDirs,
     netns: NetnsDir,
     network: NodeNetwork,
+    /// Opens the secrets mounted into containers.
+    vault: Vault,
     /// Searched by containers' resolvers (`--dns-suffix`).
     dns_suffix: String,
 }
@@ -76,6 +88,7 @@ impl Lifecycle {
         volumes: VolumeDirs,
         netns: NetnsDir,
         network: NodeNetwork,
+        vault: Vault,
     ) -> Self {
         Self {
             runtime,
@@ -85,6 +98,7 @@ impl Lifecycle {
             volumes,
             netns,
             network,
+            vault,
             dns_suffix: crate::service::DEFAULT_SUFFIX.to_owned(),
         }
     }
@@ -189,6 +203,7 @@ impl Lifecycle {
         record.exposed_ports.clone_from(&image.config.exposed_ports);
         record.user.clone_from(&process.user_display);
         record.stop_signal = Some(process.stop_signal.clone());
+        let secrets = self.secret_values(app, &id).await?;
         let netns_path = self.netns.create(&id)?;
         crate::crashpoint::step("network namespace created");
         let attachment = self.network.attach(&id, &app.name, &netns_path).await?;
@@ -204,6 +219,16 @@ impl Lifecycle {
                 read_only: volume.read_only,
             });
         }
+        let dir = self.dir(&id);
+        mounts.extend(
+            secret_files::materialise(&dir, &secrets, process.user.uid, process.user.gid).map_err(
+                |source| LifecycleError::Files {
+                    id: id.clone(),
+                    path: dir.join("secrets"),
+                    source,
+                },
+            )?,
+        );
         let spec = spec::build(&SpecInput {
             id: id.clone(),
             args: process.args,
@@ -299,7 +324,7 @@ impl Lifecycle {
         self.network.detach(&record.id, record.ip).await?;
         crate::crashpoint::step("container detached");
         self.netns.remove(&record.id)?;
-        let _ = std::fs::remove_dir_all(self.dir(&record.id));
+        self.remove_dir(&record.id);
         crate::crashpoint::step("network namespace removed");
         self.state.delete_container(&record.id).await?;
         crate::crashpoint::step("container record deleted");
@@ -322,7 +347,7 @@ impl Lifecycle {
     pub async fn forget(&self, id: &str) -> Result<(), LifecycleError> {
         self.network.detach(id, None).await?;
         self.netns.remove(id)?;
-        let _ = std::fs::remove_dir_all(self.dir(id));
+        self.remove_dir(id);
         self.state.delete_container(id).await?;
         Ok(())
     }
@@ -336,7 +361,7 @@ impl Lifecycle {
         self.runtime.delete_container(id).await?;
         self.network.detach(id, None).await?;
         self.netns.remove(id)?;
-        let _ = std::fs::remove_dir_all(self.dir(id));
+        self.remove_dir(id);
         Ok(())
     }
 
@@ -357,6 +382,36 @@ impl Lifecycle {
     }
 
     /// Best-effort removal of whatever a failed create made.
+    /// The values of the app's secrets, by file name: opened before anything is made, so a
+    /// missing secret fails the create with nothing to undo.
+    async fn secret_values(
+        &self,
+        app: &AppSpec,
+        id: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, LifecycleError> {
+        let mut values = Vec::with_capacity(app.secrets.len());
+        for mount in &app.secrets {
+            let value = self
+                .vault
+                .open_secret(&mount.secret)
+                .await
+                .map_err(|source| LifecycleError::Secret {
+                    id: id.to_owned(),
+                    secret: mount.secret.clone(),
+                    source,
+                })?;
+            values.push((mount.target.clone(), value));
+        }
+        Ok(values)
+    }
+
+    /// Removes the container's directory, its secrets' tmpfs first.
+    fn remove_dir(&self, id: &str) {
+        let dir = self.dir(id);
+        secret_files::release(&dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     async fn undo(&self, id: &str) {
         if let Err(err) = self.runtime.delete_container(id).await {
             tracing::warn!(container = id, "cleanup after failed create: {err}");
@@ -367,7 +422,7 @@ impl Lifecycle {
         if let Err(err) = self.netns.remove(id) {
             tracing::warn!(container = id, "cleanup after failed create: {err}");
         }
-        let _ = std::fs::remove_dir_all(self.dir(id));
+        self.remove_dir(id);
     }
 
     /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's DNS server) for the

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod process;
 pub mod rollout;
 pub mod schedule;
+mod secret_files;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use lifecycle::{FailedCreate, Lifecycle, LifecycleError};
 use plan::{Action, Backoff};
 use schedule::{Assignments, NodeLoad};
+pub use secret_files::MAX_SECRET_BYTES;
 
 use crate::{
     model::{AppSpec, ContainerRecord, ContainerState, now_ms},

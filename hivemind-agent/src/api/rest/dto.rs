@@ -40,6 +40,9 @@ pub struct DeployBody {
     /// Volume mounts, `VOLUME:/path[:ro]`; the volumes must exist.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Secrets mounted as `/run/secrets/TARGET`, `SECRET[:TARGET]`; the secrets must exist.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Labels (used by network policies): `["KEY=VALUE", ...]` or `{"KEY": "VALUE", ...}`.
     #[serde(default)]
     #[schema(schema_with = key_values_schema)]
@@ -124,6 +127,7 @@ impl DeployBody {
             env: self.env.0,
             ports: self.ports,
             volumes: self.volumes,
+            secrets: self.secrets,
             labels: self.labels.0,
             memory: self.memory.unwrap_or_default(),
             cpus: self.cpus.unwrap_or_default(),
@@ -150,8 +154,8 @@ impl DeployBody {
 }
 
 /// `PATCH /api/apps/{name}`: a JSON merge patch of the app's spec. Only the fields present
-/// change: `env` and `labels` merge key by key (`null` removes a key), `ports`, `volumes`
-/// and `command` replace the whole list, `""` resets a value (no service domain, no limit,
+/// change: `env` and `labels` merge key by key (`null` removes a key), `ports`, `volumes`,
+/// `secrets` and `command` replace the whole list, `""` resets a value (no service domain, no limit,
 /// the image's user, workdir or stop signal).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
@@ -170,6 +174,8 @@ pub struct AppPatch {
     pub ports: Option<Vec<String>>,
     /// `VOLUME:/path[:ro]`, the whole list.
     pub volumes: Option<Vec<String>>,
+    /// `SECRET[:TARGET]`, the whole list.
+    pub secrets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "string_or_number")]
     #[schema(value_type = Option<String>, example = "256m")]
     pub memory: Option<String>,
@@ -230,6 +236,7 @@ impl AppPatch {
             label_rm,
             ports: list(self.ports),
             volumes: list(self.volumes),
+            secrets: list(self.secrets),
             memory: self.memory,
             cpus: self.cpus,
             stop_timeout_secs: self.stop_timeout_secs,

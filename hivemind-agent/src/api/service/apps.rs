@@ -59,6 +59,7 @@ impl AgentService {
                 .await;
         }
         self.check_volumes_exist(&spec).await?;
+        self.check_secrets_exist(&spec).await?;
         self.check_no_clash(&spec).await?;
 
         let image = self
@@ -490,6 +491,18 @@ impl AgentService {
         Ok(())
     }
 
+    pub(super) async fn check_secrets_exist(&self, spec: &AppSpec) -> Result<(), ApiError> {
+        for mount in &spec.secrets {
+            if self.parts().state.secret(&mount.secret).await?.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "secret {} does not exist; create it first with `hivemind secret create {}`",
+                    mount.secret, mount.secret
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Host ports and service names belong to one app each.
     pub(super) async fn check_no_clash(&self, spec: &AppSpec) -> Result<(), ApiError> {
         for other in self.parts().state.apps().await? {
@@ -614,6 +627,7 @@ fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> 
         env: validate::env(&request.env)?,
         ports: validate::ports(&request.ports)?,
         volumes: validate::volumes(&request.volumes)?,
+        secrets: validate::secrets(&request.secrets)?,
         labels: validate::labels(&request.labels)?,
         memory_bytes,
         cpu_millis,

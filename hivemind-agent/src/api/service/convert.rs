@@ -143,6 +143,7 @@ pub fn spec_info(spec: &AppSpec) -> proto::AppSpecInfo {
         env: masked_env(spec),
         ports: spec.ports.iter().map(ToString::to_string).collect(),
         volumes: spec.volumes.iter().map(ToString::to_string).collect(),
+        secrets: spec.secrets.iter().map(ToString::to_string).collect(),
         labels: spec.labels.clone().into_iter().collect(),
         memory: spec.memory_bytes.map(memory_size).unwrap_or_default(),
         cpus,

@@ -8,7 +8,9 @@ mod convert;
 mod metrics;
 mod monitor;
 mod policies;
+mod registries;
 mod remote;
+mod secrets;
 mod update;
 mod volumes;
 
@@ -22,6 +24,7 @@ use crate::{
     runtime::Runtime,
     service::Services,
     state::State,
+    vault::Vault,
     volumes::VolumeDirs,
 };
 
@@ -40,6 +43,8 @@ pub struct Parts {
     pub network: NodeNetwork,
     pub reconciler: ReconcilerHandle,
     pub volumes: VolumeDirs,
+    /// Secrets and registry logins, sealed in the store.
+    pub vault: Vault,
     /// `<data dir>/containers`: per-container logs and files.
     pub containers_dir: PathBuf,
     /// Membership, the node registry and calls to other nodes.

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::AgentService;
 use crate::{
     api::{error::ApiError, progress::Progress},
-    model::{AppSpec, HealthCheck, PortMapping, Probe, Protocol, VolumeMount, now_ms},
+    model::{AppSpec, HealthCheck, PortMapping, Probe, Protocol, SecretMount, VolumeMount, now_ms},
     proto,
     reconcile::rollout::{Rollout, RolloutKind},
     validate::{self, HealthInput},
@@ -37,6 +37,7 @@ impl AgentService {
         next.image.clone_from(&image.name);
         self.check_image_settings(&mut next, &image).await?;
         self.check_volumes_exist(&next).await?;
+        self.check_secrets_exist(&next).await?;
         self.check_no_clash(&next).await?;
 
         let changed = changes(&current, &next);
@@ -122,6 +123,7 @@ pub fn from_deploy(request: &proto::DeployRequest) -> proto::UpdateRequest {
         env_add: request.env.clone(),
         port_add: request.ports.clone(),
         volume_add: request.volumes.clone(),
+        secret_add: request.secrets.clone(),
         label_add: request.labels.clone(),
         memory: given(&request.memory),
         cpus: given(&request.cpus),
@@ -190,6 +192,10 @@ pub fn apply(current: &AppSpec, request: &proto::UpdateRequest) -> Result<AppSpe
         next.volumes = validate::volumes(&volumes.items)?;
     }
     edit_volumes(&mut next.volumes, &request.volume_add, &request.volume_rm)?;
+    if let Some(secrets) = &request.secrets {
+        next.secrets = validate::secrets(&secrets.items)?;
+    }
+    edit_secrets(&mut next.secrets, &request.secret_add, &request.secret_rm)?;
     if let Some(memory) = &request.memory {
         next.memory_bytes = (!memory.trim().is_empty())
             .then(|| validate::memory(memory))
@@ -285,6 +291,28 @@ fn edit_ports(
     for mapping in validate::ports(add)? {
         ports.retain(|p| !(p.host == mapping.host && p.protocol == mapping.protocol));
         ports.push(mapping);
+    }
+    Ok(())
+}
+
+/// Adds secrets (replacing one at the same target) and removes them by name or target.
+fn edit_secrets(
+    secrets: &mut Vec<SecretMount>,
+    add: &[String],
+    remove: &[String],
+) -> Result<(), ApiError> {
+    for name in remove {
+        let before = secrets.len();
+        secrets.retain(|s| s.secret != *name && s.target != *name);
+        if secrets.len() == before {
+            return Err(ApiError::invalid(format!(
+                "the app mounts no secret {name:?}"
+            )));
+        }
+    }
+    for mount in validate::secrets(add)? {
+        secrets.retain(|s| s.target != mount.target);
+        secrets.push(mount);
     }
     Ok(())
 }
@@ -461,6 +489,8 @@ pub fn changes(current: &AppSpec, next: &AppSpec) -> Vec<String> {
     );
     let volumes = (strings(&current.volumes), strings(&next.volumes));
     list_changes(&mut out, "volumes", &volumes.0, &volumes.1);
+    let secrets = (strings(&current.secrets), strings(&next.secrets));
+    list_changes(&mut out, "secrets", &secrets.0, &secrets.1);
     out
 }
 

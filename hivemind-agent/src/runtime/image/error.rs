@@ -16,9 +16,25 @@ pub enum ImageError {
     NotFound { image: String, registry: String },
 
     #[error(
-        "registry {registry} refused anonymous access to {image}: only public images can be pulled"
+        "registry {registry} refused anonymous access to {image}: log in first with `hivemind registry login {registry}`"
     )]
     Unauthorized { image: String, registry: String },
+
+    #[error(
+        "registry {registry} refused the credentials of {who} for {image}: check them, then `hivemind registry login {registry}` again"
+    )]
+    Refused {
+        image: String,
+        registry: String,
+        who: String,
+    },
+
+    #[error("cannot pull {image}: no credentials for registry {registry} ({reason})")]
+    Credentials {
+        image: String,
+        registry: String,
+        reason: String,
+    },
 
     #[error("cannot pull {image}: registry {registry} is unreachable ({reason})")]
     Unreachable {
@@ -39,7 +55,9 @@ pub enum ImageError {
     )]
     HttpsRequired { image: String, registry: String },
 
-    #[error("cannot pull {image}: TLS with registry {registry} failed ({reason})")]
+    #[error(
+        "cannot pull {image}: TLS with registry {registry} failed ({reason}); if it uses a private CA, start the agent with --registry-ca {registry}=CA.pem"
+    )]
     Tls {
         image: String,
         registry: String,

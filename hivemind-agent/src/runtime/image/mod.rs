@@ -11,6 +11,7 @@
 //! - [`Images::remove_image`]: drop the record and let containerd collect what it held.
 
 mod containerd;
+pub mod credentials;
 mod error;
 pub mod manifest;
 mod pull;
@@ -143,6 +144,15 @@ impl Images {
                 in_flight: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether `registry` accepts `credential` (for `hivemind registry login`).
+    pub async fn check_login(
+        &self,
+        registry: &str,
+        credential: credentials::Credential,
+    ) -> Result<(), ImageError> {
+        self.inner.registry.check_login(registry, credential).await
     }
 
     /// Makes `reference` available to containers: returns at once, without the network, when

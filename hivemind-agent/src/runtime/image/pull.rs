@@ -75,7 +75,7 @@ pub(super) async fn pull(
             image: name.clone(),
         })
         .await;
-    let session = registry.session(image);
+    let session = registry.session(image).await?;
     let resolved = resolve(&session, image).await?;
     let target = resolved.target().clone();
     progress

@@ -1,29 +1,46 @@
 //! Talking to a registry with `oci-client`: resolve a reference to a manifest, fetch blobs,
 //! and turn what goes wrong into an [`ImageError`] a person can act on.
 //!
-//! HTTPS everywhere except the registries named with `--insecure-registry`; anonymous access
-//! only (a bearer-token challenge is answered anonymously, as for public Docker Hub images).
+//! HTTPS, trusting the system roots plus the `--registry-ca` of that registry, except for
+//! registries named with `--insecure-registry` and, as Docker does, registries on
+//! `localhost` or a loopback address without a `--registry-ca`, which may speak plain HTTP:
+//! HTTP when they answer it, else HTTPS.
+//! Credentials come from [`Credentials`]; anonymous when there are none.
 
 use std::{
+    collections::BTreeMap,
+    net::IpAddr,
     sync::{Arc, Once},
     time::Duration,
 };
 
 use oci_client::{
     Client, Reference, RegistryOperation,
-    client::{ClientConfig, ClientProtocol, LayerDescriptor, SizedStream},
+    client::{
+        Certificate, CertificateEncoding, ClientConfig, ClientProtocol, LayerDescriptor,
+        SizedStream,
+    },
     errors::{DigestError, OciDistributionError, OciErrorCode},
     secrets::RegistryAuth,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{ImageError, manifest::Descriptor, reference::ImageRef};
+use super::{
+    ImageError,
+    credentials::{Credential, Credentials},
+    manifest::Descriptor,
+    reference::ImageRef,
+};
 
 /// Registry settings the agent is configured with.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// `HOST:PORT` of registries spoken to over plain HTTP.
     pub insecure: Vec<String>,
+    /// `--registry-ca HOST=FILE`: PEM certificates trusted for that registry (beside the
+    /// system roots).
+    pub ca: BTreeMap<String, Vec<u8>>,
+    pub credentials: Credentials,
     /// Bound on establishing a connection (DNS, TCP, TLS).
     pub connect_timeout: Duration,
     /// Bound on waiting for the next bytes of an answer; also bounds each whole manifest request.
@@ -34,6 +51,8 @@ impl Default for RegistryOptions {
     fn default() -> Self {
         Self {
             insecure: Vec::new(),
+            ca: BTreeMap::new(),
+            credentials: Credentials::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
         }
@@ -41,15 +60,30 @@ impl Default for RegistryOptions {
 }
 
 impl RegistryOptions {
-    pub fn is_insecure(&self, registry: &str) -> bool {
-        self.insecure.iter().any(|r| r == registry)
+    /// Plain HTTP: named with `--insecure-registry`, or on loopback without a CA of its own
+    /// and answering plain HTTP (Docker's rule for local registries).
+    async fn is_plain_http(&self, registry: &str) -> bool {
+        if self.insecure.iter().any(|r| r == registry) {
+            return true;
+        }
+        is_loopback(registry)
+            && !self.ca.contains_key(registry)
+            && speaks_plain_http(&host_port(registry, false)).await
     }
 }
 
-/// A registry client shared by every pull of one agent.
+/// `localhost[:port]`, `127.x.y.z[:port]`, `[::1][:port]`.
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.rsplit_once(':').map_or(registry, |(host, _)| host),
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Makes the registry sessions of one agent.
 #[derive(Clone)]
 pub struct RegistryClient {
-    client: Client,
     options: Arc<RegistryOptions>,
 }
 
@@ -64,22 +98,62 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     pub fn new(options: RegistryOptions) -> Self {
         install_crypto_provider();
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(options.insecure.clone()),
+        Self {
+            options: Arc::new(options),
+        }
+    }
+
+    /// An oci-client for `registry`: its scheme and CA. One per session, so tokens and
+    /// credentials never outlive a login or logout.
+    fn client_for(&self, registry: &str, plain_http: bool) -> Client {
+        let options = &self.options;
+        let protocol = if plain_http {
+            ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+        } else {
+            ClientProtocol::Https
+        };
+        let extra_root_certificates = options
+            .ca
+            .get(registry)
+            .map(|pem| {
+                vec![Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                }]
+            })
+            .unwrap_or_default();
+        Client::new(ClientConfig {
+            protocol,
+            extra_root_certificates,
             connect_timeout: Some(options.connect_timeout),
             read_timeout: Some(options.read_timeout),
             // We pick the platform ourselves and fetch raw documents.
             platform_resolver: None,
             ..ClientConfig::default()
-        };
-        Self {
-            client: Client::new(config),
-            options: Arc::new(options),
-        }
+        })
     }
 
-    /// The registry end of one pull of `image`.
-    pub fn session<'a>(&'a self, image: &'a ImageRef) -> Session<'a> {
+    /// The registry end of one pull of `image`, with the credentials the agent has for its
+    /// registry.
+    pub async fn session<'a>(&'a self, image: &'a ImageRef) -> Result<Session<'a>, ImageError> {
+        let credential = self
+            .options
+            .credentials
+            .lookup(image.registry())
+            .await
+            .map_err(|reason| ImageError::Credentials {
+                image: image.name(),
+                registry: image.registry().to_owned(),
+                reason,
+            })?;
+        Ok(self.session_as(image, credential).await)
+    }
+
+    async fn session_as<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        credential: Option<Credential>,
+    ) -> Session<'a> {
         let reference = match (image.tag(), image.digest()) {
             (_, Some(digest)) => Reference::with_digest(
                 image.registry().to_owned(),
@@ -92,11 +166,41 @@ impl RegistryClient {
                 tag.unwrap_or(super::reference::DEFAULT_TAG).to_owned(),
             ),
         };
+        let plain_http = self.options.is_plain_http(image.registry()).await;
         Session {
-            client: &self.client,
+            client: self.client_for(image.registry(), plain_http),
+            plain_http,
             options: &self.options,
             image,
             reference,
+            auth: credential
+                .as_ref()
+                .map_or(RegistryAuth::Anonymous, Credential::auth),
+            credential,
+        }
+    }
+
+    /// Whether `registry` accepts `credential` (`hivemind registry login`): a token from its
+    /// token service, or, for a registry that asks for HTTP basic, a request that needs it.
+    pub async fn check_login(
+        &self,
+        registry: &str,
+        credential: Credential,
+    ) -> Result<(), ImageError> {
+        // Any repository will do: the question is who we are, not what we may pull.
+        let image = ImageRef::parse(&format!("{registry}/hivemind/login-check"))?;
+        let session = self.session_as(&image, Some(credential)).await;
+        session.login().await?;
+        let call = session
+            .client
+            .list_tags(&session.reference, &session.auth, Some(1), None);
+        match session.bounded(call).await? {
+            Ok(_) => Ok(()),
+            Err(err) => match session.classify(err, "the registry API").await {
+                // Known to it, or unknown: either way the credentials were accepted.
+                ImageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
         }
     }
 }
@@ -111,10 +215,13 @@ fn install_crypto_provider() {
 }
 
 pub struct Session<'a> {
-    client: &'a Client,
+    client: Client,
+    plain_http: bool,
     options: &'a RegistryOptions,
     image: &'a ImageRef,
     reference: Reference,
+    auth: RegistryAuth,
+    credential: Option<Credential>,
 }
 
 impl Session<'_> {
@@ -123,20 +230,14 @@ impl Session<'_> {
     }
 
     fn scheme(&self) -> &'static str {
-        if self.options.is_insecure(self.registry()) {
-            "http"
-        } else {
-            "https"
-        }
+        if self.plain_http { "http" } else { "https" }
     }
 
-    /// Checks that the registry answers and gets an anonymous token if it wants one.
+    /// Checks that the registry answers and gets a token if it wants one.
     pub async fn login(&self) -> Result<(), ImageError> {
-        let call = self.client.auth(
-            &self.reference,
-            &RegistryAuth::Anonymous,
-            RegistryOperation::Pull,
-        );
+        let call = self
+            .client
+            .auth(&self.reference, &self.auth, RegistryOperation::Pull);
         match self.bounded(call).await? {
             Ok(_) => Ok(()),
             Err(err) => Err(self.classify(err, "the registry API").await),
@@ -151,7 +252,7 @@ impl Session<'_> {
         };
         let call = self.client.pull_manifest_raw(
             &reference,
-            &RegistryAuth::Anonymous,
+            &self.auth,
             super::manifest::ACCEPTED_MANIFESTS,
         );
         let (bytes, _) = match self.bounded(call).await? {
@@ -298,7 +399,7 @@ impl Session<'_> {
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
                 {
-                    ImageError::Unauthorized { image, registry }
+                    self.unauthorized()
                 } else {
                     let message = envelope
                         .errors
@@ -321,9 +422,7 @@ impl Session<'_> {
                 code: 401 | 403, ..
             }
             | OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => {
-                ImageError::Unauthorized { image, registry }
-            }
+            | OciDistributionError::AuthenticationFailure(_) => self.unauthorized(),
             OciDistributionError::ServerError { code, message, .. } => ImageError::Registry {
                 image,
                 registry,
@@ -340,6 +439,20 @@ impl Session<'_> {
                 registry,
                 message: format!("{what}: {other}"),
             },
+        }
+    }
+
+    /// The registry said no: to these credentials, or to anonymous access.
+    fn unauthorized(&self) -> ImageError {
+        let image = self.image.name();
+        let registry = self.registry().to_owned();
+        match &self.credential {
+            Some(credential) => ImageError::Refused {
+                image,
+                registry,
+                who: credential.who(),
+            },
+            None => ImageError::Unauthorized { image, registry },
         }
     }
 
@@ -389,36 +502,41 @@ impl Session<'_> {
         }
     }
 
-    /// `HOST:PORT` with the scheme's default port filled in.
     fn host_port(&self) -> String {
-        let registry = match self.registry() {
-            "docker.io" => "registry-1.docker.io",
-            other => other,
-        };
-        let has_port = match registry.rfind(']') {
-            Some(end) => registry[end..].contains(':'),
-            None => registry.contains(':'),
-        };
-        if has_port {
-            registry.to_owned()
-        } else if self.scheme() == "https" {
-            format!("{registry}:443")
-        } else {
-            format!("{registry}:80")
-        }
+        host_port(self.registry(), self.scheme() == "https")
     }
 }
 
-/// Whether `host_port` answers a plain HTTP request with an HTTP response (within 3 s).
+/// `HOST:PORT` of `registry`, with the scheme's default port filled in.
+fn host_port(registry: &str, https: bool) -> String {
+    let registry = match registry {
+        "docker.io" => "registry-1.docker.io",
+        other => other,
+    };
+    let has_port = match registry.rfind(']') {
+        Some(end) => registry[end..].contains(':'),
+        None => registry.contains(':'),
+    };
+    if has_port {
+        registry.to_owned()
+    } else if https {
+        format!("{registry}:443")
+    } else {
+        format!("{registry}:80")
+    }
+}
+
+/// Whether `host_port` answers a plain HTTP request as a plain HTTP server (within 3 s).
 async fn speaks_plain_http(host_port: &str) -> bool {
     let probe = async {
         let mut stream = tokio::net::TcpStream::connect(host_port).await.ok()?;
         let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
         let request = format!("GET /v2/ HTTP/1.0\r\nHost: {host}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0_u8; 5];
+        // "HTTP/1.x NNN": an HTTPS server answers a plain request too, with a 400.
+        let mut head = [0_u8; 12];
         stream.read_exact(&mut head).await.ok()?;
-        Some(&head == b"HTTP/")
+        Some(head.starts_with(b"HTTP/") && &head[9..12] != b"400")
     };
     tokio::time::timeout(Duration::from_secs(3), probe)
         .await
