@@ -678,6 +678,7 @@ fn unreachable_registries_and_containerd_fail_quickly_and_leave_nothing() {
             insecure: vec![addr.clone(), silent.addr.clone(), closed.clone()],
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
+            ..RegistryOptions::default()
         },
     );
 
@@ -713,8 +714,19 @@ fn unreachable_registries_and_containerd_fail_quickly_and_leave_nothing() {
     );
     drop(silent);
 
-    // HTTPS is the default: a plain-HTTP registry not named with --insecure-registry.
-    let strict = Client::new(containerd.socket(), &[]);
+    // A loopback registry given a CA of its own (--registry-ca) is HTTPS only, and a
+    // plain-HTTP answer is named as such.
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a CA")
+        .cert
+        .pem();
+    let strict = Client::with_options(
+        containerd.socket(),
+        RegistryOptions {
+            ca: [(addr.clone(), ca.into_bytes())].into(),
+            ..RegistryOptions::default()
+        },
+    );
     assert_fails(
         &strict,
         &containerd,
@@ -723,6 +735,11 @@ fn unreachable_registries_and_containerd_fail_quickly_and_leave_nothing() {
         &[&format!("--insecure-registry {addr}"), &good],
         QUICK,
     );
+    // Without one, a loopback registry not named with --insecure-registry may speak plain
+    // HTTP (Docker's rule for local registries).
+    Client::new(containerd.socket(), &[])
+        .ensure(&good, false)
+        .expect("a local plain-HTTP registry");
 
     // containerd unreachable.
     let dir = tempfile::tempdir().expect("temp dir");
