@@ -34,10 +34,6 @@ impl Vault {
         Self { state, key }
     }
 
-    pub fn key(&self) -> &SealKey {
-        &self.key
-    }
-
     /// A new secret record (not stored yet) holding `value` sealed.
     pub fn seal_secret(&self, name: &str, value: &[u8]) -> Result<SecretRecord, SealError> {
         Ok(SecretRecord {

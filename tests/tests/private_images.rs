@@ -30,7 +30,7 @@ const SECRET_VALUE: &str = "secret-9d41b7c3-value";
 fn assert_nothing_created(node: &SingleNode) {
     let apps = node.agent.cli_json(&["app", "ls"]);
     assert_eq!(apps.as_array().map(Vec::len), Some(0), "apps: {apps}");
-    assert!(node.containerd_containers().is_empty());
+    assert_eq!(node.containerd_containers(), Vec::<String>::new());
 }
 
 /// Whether `needle` occurs anywhere in the file's bytes.
@@ -51,10 +51,8 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
         let path = entry.path();
         match entry.file_type() {
             Ok(t) if t.is_dir() => found.extend(files_containing(&path, needle)),
-            Ok(t) if t.is_file() => {
-                if file_contains(&path, needle) {
-                    found.push(path.display().to_string());
-                }
+            Ok(t) if t.is_file() && file_contains(&path, needle) => {
+                found.push(path.display().to_string());
             }
             _ => {}
         }

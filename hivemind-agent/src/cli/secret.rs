@@ -29,16 +29,14 @@ pub async fn run(global: &GlobalArgs, command: &SecretCommand) -> anyhow::Result
     match command {
         SecretCommand::Create { name, from_file } => {
             // Read before connecting: a bad file fails without touching the agent.
-            let value = match from_file {
-                Some(path) => std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-                None => {
-                    let mut value = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut value)
-                        .context("cannot read the secret from standard input")?;
-                    value
-                }
+            let value = if let Some(path) = from_file {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            } else {
+                let mut value = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut value)
+                    .context("cannot read the secret from standard input")?;
+                value
             };
             let mut secrets = SecretsClient::new(client::channel(global).await?);
             let info = secrets

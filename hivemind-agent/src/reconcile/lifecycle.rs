@@ -52,7 +52,7 @@ pub enum LifecycleError {
         id: String,
         secret: String,
         #[source]
-        source: crate::vault::VaultError,
+        source: Box<crate::vault::VaultError>,
     },
 }
 
@@ -80,6 +80,8 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    // Each argument is a separate owner this one drives; a struct of them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         runtime: Runtime,
         state: State,
@@ -398,7 +400,7 @@ impl Lifecycle {
                 .map_err(|source| LifecycleError::Secret {
                     id: id.to_owned(),
                     secret: mount.secret.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             values.push((mount.target.clone(), value));
         }

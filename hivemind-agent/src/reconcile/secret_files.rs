@@ -86,7 +86,7 @@ pub fn release(container_dir: &Path) {
     match nix::mount::umount2(&dir, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => {}
         Err(err) => {
-            tracing::warn!(path = %dir.display(), "cannot unmount the secrets tmpfs: {err}")
+            tracing::warn!(path = %dir.display(), "cannot unmount the secrets tmpfs: {err}");
         }
     }
 }
