@@ -88,12 +88,18 @@ try {
   await page.getByRole("heading", { name: `Edit ${APP}` }).waitFor();
   const envField = page.getByLabel("Environment");
   await envField.fill((await envField.inputValue()) + "\nEXTRA=from-the-edit");
+  // ... and mount the secret the test made (its name only ever appears, never its value).
+  if (process.env.SECRET) await page.getByLabel("Secrets").fill(process.env.SECRET);
   await shot("05b-app-edit");
   await page.getByRole("button", { name: "Save and roll out" }).click();
   await page.waitForURL(`**/#/apps/${APP}`);
   await page.getByText("EXTRA=from-the-edit").waitFor({ timeout: TIMEOUT });
   await page.getByText("MESSAGE=from-the-ui").waitFor();
   await page.getByText("tier=front").waitFor();
+  if (process.env.SECRET) {
+    await page.locator(".tag", { hasText: process.env.SECRET }).first().waitFor();
+    seen.pageHasSecretValue = (await page.content()).includes(process.env.SECRET_VALUE);
+  }
   await page.waitForFunction(() => {
     const rows = [...document.querySelectorAll("tbody tr")];
     return rows.length === 3 && rows.every((r) => r.textContent.includes("running"));

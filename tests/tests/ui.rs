@@ -1,5 +1,6 @@
 //! The web UI in headless Debian Chromium, driven by playwright-core (`tests/browser/ui.mjs`)
-//! inside the agent's namespace: deploy from the form, scale to 3, create a volume, apply a
+//! inside the agent's namespace: deploy from the form, scale to 3, edit (an env var, a secret by
+//! name, whose value the page never holds), create a volume, apply a
 //! policy, every page — and the results checked through the API and containerd. Screenshots
 //! of each page go to `tests/artifacts/ui/`.
 
@@ -25,6 +26,16 @@ fn ui_deploy_scale_volume_in_chromium() {
         "Debian's chromium is not installed: run `cargo xtask setup`"
     );
     let node = SingleNode::start();
+    // A secret the edit page mounts: the page shows its name, never its value.
+    let secret_value = "ui-secret-7c2e-value";
+    let made = node
+        .agent
+        .cli_stdin(&["secret", "create", "ui-secret"], secret_value.as_bytes());
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let artifacts = workspace().join("tests/artifacts/ui");
     let _ = std::fs::remove_dir_all(&artifacts);
 
@@ -35,6 +46,8 @@ fn ui_deploy_scale_volume_in_chromium() {
         .env("BASE_URL", "http://127.0.0.1:3000")
         .env("IMAGE", &node.image)
         .env("APP", "web-ui")
+        .env("SECRET", "ui-secret")
+        .env("SECRET_VALUE", secret_value)
         .env("ARTIFACTS", &artifacts);
     let out = run(&mut command);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -53,6 +66,7 @@ fn ui_deploy_scale_volume_in_chromium() {
         .unwrap_or_else(|| panic!("no result line from the browser test: {stdout}"));
     assert_eq!(seen["scaled"], 3, "{seen}");
     assert_eq!(seen["edited"], true, "{seen}");
+    assert_eq!(seen["pageHasSecretValue"], false, "{seen}");
     assert_eq!(seen["phoneOverflow"], 0, "{seen}");
 
     // What the browser did is real: three running containers (API and containerd), the volume,
@@ -62,6 +76,7 @@ fn ui_deploy_scale_volume_in_chromium() {
     assert_eq!(app["replicas"], 3, "{app}");
     assert_eq!(app["service"], "web-ui.example.com");
     assert_eq!(app["labels"]["tier"], "front");
+    assert_eq!(app["secrets"], serde_json::json!(["ui-secret"]), "{app}");
     // The edit added one variable and kept the rest, through containerd's own spec too.
     let env: Vec<&str> = app["env"]
         .as_array()

@@ -219,6 +219,7 @@ pub fn app(spec: &AppSpec, records: &[&ContainerRecord]) -> proto::AppInfo {
         env: masked_env(spec),
         ports: spec.ports.iter().map(ToString::to_string).collect(),
         volumes: spec.volumes.iter().map(ToString::to_string).collect(),
+        secrets: spec.secrets.iter().map(ToString::to_string).collect(),
         labels: spec.labels.clone().into_iter().collect(),
         memory_bytes: spec.memory_bytes.unwrap_or(0),
         cpu_millis: spec.cpu_millis.unwrap_or(0),

@@ -356,6 +356,7 @@ function appPage(name) {
         fact("Virtual IP", h("span", { class: "mono" }, app.vip || "—")),
         fact("Ports", tags(app.ports)),
         fact("Volumes", tags(app.volumes)),
+        fact("Secrets", tags(app.secrets)),
         fact("Environment", tags(app.env)),
         fact("Labels", tags(Object.entries(app.labels || {}).map(([k, v]) => `${k}=${v}`))),
         fact("Limits", limits(app)),
@@ -619,6 +620,7 @@ function editPage(name) {
       labels: area(Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`)),
       ports: area(spec.ports),
       volumes: area(spec.volumes),
+      secrets: area(spec.secrets || []),
       memory: input(spec.memory, { placeholder: "256m" }),
       cpus: input(spec.cpus, { placeholder: "0.5" }),
       user: input(spec.user, { placeholder: "the image's USER" }),
@@ -635,6 +637,7 @@ function editPage(name) {
       field("edit-labels", "Labels", f.labels, "KEY=VALUE per line."),
       field("edit-ports", "Ports", f.ports, "HOST:CONTAINER[/tcp|udp] per line."),
       field("edit-volumes", "Volumes", f.volumes, "VOLUME:/path[:ro] per line; the volumes must exist."),
+      field("edit-secrets", "Secrets", f.secrets, "SECRET[:FILE] per line, mounted as /run/secrets/FILE; create secrets with `hivemind secret create`."),
       h("div", { class: "two" },
         field("edit-memory", "Memory limit", f.memory, "Empty: no limit."),
         field("edit-cpus", "CPU limit", f.cpus, "Empty: no limit.")),
@@ -675,6 +678,8 @@ function editPage(name) {
       if (badPort) { setError("edit-ports", `"${badPort}" is not HOST:CONTAINER[/tcp|udp].`); return null; }
       if (!sameList(portList, spec.ports)) p.ports = portList;
       if (!sameList(volumeList, spec.volumes)) p.volumes = volumeList;
+      const secretList = lines(f.secrets.value);
+      if (!sameList(secretList, spec.secrets || [])) p.secrets = secretList;
       return p;
     }
 
