@@ -131,22 +131,11 @@ impl State {
     // --- volumes ---
 
     pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self
-            .store
-            .range_json::<VolumeRecord>(keys::VOLUMES)
-            .await?
-            .0
-            .into_iter()
-            .map(|entry| entry.value)
-            .collect())
+        self.list(keys::VOLUMES).await
     }
 
     pub async fn volume(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
-        Ok(self
-            .store
-            .get_json::<VolumeRecord>(&keys::volume(name))
-            .await?
-            .map(|entry| entry.value))
+        self.one(&keys::volume(name)).await
     }
 
     /// Stores a new volume; false if the name is taken.
@@ -202,6 +191,7 @@ impl State {
         self.store.delete(&keys::registry(host)).await
     }
 
+    /// Every record under `prefix`.
     async fn list<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &str,
@@ -216,6 +206,7 @@ impl State {
             .collect())
     }
 
+    /// The record at `key`, if any.
     async fn one<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -230,22 +221,11 @@ impl State {
     // --- policies ---
 
     pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        Ok(self
-            .store
-            .range_json::<PolicyRecord>(keys::POLICIES)
-            .await?
-            .0
-            .into_iter()
-            .map(|entry| entry.value)
-            .collect())
+        self.list(keys::POLICIES).await
     }
 
     pub async fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
-        Ok(self
-            .store
-            .get_json::<PolicyRecord>(&keys::policy(name))
-            .await?
-            .map(|entry| entry.value))
+        self.one(&keys::policy(name)).await
     }
 
     /// Writes a whole set of policies in one transaction: all of them or none.

@@ -689,48 +689,52 @@ fn check_joiner(
 
 /// Apps, volumes and policies on a node that wants to join: refused, with what to do.
 async fn check_empty(state: &State) -> Result<(), JoinError> {
-    let apps = state.apps().await?.len();
-    let volumes = state.volumes().await?.len();
-    let policies = state.policies().await?.len();
-    let secrets = state.secrets().await?.len();
-    let logins = state.registry_logins().await?.len();
-    let mut what = Vec::new();
-    let mut how = Vec::new();
-    let plural = |n: usize, one: &str| {
-        if n == 1 {
-            format!("1 {one}")
-        } else {
-            format!("{n} {one}s")
-        }
-    };
-    if apps > 0 {
-        what.push(plural(apps, "app"));
-        how.push("hivemind app rm");
+    // (how many, one, several, the command that removes them)
+    let held = [
+        (state.apps().await?.len(), "app", "apps", "hivemind app rm"),
+        (
+            state.volumes().await?.len(),
+            "volume",
+            "volumes",
+            "hivemind volume rm",
+        ),
+        (
+            state.policies().await?.len(),
+            "policy",
+            "policies",
+            "hivemind policy rm",
+        ),
+        (
+            state.secrets().await?.len(),
+            "secret",
+            "secrets",
+            "hivemind secret rm",
+        ),
+        (
+            state.registry_logins().await?.len(),
+            "registry login",
+            "registry logins",
+            "hivemind registry logout",
+        ),
+    ];
+    let held: Vec<_> = held.into_iter().filter(|(n, ..)| *n > 0).collect();
+    if held.is_empty() {
+        return Ok(());
     }
-    if volumes > 0 {
-        what.push(plural(volumes, "volume"));
-        how.push("hivemind volume rm");
-    }
-    if policies > 0 {
-        what.push(plural(policies, "policy").replace("policys", "policies"));
-        how.push("hivemind policy rm");
-    }
-    if secrets > 0 {
-        what.push(plural(secrets, "secret"));
-        how.push("hivemind secret rm");
-    }
-    if logins > 0 {
-        what.push(plural(logins, "registry login"));
-        how.push("hivemind registry logout");
-    }
-    if what.is_empty() {
-        Ok(())
-    } else {
-        Err(JoinError::NotEmpty {
-            what: what.join(", "),
-            how: how.join(", "),
+    let what = held
+        .iter()
+        .map(|(n, one, several, _)| match n {
+            1 => format!("1 {one}"),
+            n => format!("{n} {several}"),
         })
-    }
+        .collect::<Vec<_>>()
+        .join(", ");
+    let how = held
+        .iter()
+        .map(|(.., how)| *how)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(JoinError::NotEmpty { what, how })
 }
 
 /// A refusal from the node joined through, or a broken conversation.
