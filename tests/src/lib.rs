@@ -38,6 +38,7 @@ pub mod packet;
 mod process;
 mod registry;
 mod single_node;
+mod token_server;
 pub mod util;
 
 pub use agent::{Agent, AgentOptions};
@@ -47,3 +48,4 @@ pub use netns::{Netns, list as netns_list, veth};
 pub use process::Process;
 pub use registry::{Registry, SecureRegistry};
 pub use single_node::{NODE_IP, REGISTRY_ADDR, SingleNode, WORLD_IP, World};
+pub use token_server::TokenServer;

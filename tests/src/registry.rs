@@ -35,7 +35,7 @@ impl Registry {
     }
 
     fn start_at(netns: Option<&Netns>, addr: &str) -> Self {
-        Self::start_configured(netns, addr, None)
+        Self::start_configured(netns, addr, None, false)
     }
 
     /// A registry inside `netns` on `addr` that speaks only HTTPS, with a certificate from a
@@ -70,7 +70,7 @@ impl Registry {
             "auth:\n  htpasswd:\n    realm: hivemind-test\n    path: {d}/htpasswd\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {d}/server.pem\n    key: {d}/server-key.pem\n",
             d = dir.path().display()
         );
-        let registry = Self::start_configured(Some(netns), addr, Some(&extra));
+        let registry = Self::start_configured(Some(netns), addr, Some(&extra), true);
         SecureRegistry {
             registry,
             ca_path,
@@ -79,9 +79,16 @@ impl Registry {
         }
     }
 
-    /// `http` is the config's `http:` (and any `auth:`) section; `None` for plain HTTP on
-    /// `addr`.
-    fn start_configured(netns: Option<&Netns>, addr: &str, http: Option<&str>) -> Self {
+    /// A plain-HTTP registry inside `netns` on `addr` that wants bearer tokens from `tokens`
+    /// (Docker Hub's scheme).
+    pub fn start_token_in(netns: &Netns, addr: &str, tokens: &crate::TokenServer) -> Self {
+        let http = format!("{}http:\n  addr: {addr}\n", tokens.registry_auth());
+        Self::start_configured(Some(netns), addr, Some(&http), false)
+    }
+
+    /// `http` is the config's `http:` (and any `auth:`) section, `None` for plain HTTP on
+    /// `addr`; `tls` when it serves HTTPS only.
+    fn start_configured(netns: Option<&Netns>, addr: &str, http: Option<&str>, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hm-reg-")
             .tempdir()
@@ -97,7 +104,6 @@ impl Registry {
             ),
         )
         .expect("write registry config");
-        let secure = http.is_some();
         let mut command = match netns {
             Some(ns) => ns.command("docker-registry"),
             None => Command::new("docker-registry"),
@@ -116,15 +122,13 @@ impl Registry {
             }
             let up = match &netns_name {
                 None => TcpStream::connect(&probe_addr).is_ok(),
-                // Any HTTP answer will do (the secure one answers 401).
-                Some(ns) if secure => Command::new("ip")
-                    .args(["netns", "exec", ns, "curl", "-sk", "-o", "/dev/null"])
-                    .arg(format!("https://{probe_addr}/v2/"))
-                    .status()
-                    .is_ok_and(|s| s.success()),
+                // Any HTTP answer will do (one that wants credentials answers 401).
                 Some(ns) => Command::new("ip")
-                    .args(["netns", "exec", ns, "curl", "-sf", "-o", "/dev/null"])
-                    .arg(format!("http://{probe_addr}/v2/"))
+                    .args(["netns", "exec", ns, "curl", "-sk", "-o", "/dev/null"])
+                    .arg(format!(
+                        "{}://{probe_addr}/v2/",
+                        if tls { "https" } else { "http" }
+                    ))
                     .status()
                     .is_ok_and(|s| s.success()),
             };

@@ -4,7 +4,8 @@
 //! through a Docker `config.json` credential helper); secrets mounted as files under
 //! `/run/secrets` (content, mode, owner, tmpfs) and absent from every read and from the
 //! state file's bytes; and in a cluster, a node that never logged in pulling with the
-//! cluster's login and mounting the cluster's secret.
+//! cluster's login and mounting the cluster's secret; and a registry behind a bearer-token
+//! service (Docker Hub's scheme), where the login's check and the pull go through the token.
 
 // Each test is one scenario that reads top to bottom.
 #![allow(clippy::too_many_lines)]
@@ -12,7 +13,7 @@
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use hivemind_tests::{
-    AgentOptions, Registry, SingleNode,
+    AgentOptions, Registry, SingleNode, TokenServer,
     apps::{self, deploy, deploy_ok},
     cluster::{ClusterNode, UNDERLAY_PREFIX, Underlay},
     http::Client,
@@ -423,4 +424,47 @@ fn a_node_that_never_logged_in_pulls_and_mounts_with_the_clusters_login_and_secr
             assert!(found.is_empty(), "{needle} in the clear in {found:?}");
         }
     }
+}
+
+#[test]
+fn a_token_registry_takes_the_login_and_refuses_wrong_credentials() {
+    let node = SingleNode::start();
+    let tokens = TokenServer::start_in(&node.netns, "127.0.0.1:5081", USER, PASSWORD);
+    let registry = Registry::start_token_in(&node.netns, "127.0.0.1:5446", &tokens);
+    let image = registry.push_image_with(
+        image::oci_layout(),
+        "private/api:1",
+        &["--dest-creds", &format!("{USER}:{PASSWORD}")],
+    );
+
+    // The token service refuses anonymous access: so does the pull.
+    let out = deploy(&node.agent, &image, "api", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused anonymous access"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_created(&node);
+
+    let login = [
+        "registry",
+        "login",
+        "127.0.0.1:5446",
+        "-u",
+        USER,
+        "--password-stdin",
+    ];
+    let out = node.agent.cli_stdin(&login, b"not-it");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused the credentials of user alice"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.agent.cli_stdin(&login, PASSWORD.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    deploy_ok(&node.agent, &image, "api", &[]);
+    apps::wait_running(&node.agent, "api", TIMEOUT);
 }

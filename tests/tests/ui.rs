@@ -13,6 +13,8 @@ use hivemind_tests::{
 };
 use serde_json::Value;
 
+// One scenario that reads top to bottom.
+#[allow(clippy::too_many_lines)]
 #[test]
 fn ui_deploy_scale_volume_in_chromium() {
     let browser_dir = workspace().join("tests/browser");

@@ -181,7 +181,9 @@ impl RegistryClient {
     }
 
     /// Whether `registry` accepts `credential` (`hivemind registry login`): a token from its
-    /// token service, or, for a registry that asks for HTTP basic, a request that needs it.
+    /// token service (which refuses wrong credentials), or, for a registry that asks for HTTP
+    /// basic, a request that needs them (a repository it does not have answers 404 to
+    /// accepted credentials, 401 to refused ones).
     pub async fn check_login(
         &self,
         registry: &str,
@@ -190,7 +192,17 @@ impl RegistryClient {
         // Any repository will do: the question is who we are, not what we may pull.
         let image = ImageRef::parse(&format!("{registry}/hivemind/login-check"))?;
         let session = self.session_as(&image, Some(credential)).await;
-        session.login().await?;
+        let call = session
+            .client
+            .auth(&session.reference, &session.auth, RegistryOperation::Pull);
+        match session.bounded(call).await? {
+            // The registry's token service took the credentials.
+            Ok(Some(_token)) => return Ok(()),
+            // HTTP basic (oci-client does not try it here), or no auth at all: ask for
+            // something that needs it.
+            Ok(None) => {}
+            Err(err) => return Err(session.classify(err, "the token service").await),
+        }
         let call = session
             .client
             .list_tags(&session.reference, &session.auth, Some(1), None);
