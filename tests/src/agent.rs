@@ -322,5 +322,10 @@ impl Drop for Agent {
         // A stopped agent stops its etcd member; one that was killed leaves it running.
         self.kill_etcd();
         let _ = std::fs::remove_dir_all(self.pin_dir());
+        // What the agent leaves mounted for containers that outlive it (their secrets' tmpfs),
+        // so the data dir can go.
+        for mount in crate::util::mounts_under(self.dir.path()).iter().rev() {
+            let _ = Command::new("umount").args(["-l", mount]).status();
+        }
     }
 }
