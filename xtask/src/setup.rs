@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     // tests: registry, image, network tools
     "docker-registry",
+    "groff-base",    // the man-page test renders what `hivemind man` writes
     "apache2-utils", // htpasswd: bcrypt users for the registry with basic auth
     "skopeo",
     "busybox-static",

@@ -11,6 +11,7 @@ mod output;
 mod policy;
 mod registry;
 mod secret;
+mod shell;
 mod volume;
 
 use std::process::ExitCode;
@@ -94,6 +95,10 @@ pub enum Command {
     /// Cluster-wide settings: the join token.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Print the shell completion script (bash, zsh, fish, ...).
+    Completion(shell::CompletionArgs),
+    /// Write the man pages of every command into a directory.
+    Man(shell::ManArgs),
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
@@ -120,6 +125,8 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Join(args) => cluster::join(global, args).await,
             Command::Node(command) => cluster::node(global, command).await,
             Command::Cluster(command) => cluster::cluster(global, command).await,
+            Command::Completion(args) => Ok(shell::completion(args)),
+            Command::Man(args) => shell::man(args),
             Command::Agent(_) => unreachable!("main runs the agent itself"),
         }
     });
@@ -181,6 +188,10 @@ fn check_command(command: &Command) -> &'static str {
         Command::Registry(_) => "hivemind registry ls",
         Command::Policy(_) => "hivemind policy ls",
         Command::Join(_) | Command::Node(_) | Command::Cluster(_) => "hivemind node ls",
-        Command::Agent(_) | Command::Health | Command::Monitor(_) => "hivemind health",
+        Command::Agent(_)
+        | Command::Health
+        | Command::Monitor(_)
+        | Command::Completion(_)
+        | Command::Man(_) => "hivemind health",
     }
 }

@@ -31,13 +31,14 @@ impl AgentService {
         let (current, revision) = self.existing_app(&request.name).await?;
         self.check_no_rollout(&current.name).await?;
         let mut next = apply(&current, &request)?;
+        // What the store can refuse, before the network is asked for anything.
+        self.check_volumes_exist(&next).await?;
+        self.check_secrets_exist(&next).await?;
         let image = self
             .pull(&next.image, request.force_pull, progress.as_ref())
             .await?;
         next.image.clone_from(&image.name);
         self.check_image_settings(&mut next, &image).await?;
-        self.check_volumes_exist(&next).await?;
-        self.check_secrets_exist(&next).await?;
         self.check_no_clash(&next).await?;
 
         let changed = changes(&current, &next);
