@@ -1,5 +1,5 @@
 //! `hivemind completion SHELL` and `hivemind man DIR`: generated from the CLI's own
-//! definitions (clap_complete, clap_mangen), so they never drift from `--help`.
+//! definitions (`clap_complete`, `clap_mangen`), so they never drift from `--help`.
 
 use std::{path::PathBuf, process::ExitCode};
 
