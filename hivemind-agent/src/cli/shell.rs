@@ -11,7 +11,7 @@ use super::Cli;
 #[derive(Args, Debug)]
 pub struct CompletionArgs {
     /// The shell: bash, zsh, fish, elvish or powershell. E.g. `source <(hivemind completion
-    /// bash)`, or write it to /etc/bash_completion.d/hivemind.
+    /// bash)`, or write it to `/etc/bash_completion.d/hivemind`.
     pub shell: clap_complete::Shell,
 }
 
