@@ -279,6 +279,13 @@ fn secrets_are_files_for_the_container_and_nowhere_else() {
         listed.contains("db-pass") && listed.contains("api"),
         "{listed}"
     );
+    // `-q`: names (ids) only, for scripts.
+    assert_eq!(agent.cli_ok(&["secret", "ls", "-q"]), "db-pass\n");
+    assert_eq!(agent.cli_ok(&["-q", "app", "ls"]), "api\n");
+    assert_eq!(
+        agent.cli_ok(&["app", "containers", "-q"]),
+        format!("{id}\n")
+    );
     let rest = Client::loopback(&node.netns);
     let reads = [
         rest.get("/api/apps").body,

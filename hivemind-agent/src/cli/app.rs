@@ -197,6 +197,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
         AppCommand::Ls => {
             let reply = apps.list(proto::ListAppsRequest {}).await?.into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.apps.iter().map(|x| x.name.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.apps)?,
                 Output::Table => print!("{}", apps_table(&reply.apps)),
             }
@@ -207,6 +208,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             };
             let reply = containers.list(request).await?.into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.containers.iter().map(|x| x.id.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.containers)?,
                 Output::Table => print!("{}", containers_table(&reply.containers)),
             }

@@ -137,6 +137,7 @@ pub async fn node(global: &GlobalArgs, command: &NodeCommand) -> anyhow::Result<
                 .await?
                 .into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.nodes.iter().map(|x| x.name.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.nodes)?,
                 Output::Table => print!("{}", render_nodes(&reply.nodes)),
             }

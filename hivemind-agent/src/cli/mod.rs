@@ -49,6 +49,9 @@ pub struct GlobalArgs {
     /// Bearer token for remote agents; for `hivemind join`, the join token.
     #[arg(long, global = true, env = "HIVEMIND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// List commands print only names (ids for containers), one per line.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
     /// Output format (`monitor` prints JSON lines for yaml too).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -193,5 +196,18 @@ fn check_command(command: &Command) -> &'static str {
         | Command::Monitor(_)
         | Command::Completion(_)
         | Command::Man(_) => "hivemind health",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn every_command_definition_is_consistent() {
+        // clap's own checks of the whole tree: no clashing flags or shorts, valid defaults.
+        Cli::command().debug_assert();
     }
 }

@@ -130,6 +130,13 @@ pub fn ago(ms: u64) -> String {
     format!("{} ago", duration(now.saturating_sub(ms) / 1000))
 }
 
+/// `-q`: one name or id per line, for `xargs` and shell loops.
+pub fn names<'a>(names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        println!("{name}");
+    }
+}
+
 /// Items joined by commas, or `-` for none.
 pub fn list_or_dash(items: &[String]) -> String {
     if items.is_empty() {

@@ -56,6 +56,7 @@ pub async fn run(global: &GlobalArgs, command: &PolicyCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.policies.iter().map(|x| x.name.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.policies)?,
                 Output::Table => {
                     let mut table = output::Table::new(&[

@@ -62,6 +62,7 @@ pub async fn run(global: &GlobalArgs, command: &SecretCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.secrets.iter().map(|x| x.name.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.secrets)?,
                 Output::Table => {
                     let mut table = output::Table::new(&["name", "size", "used by", "created"]);

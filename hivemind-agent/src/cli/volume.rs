@@ -37,6 +37,7 @@ pub async fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result
                 .await?
                 .into_inner();
             match global.output {
+                _ if global.quiet => output::names(reply.volumes.iter().map(|x| x.name.as_str())),
                 Output::Json | Output::Yaml => output::document(global.output, &reply.volumes)?,
                 Output::Table => {
                     let mut table =
