@@ -68,7 +68,7 @@ pub async fn run(global: &GlobalArgs, command: &RegistryCommand) -> anyhow::Resu
                 .into_inner();
             match global.output {
                 _ if global.quiet => {
-                    output::names(reply.registries.iter().map(|x| x.host.as_str()))
+                    output::names(reply.registries.iter().map(|x| x.host.as_str()));
                 }
                 Output::Json | Output::Yaml => {
                     output::document(global.output, &reply.registries)?;
