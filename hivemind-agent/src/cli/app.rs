@@ -2,7 +2,6 @@
 
 use std::{fmt::Write as _, io::IsTerminal as _, io::Write as _, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use tokio_stream::StreamExt as _;
 
@@ -55,10 +54,15 @@ pub enum AppCommand {
         #[arg(long)]
         name: String,
     },
-    /// Print a container's output (stdout and stderr).
+    /// Print a container's output (stdout and stderr), or every replica's of an app.
     Logs {
+        /// One container's output, as it is.
+        #[arg(long, required_unless_present = "name", conflicts_with = "name")]
+        container_id: Option<String>,
+        /// Every replica of the app, interleaved line by line, each line prefixed by its
+        /// container id (replicas on other nodes too).
         #[arg(long)]
-        container_id: String,
+        name: Option<String>,
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
@@ -249,21 +253,18 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
         }
         AppCommand::Logs {
             container_id,
+            name,
             follow,
             tail,
         } => {
-            let request = proto::LogsRequest {
-                container_id: container_id.clone(),
+            let options = super::logs::LogOptions {
                 follow: *follow,
                 tail: *tail,
             };
-            let mut stream = containers.logs(request).await?.into_inner();
-            let mut stdout = std::io::stdout().lock();
-            while let Some(chunk) = stream.next().await {
-                stdout
-                    .write_all(&chunk?.data)
-                    .context("writing to stdout")?;
-                stdout.flush().context("writing to stdout")?;
+            match (container_id, name) {
+                (Some(id), _) => super::logs::container(&mut containers, id, options).await?,
+                (None, Some(app)) => super::logs::app(&mut containers, app, options).await?,
+                (None, None) => anyhow::bail!("give --container-id ID or --name APP"),
             }
         }
     }

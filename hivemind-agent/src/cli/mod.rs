@@ -6,6 +6,7 @@ mod app_update;
 mod client;
 mod cluster;
 mod health;
+mod logs;
 mod monitor;
 mod output;
 mod policy;
