@@ -1,18 +1,19 @@
 //! `hivemind join --host X`: the joiner's side ([`Cluster::join`]) and the side of the node
 //! it joins through ([`Cluster::admit`], [`Cluster::abort`]).
 //!
-//! 1. The joiner checks itself: not in a cluster, no apps, volumes or policies, an underlay
-//!    address. It connects to X's cluster port, trusting only the CA whose hash is in the
+//! 1. The joiner checks itself: not in a cluster, no apps, volumes, policies, secrets or
+//!    registry logins, an underlay address. It connects to X's cluster port, trusting only the CA whose hash is in the
 //!    token, and sends the token's secret with its name, address, CIDR, VXLAN port and public
 //!    key (`ClusterPeer.Admit`).
 //! 2. X checks the secret, the name (not in use), the address, the CIDR and VXLAN port (equal
 //!    to the cluster's); reserves the name (a `joining` node record, create-if-absent), claims
 //!    the joiner's /24, signs its certificate and, while the cluster has fewer than three
 //!    members, adds its etcd member as a learner (retrying while etcd refuses a second
-//!    learner or is electing).
+//!    learner or is electing). The reply carries the cluster's sealing key.
 //! 3. The joiner writes its certificates, starts its member with `--initial-cluster-state
 //!    existing`, promotes it to a voter through the voting members (retrying while it catches
-//!    up), and waits until it serves reads. Then it writes `cluster.json` (the commit point),
+//!    up), and waits until it serves reads. Then it writes the sealing key and `cluster.json`
+//!    (the commit point),
 //!    keeps `state.redb` as a backup, answers the CLI and re-executes itself: the new agent
 //!    adopts the running member and keeps its state in etcd.
 //!
@@ -687,7 +688,8 @@ fn check_joiner(
     })
 }
 
-/// Apps, volumes and policies on a node that wants to join: refused, with what to do.
+/// Apps, volumes, policies, secrets and registry logins on a node that wants to join: refused,
+/// with what to do (its secrets would not open with the cluster's key).
 async fn check_empty(state: &State) -> Result<(), JoinError> {
     // (how many, one, several, the command that removes them)
     let held = [
