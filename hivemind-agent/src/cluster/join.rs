@@ -2,9 +2,9 @@
 //! it joins through ([`Cluster::admit`], [`Cluster::abort`]).
 //!
 //! 1. The joiner checks itself: not in a cluster, no apps, volumes, policies, secrets or
-//!    registry logins, an underlay address. It connects to X's cluster port, trusting only the CA whose hash is in the
-//!    token, and sends the token's secret with its name, address, CIDR, VXLAN port and public
-//!    key (`ClusterPeer.Admit`).
+//!    registry logins, an underlay address. It connects to X's cluster port, trusting only
+//!    the CA whose hash is in the token, and sends the token's secret with its name,
+//!    address, CIDR, VXLAN port and public key (`ClusterPeer.Admit`).
 //! 2. X checks the secret, the name (not in use), the address, the CIDR and VXLAN port (equal
 //!    to the cluster's); reserves the name (a `joining` node record, create-if-absent), claims
 //!    the joiner's /24, signs its certificate and, while the cluster has fewer than three
@@ -13,9 +13,8 @@
 //! 3. The joiner writes its certificates, starts its member with `--initial-cluster-state
 //!    existing`, promotes it to a voter through the voting members (retrying while it catches
 //!    up), and waits until it serves reads. Then it writes the sealing key and `cluster.json`
-//!    (the commit point),
-//!    keeps `state.redb` as a backup, answers the CLI and re-executes itself: the new agent
-//!    adopts the running member and keeps its state in etcd.
+//!    (the commit point), keeps `state.redb` as a backup, answers the CLI and re-executes
+//!    itself: the new agent adopts the running member and keeps its state in etcd.
 //!
 //! Any failure before the commit point undoes both sides: the joiner stops its member and
 //! removes its files, and asks X to `Abort` (remove the member, the subnet claim and the
