@@ -571,6 +571,30 @@ mod tests {
     }
 
     #[test]
+    fn secrets_parse_and_stay_under_run_secrets() {
+        let mount = secret("db-pass").expect("valid");
+        assert_eq!(
+            (mount.secret.as_str(), mount.target.as_str()),
+            ("db-pass", "db-pass")
+        );
+        let mount = secret("tls:key.pem").expect("valid");
+        assert_eq!(mount.to_string(), "tls:key.pem");
+        for bad in [
+            "Bad",
+            "db:../etc/passwd",
+            "db:..",
+            "db:.hidden",
+            "db:a/b",
+            "db:",
+            ":x",
+        ] {
+            assert!(secret(bad).is_err(), "{bad} accepted");
+        }
+        let err = secrets(&["a:f".into(), "b:f".into()]).expect_err("same file");
+        assert!(err.to_string().contains("two secrets"), "{err}");
+    }
+
+    #[test]
     fn volumes_parse() {
         let mount = volume("data:/var/data:ro").expect("valid");
         assert_eq!(
