@@ -14,6 +14,7 @@ pub mod crashpoint;
 pub mod daemon;
 pub mod healthcheck;
 pub mod lb;
+pub mod manifest;
 pub mod model;
 pub mod net;
 pub mod paths;

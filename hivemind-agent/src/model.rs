@@ -1,7 +1,7 @@
 //! Desired and observed state as stored: apps (what the user asked for), containers (what runs
 //! where, with its history) and volumes. Values are JSON under the keys of [`keys`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,8 @@ pub mod keys {
     pub const SECRETS: &str = "/hivemind/secrets/";
     /// `hivemind registry login`: one per registry host, the password sealed.
     pub const REGISTRIES: &str = "/hivemind/registries/";
+    /// What each `hivemind apply --set` (and each stack) applied, for `--prune` and `stack rm`.
+    pub const SETS: &str = "/hivemind/sets/";
 
     pub fn app(name: &str) -> String {
         format!("{APPS}{name}")
@@ -53,6 +55,9 @@ pub mod keys {
     }
     pub fn registry(host: &str) -> String {
         format!("{REGISTRIES}{host}")
+    }
+    pub fn set(name: &str) -> String {
+        format!("{SETS}{name}")
     }
 }
 
@@ -400,6 +405,19 @@ pub struct RegistryLogin {
     pub username: String,
     pub sealed_password: String,
     pub logged_in_at_ms: u64,
+}
+
+/// What one set of `hivemind apply` (or one stack) made or took over, by kind: what
+/// `--prune` may remove when the files no longer have it, and all that `stack rm` removes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedSet {
+    /// `default`, an `apply --set` name, or `stack/<NAME>`.
+    pub name: String,
+    pub apps: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+    pub policies: BTreeSet<String>,
+    pub updated_at_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::{
-        AppSpec, ContainerRecord, PolicyRecord, RegistryLogin, SecretRecord, VolumeRecord, keys,
+        AppSpec, AppliedSet, ContainerRecord, PolicyRecord, RegistryLogin, SecretRecord, VolumeRecord, keys,
     },
     reconcile::{rollout::Rollout, schedule::Assignments},
     store::{Compare, Op, Revision, Store, StoreError, Txn},
@@ -189,6 +189,30 @@ impl State {
 
     pub async fn delete_registry_login(&self, host: &str) -> Result<bool, StoreError> {
         self.store.delete(&keys::registry(host)).await
+    }
+
+    // --- applied sets ---
+
+    pub async fn applied_sets(&self) -> Result<Vec<AppliedSet>, StoreError> {
+        self.list(keys::SETS).await
+    }
+
+    pub async fn applied_set(&self, name: &str) -> Result<Option<AppliedSet>, StoreError> {
+        self.one(&keys::set(name)).await
+    }
+
+    /// Stores the set; an empty one is deleted.
+    pub async fn put_applied_set(&self, set: &AppliedSet) -> Result<(), StoreError> {
+        let key = keys::set(&set.name);
+        let empty = set.apps.is_empty()
+            && set.volumes.is_empty()
+            && set.secrets.is_empty()
+            && set.policies.is_empty();
+        if empty {
+            self.store.delete(&key).await.map(drop)
+        } else {
+            self.store.put(&key, json(set)).await.map(drop)
+        }
     }
 
     /// Every record under `prefix`.

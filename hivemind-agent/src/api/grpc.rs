@@ -20,7 +20,8 @@ use crate::{
     proto::{
         self, agent_server::AgentServer, apps_server::AppsServer,
         cluster_peer_server::ClusterPeerServer, cluster_server::ClusterServer,
-        containers_server::ContainersServer, monitor_server::MonitorServer,
+        containers_server::ContainersServer, manifests_server::ManifestsServer,
+        monitor_server::MonitorServer,
         policies_server::PoliciesServer, registries_server::RegistriesServer,
         secrets_server::SecretsServer, volumes_server::VolumesServer,
     },
@@ -395,6 +396,36 @@ impl proto::registries_server::Registries for AgentService {
     }
 }
 
+#[tonic::async_trait]
+impl proto::manifests_server::Manifests for AgentService {
+    type ApplyStream = Streaming<proto::DeployEvent>;
+
+    async fn apply(
+        &self,
+        request: Request<proto::ApplyRequest>,
+    ) -> Result<Response<Self::ApplyStream>, Status> {
+        let request = request.into_inner();
+        let service = self.clone();
+        Ok(Response::new(with_progress(move |progress| async move {
+            service.apply_manifest(request, Some(progress)).await
+        })))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetManifestRequest>,
+    ) -> Result<Response<proto::GetManifestReply>, Status> {
+        Ok(Response::new(self.get_manifest(&request.into_inner()).await?))
+    }
+
+    async fn list_sets(
+        &self,
+        _request: Request<proto::ListSetsRequest>,
+    ) -> Result<Response<proto::ListSetsReply>, Status> {
+        Ok(Response::new(self.applied_sets().await?))
+    }
+}
+
 /// A policy apply carries up to [`crate::policy::MAX_YAML_BYTES`] of YAML, plus file names and framing.
 const POLICY_MESSAGE_LIMIT: usize = crate::policy::MAX_YAML_BYTES + (64 << 10);
 
@@ -412,6 +443,9 @@ pub async fn serve(
         .add_service(RegistriesServer::new(service.clone()))
         .add_service(
             PoliciesServer::new(service.clone()).max_decoding_message_size(POLICY_MESSAGE_LIMIT),
+        )
+        .add_service(
+            ManifestsServer::new(service.clone()).max_decoding_message_size(POLICY_MESSAGE_LIMIT),
         )
         .add_service(MonitorServer::new(service.clone()))
         .add_service(ClusterServer::new(service))

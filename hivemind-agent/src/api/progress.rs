@@ -7,11 +7,19 @@ pub enum Progress {
     Pull(PullProgress),
     /// A rollout step ("replica 0: started web-x1 to replace web-y2; waiting ...").
     Rollout(String),
+    /// A step of `hivemind apply` ("created volume data").
+    Apply(String),
 }
 
 pub fn to_proto(progress: &Progress) -> proto::PullProgress {
     match progress {
         Progress::Pull(pull) => pull_to_proto(pull),
+        Progress::Apply(message) => proto::PullProgress {
+            phase: "apply".into(),
+            detail: message.clone(),
+            done: 0,
+            total: 0,
+        },
         Progress::Rollout(message) => proto::PullProgress {
             phase: "rollout".into(),
             detail: message.clone(),

@@ -323,7 +323,7 @@ async fn deploy(
 
 /// Shows a deploy's or restart's progress on stderr (a pull's as one self-overwriting line on
 /// a terminal, a rollout's steps as lines), then prints the result.
-async fn follow(
+pub(super) async fn follow(
     global: &GlobalArgs,
     mut events: tonic::Streaming<proto::DeployEvent>,
 ) -> anyhow::Result<()> {
@@ -338,7 +338,7 @@ async fn follow(
             }
         };
         if let Some(progress) = event.progress {
-            if progress.phase == "rollout" {
+            if progress.phase == "rollout" || progress.phase == "apply" {
                 bar.clear();
                 if global.output == Output::Table {
                     eprintln!("{}", progress.detail);

@@ -3,6 +3,7 @@
 
 mod app;
 mod app_update;
+mod apply;
 mod client;
 mod cluster;
 mod health;
@@ -77,6 +78,13 @@ pub enum Command {
     /// Deploy and manage apps and their containers.
     #[command(subcommand)]
     App(app::AppCommand),
+    /// Make the apps, volumes, secrets and policies of YAML files so (all or nothing).
+    Apply(apply::ApplyArgs),
+    /// Print resources as the YAML documents `apply -f` takes.
+    Get(apply::GetArgs),
+    /// Deploy Compose files as stacks, as `docker stack deploy`.
+    #[command(subcommand)]
+    Stack(apply::StackCommand),
     /// Create, list and remove named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -121,6 +129,9 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
         match command {
             Command::Health => health::run(global).await,
             Command::App(command) => app::run(global, command).await,
+            Command::Apply(args) => apply::apply(global, args).await,
+            Command::Get(args) => apply::get(global, args).await,
+            Command::Stack(command) => apply::stack(global, command).await,
             Command::Volume(command) => volume::run(global, command).await,
             Command::Secret(command) => secret::run(global, command).await,
             Command::Registry(command) => registry::run(global, command).await,
@@ -187,6 +198,8 @@ fn connection_lost(status: &tonic::Status) -> bool {
 fn check_command(command: &Command) -> &'static str {
     match command {
         Command::App(_) => "hivemind app ls",
+        Command::Apply(_) | Command::Get(_) => "hivemind apply --dry-run",
+        Command::Stack(_) => "hivemind stack ls",
         Command::Volume(_) => "hivemind volume ls",
         Command::Secret(_) => "hivemind secret ls",
         Command::Registry(_) => "hivemind registry ls",

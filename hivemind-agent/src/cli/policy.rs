@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::ExitCode};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Subcommand;
 
 use super::{GlobalArgs, Output, app::action, client, output};
@@ -128,36 +128,10 @@ fn mib(bytes: usize) -> f64 {
 }
 
 /// The YAML texts to send: the file, every .yaml/.yml file of a directory (sorted), or stdin.
-fn read_sources(file: &str) -> anyhow::Result<Vec<proto::PolicySource>> {
-    if file == "-" {
-        let mut yaml = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut yaml)
-            .context("reading standard input")?;
-        return Ok(vec![proto::PolicySource {
-            name: "<stdin>".into(),
-            yaml,
-        }]);
-    }
-    let path = Path::new(file);
-    let read = |path: &Path| -> anyhow::Result<proto::PolicySource> {
-        Ok(proto::PolicySource {
-            name: path.display().to_string(),
-            yaml: std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        })
-    };
-    if !path.is_dir() {
-        return Ok(vec![read(path)?]);
-    }
-    let mut files: Vec<_> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read directory {}", path.display()))?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{} has no .yaml or .yml files", path.display());
-    }
-    files.iter().map(|p| read(p)).collect()
+pub fn read_sources(file: &str) -> anyhow::Result<Vec<proto::PolicySource>> {
+    let sources = crate::manifest::read_path(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(sources
+        .into_iter()
+        .map(|(name, yaml)| proto::PolicySource { name, yaml })
+        .collect())
 }

@@ -29,7 +29,7 @@ use super::{
 pub fn parse_path(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
     let mut set = PolicySet::default();
     match fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => match policy_files(path) {
+        Ok(meta) if meta.is_dir() => match yaml_files(path) {
             Ok(files) if files.is_empty() => set.errors.push(PolicyError::NoPolicyFiles {
                 path: path.to_owned(),
             }),
@@ -68,7 +68,23 @@ pub fn parse_sources<'a>(
     set.finish()
 }
 
-fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The `NetworkPolicy` documents of inputs that hold other kinds too (`hivemind apply -f`):
+/// documents of another `kind` are left to their reader, and an input without policies is
+/// not an error.
+pub fn parse_policy_documents<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Policy>, PolicyErrors> {
+    let mut set = PolicySet {
+        among_other_kinds: true,
+        ..PolicySet::default()
+    };
+    for (file, text) in sources {
+        set.add_text(file, text);
+    }
+    set.finish()
+}
+
+pub(crate) fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -89,6 +105,8 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 struct PolicySet {
     policies: Vec<(Policy, Location)>,
     errors: Vec<PolicyError>,
+    /// Skip documents of other kinds instead of reporting them (see [`parse_policy_documents`]).
+    among_other_kinds: bool,
 }
 
 impl PolicySet {
@@ -113,6 +131,9 @@ impl PolicySet {
         let mut syntax_error = None;
         for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
             match Option::<serde_norway::Value>::deserialize(de) {
+                Ok(Some(value)) if self.among_other_kinds && !is_policy(&value) => {
+                    documents.push(None);
+                }
                 Ok(value) => documents.push(value.map(|v| document_name(&v))),
                 Err(e) => {
                     let message = bare_message(&e, "");
@@ -133,7 +154,10 @@ impl PolicySet {
                 }
             }
         }
-        if syntax_error.is_none() && documents.iter().all(Option::is_none) {
+        if syntax_error.is_none()
+            && !self.among_other_kinds
+            && documents.iter().all(Option::is_none)
+        {
             self.errors
                 .push(PolicyError::NoDocuments { at: file_location });
             return;
@@ -185,7 +209,7 @@ impl PolicySet {
 }
 
 /// The key of serde's "duplicate entry with key \"K\"" message.
-fn duplicated_key(message: &str) -> Option<&str> {
+pub(crate) fn duplicated_key(message: &str) -> Option<&str> {
     let (_, rest) = message.split_once("duplicate entry with key \"")?;
     rest.split_once('"').map(|(key, _)| key)
 }
@@ -193,7 +217,7 @@ fn duplicated_key(message: &str) -> Option<&str> {
 /// Line and column (1-based) of the second `key:` of one block mapping in document
 /// `document` (0-based) of `text`. Follows indentation only, which is what block-style YAML
 /// nests by; `None` for anything it cannot follow (flow mappings, quoted multi-line keys).
-fn second_key_position(text: &str, document: usize, key: &str) -> Option<(usize, usize)> {
+pub(crate) fn second_key_position(text: &str, document: usize, key: &str) -> Option<(usize, usize)> {
     let mut current = 0;
     // Open mappings: the column of their keys and the keys seen so far.
     let mut open: Vec<(usize, Vec<String>)> = Vec::new();
@@ -244,7 +268,11 @@ fn second_key_position(text: &str, document: usize, key: &str) -> Option<(usize,
     None
 }
 
-fn document_name(value: &serde_norway::Value) -> Option<String> {
+fn is_policy(value: &serde_norway::Value) -> bool {
+    value.get("kind").and_then(serde_norway::Value::as_str) == Some(super::KIND)
+}
+
+pub(crate) fn document_name(value: &serde_norway::Value) -> Option<String> {
     value
         .get("metadata")?
         .get("name")?
@@ -253,7 +281,7 @@ fn document_name(value: &serde_norway::Value) -> Option<String> {
 }
 
 /// A serde error (wrong type, unknown or missing field) as a [`PolicyError`].
-fn shape_error(
+pub(crate) fn shape_error(
     base: Location,
     error: serde_path_to_error::Error<serde_norway::Error>,
 ) -> PolicyError {
@@ -329,7 +357,7 @@ fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
 
 /// The error's message without the location and path that `serde_norway` writes into it (we
 /// report those as structured fields).
-fn bare_message(error: &serde_norway::Error, path: &str) -> String {
+pub(crate) fn bare_message(error: &serde_norway::Error, path: &str) -> String {
     let mut message = error.to_string();
     if let Some(location) = error.location() {
         let suffix = format!(" at line {} column {}", location.line(), location.column());

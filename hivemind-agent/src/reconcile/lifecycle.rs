@@ -213,7 +213,7 @@ impl Lifecycle {
         record.ip = Some(attachment.ip);
         self.state.put_container(record).await?;
         crate::crashpoint::step("container address recorded");
-        let mut mounts = self.write_etc_files(&id, attachment.ip)?;
+        let mut mounts = self.write_etc_files(&id, app, attachment.ip)?;
         for volume in &app.volumes {
             mounts.push(BindMount {
                 source: self.volumes.data_path(&volume.volume),
@@ -427,11 +427,12 @@ impl Lifecycle {
         self.remove_dir(id);
     }
 
-    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's DNS server) for the
-    /// container.
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's DNS server; a stack's
+    /// apps also search their stack's zone) for the container.
     fn write_etc_files(
         &self,
         id: &str,
+        app: &AppSpec,
         ip: std::net::Ipv4Addr,
     ) -> Result<Vec<BindMount>, LifecycleError> {
         let dir = self.dir(id);
@@ -465,6 +466,7 @@ impl Lifecycle {
                 crate::service::dns::container_resolv_conf(
                     self.network.gateway(),
                     &self.dns_suffix,
+                    crate::service::records::stack_of(app).map(|(stack, _)| stack),
                 ),
             )?,
         ])

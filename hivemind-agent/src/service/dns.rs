@@ -314,10 +314,15 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The resolv.conf every container gets: the node's DNS server and the suffix to search.
-pub fn container_resolv_conf(gateway: Ipv4Addr, suffix: &str) -> String {
+/// The resolv.conf every container gets: the node's DNS server and the suffix to search,
+/// and first its stack's zone for an app of a stack (so `api` finds the stack's service).
+pub fn container_resolv_conf(gateway: Ipv4Addr, suffix: &str, stack: Option<&str>) -> String {
+    let search = match stack {
+        Some(stack) => format!("{stack}.{suffix} {suffix}"),
+        None => suffix.to_owned(),
+    };
     format!(
-        "# Written by hivemind: the node's DNS server answers <app>.{suffix} and service domains.\nnameserver {gateway}\nsearch {suffix}\noptions ndots:1\n"
+        "# Written by hivemind: the node's DNS server answers <app>.{suffix} and service domains.\nnameserver {gateway}\nsearch {search}\noptions ndots:1\n"
     )
 }
 
@@ -356,7 +361,7 @@ mod tests {
 
     #[test]
     fn container_resolv_conf_points_at_the_gateway() {
-        let text = container_resolv_conf(Ipv4Addr::new(10, 244, 3, 1), "hivemind");
+        let text = container_resolv_conf(Ipv4Addr::new(10, 244, 3, 1), "hivemind", None);
         assert!(text.contains("nameserver 10.244.3.1\n"), "{text}");
         assert!(text.contains("search hivemind\n"), "{text}");
     }

@@ -135,10 +135,27 @@ pub fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// `<app>.<suffix>` and the app's service domain.
+/// Label of a stack's apps (`hivemind stack deploy`): the stack's name.
+pub const STACK_LABEL: &str = "hivemind.stack";
+/// Label of a stack's apps: the Compose service the app is.
+pub const STACK_SERVICE_LABEL: &str = "hivemind.stack.service";
+
+/// The stack and Compose service of a stack's app.
+pub fn stack_of(app: &AppSpec) -> Option<(&str, &str)> {
+    Some((
+        app.labels.get(STACK_LABEL)?.as_str(),
+        app.labels.get(STACK_SERVICE_LABEL)?.as_str(),
+    ))
+}
+
+/// `<app>.<suffix>`, `<service>.<stack>.<suffix>` for a stack's app (its Compose name, which
+/// the stack's containers search), and the app's service domain.
 pub fn names_of(app: &AppSpec, suffix: &str) -> Vec<String> {
     let own = format!("{}.{suffix}", app.name);
     let mut names = vec![own.clone()];
+    if let Some((stack, service)) = stack_of(app) {
+        names.push(normalize(&format!("{service}.{stack}.{suffix}")));
+    }
     if let Some(domain) = app.service.as_deref().map(normalize)
         && domain != own
     {

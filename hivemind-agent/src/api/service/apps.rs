@@ -576,7 +576,7 @@ pub(super) fn stop_timeout(secs: u32) -> Result<u32, ApiError> {
 }
 
 /// Everything about a deploy request that can be checked without side effects.
-fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> {
+pub(super) fn validate_deploy(request: &proto::DeployRequest) -> Result<AppSpec, ApiError> {
     validate::name("app name", &request.name)?;
     if request.image.trim().is_empty() {
         return Err(ApiError::invalid(

@@ -1,6 +1,7 @@
 //! Transport-independent operations behind both the gRPC and the REST API. Each returns the
 //! API's messages (`crate::proto`) or an [`ApiError`](super::error::ApiError).
 
+mod apply;
 mod apps;
 mod cluster;
 mod containers;

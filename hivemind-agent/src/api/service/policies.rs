@@ -21,6 +21,17 @@ impl From<NetworkError> for ApiError {
     }
 }
 
+/// What storing a set of policies changes (see [`AgentService::plan_policies`]).
+#[derive(Debug, Default)]
+pub(super) struct PolicyPlan {
+    pub records: Vec<PolicyRecord>,
+    pub created: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 impl AgentService {
     /// Validates every document of every source; if any is wrong nothing changes and the error
     /// names each problem (file, document, field, reason). Otherwise stores the policies
@@ -35,16 +46,39 @@ impl AgentService {
         let parsed =
             policy::parse_sources(sources.iter().map(|s| (s.name.as_str(), s.yaml.as_str())))
                 .map_err(|errors| ApiError::invalid(format!("nothing applied:\n{errors}")))?;
-        let parts = self.parts();
         let _change = self.inner.changes.lock().await;
+        let plan = self.plan_policies(&parsed, sources, &BTreeSet::new()).await?;
+        self.commit_policies(&plan).await?;
+        let mut updated = plan.changed;
+        updated.extend(plan.unchanged);
+        Ok(proto::ApplyPoliciesReply {
+            created: plan.created,
+            updated,
+            warnings: plan.warnings,
+        })
+    }
 
+    /// The records `policies` become and what that does to the stored set (less `remove`),
+    /// compiled whole: a set the datapath cannot hold is refused here. Nothing is stored.
+    pub(super) async fn plan_policies(
+        &self,
+        policies: &[Policy],
+        sources: &[proto::PolicySource],
+        remove: &BTreeSet<String>,
+    ) -> Result<PolicyPlan, ApiError> {
+        let parts = self.parts();
         let existing = parts.state.policies().await?;
         let mut used: BTreeSet<u32> = existing.iter().map(|p| p.id).collect();
         let now = now_ms();
-        let (mut created, mut updated, mut records) = (Vec::new(), Vec::new(), Vec::new());
-        for policy in &parsed {
+        let mut plan = PolicyPlan::default();
+        for policy in policies {
+            let yaml = to_yaml(policy)?;
             let id = if let Some(old) = existing.iter().find(|p| p.name == policy.name) {
-                updated.push(policy.name.clone());
+                if old.yaml == yaml {
+                    plan.unchanged.push(policy.name.clone());
+                } else {
+                    plan.changed.push(policy.name.clone());
+                }
                 old.id
             } else {
                 let id = (1..hivemind_common::policy::MAX_POLICIES)
@@ -56,38 +90,49 @@ impl AgentService {
                         ))
                     })?;
                 used.insert(id);
-                created.push(policy.name.clone());
+                plan.created.push(policy.name.clone());
                 id
             };
-            records.push(PolicyRecord {
+            plan.records.push(PolicyRecord {
                 name: policy.name.clone(),
                 id,
-                yaml: to_yaml(policy)?,
+                yaml,
                 source: source_of(sources, policy),
                 applied_at_ms: now,
             });
         }
+        plan.removed = existing
+            .iter()
+            .filter(|p| remove.contains(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
 
         // Compile the whole resulting set first: a set the datapath cannot hold changes nothing.
         let mut whole: Vec<PolicyRecord> = existing
             .into_iter()
-            .filter(|old| !records.iter().any(|new| new.name == old.name))
+            .filter(|old| !remove.contains(&old.name))
+            .filter(|old| !plan.records.iter().any(|new| new.name == old.name))
             .collect();
-        whole.extend(records.iter().cloned());
+        whole.extend(plan.records.iter().cloned());
         let apps = parts.state.apps().await?;
         let identities = parts.state.identities().await?;
         let (compiled, _) = compile_records(&whole, &apps, &identities)?;
         compiled
             .check_capacity()
             .map_err(|err| ApiError::invalid(format!("nothing applied: {err}")))?;
+        plan.warnings = compiled.warnings;
+        Ok(plan)
+    }
 
-        parts.state.put_policies(&records).await?;
+    /// Stores a [`PolicyPlan`] and loads the recompiled rule set in one swap.
+    pub(super) async fn commit_policies(&self, plan: &PolicyPlan) -> Result<(), ApiError> {
+        let parts = self.parts();
+        parts.state.put_policies(&plan.records).await?;
+        for name in &plan.removed {
+            parts.state.delete_policy(name).await?;
+        }
         parts.network.load_policies().await?;
-        Ok(proto::ApplyPoliciesReply {
-            created,
-            updated,
-            warnings: compiled.warnings,
-        })
+        Ok(())
     }
 
     pub async fn policies(&self) -> Result<proto::ListPoliciesReply, ApiError> {

@@ -30,12 +30,50 @@ impl AgentService {
         let change = self.inner.changes.lock().await;
         let (current, revision) = self.existing_app(&request.name).await?;
         self.check_no_rollout(&current.name).await?;
-        let mut next = apply(&current, &request)?;
+        let next = apply(&current, &request)?;
+        let rollout = RolloutSettings {
+            parallel: request.parallel,
+            deadline_ms,
+            force_pull: request.force_pull,
+        };
+        self.roll_to(change, current, revision, next, rollout, progress)
+            .await
+    }
+
+    /// `hivemind apply`: makes the stored app `next` (a whole spec, not a change to it) the
+    /// way an update does.
+    pub(super) async fn replace_app(
+        &self,
+        mut next: AppSpec,
+        rollout: RolloutSettings,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<proto::DeployResult, ApiError> {
+        let change = self.inner.changes.lock().await;
+        let (current, revision) = self.existing_app(&next.name).await?;
+        self.check_no_rollout(&current.name).await?;
+        next.generation = current.generation;
+        next.created_at_ms = current.created_at_ms;
+        self.roll_to(change, current, revision, next, rollout, progress)
+            .await
+    }
+
+    /// From `current` to `next`: in place when no new containers are needed, else a
+    /// health-gated rollout. `change` is the agent's change lock, held until the rollout is
+    /// recorded.
+    async fn roll_to(
+        &self,
+        change: tokio::sync::MutexGuard<'_, ()>,
+        current: AppSpec,
+        revision: u64,
+        mut next: AppSpec,
+        rollout: RolloutSettings,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<proto::DeployResult, ApiError> {
         // What the store can refuse, before the network is asked for anything.
         self.check_volumes_exist(&next).await?;
         self.check_secrets_exist(&next).await?;
         let image = self
-            .pull(&next.image, request.force_pull, progress.as_ref())
+            .pull(&next.image, rollout.force_pull, progress.as_ref())
             .await?;
         next.image.clone_from(&image.name);
         self.check_image_settings(&mut next, &image).await?;
@@ -74,8 +112,8 @@ impl AgentService {
             RolloutKind::Update,
             current,
             &next,
-            request.parallel,
-            deadline_ms,
+            rollout.parallel,
+            rollout.deadline_ms,
         );
         self.begin_rollout(&next, revision, &rollout).await?;
         drop(change); // the rollout is recorded: a second one is refused, not queued
@@ -97,6 +135,16 @@ impl AgentService {
             ),
         ))
     }
+}
+
+/// How an update rolls out (given per update, not stored with the app).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RolloutSettings {
+    /// Replicas replaced at a time (0 = 1).
+    pub parallel: u32,
+    /// `--rollout-timeout`, in milliseconds (`None` = from the health check's timing).
+    pub deadline_ms: Option<u64>,
+    pub force_pull: bool,
 }
 
 fn result(
