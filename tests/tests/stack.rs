@@ -116,14 +116,15 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
     let api = apps::wait_running(agent, "shop-api", TIMEOUT);
     let db = apps::wait_running(agent, "shop-db", TIMEOUT);
     let web_id = apps::id(&web[0]);
-    let api_id = apps::id(&api);
 
     // web reaches api by its Compose name, as in a swarm.
-    let answer = wait_for("web reaches api by name", TIMEOUT, || {
-        let out = apps::exec(&node.containerd, &web_id, "wget -q -O - http://api/");
-        stdout(&out).contains(&api_id).then(|| stdout(&out))
+    let api_ip = apps::ip(&api);
+    wait_for("web resolves api to the api replica", TIMEOUT, || {
+        let out = apps::exec(&node.containerd, &web_id, "nslookup api");
+        stdout(&out).contains(&format!("Address: {api_ip}")).then_some(())
     });
-    assert!(answer.contains("hivemind test image"), "{answer}");
+    let out = apps::exec(&node.containerd, &web_id, "wget -q -O - http://api/");
+    assert!(stdout(&out).contains("hivemind test image"), "{}", stderr(&out));
     // ... and its full name too.
     let out = apps::exec(&node.containerd, &web_id, "nslookup db.shop.hivemind");
     assert!(out.status.success(), "{}", stdout(&out));

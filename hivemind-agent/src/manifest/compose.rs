@@ -388,7 +388,7 @@ pub fn convert(file: &str, text: &str, base: &Path, stack: &str) -> Result<Stack
                 };
                 (
                     key_line(text, &full),
-                    format!("`{full}` is not supported by hivemind stack deploy (see docs/compose.md)"),
+                    unsupported_message(&full),
                 )
             }
             None => (key_line(text, &path), format!("{path}: {message}")),
@@ -423,6 +423,14 @@ impl Converter<'_> {
             file: self.file.to_owned(),
             line: key_line(self.text, path),
             message: format!("{path}: {}", message.into()),
+        }
+    }
+
+    fn unsupported(&self, path: &str) -> ComposeError {
+        ComposeError {
+            file: self.file.to_owned(),
+            line: key_line(self.text, path),
+            message: unsupported_message(path),
         }
     }
 
@@ -549,10 +557,7 @@ impl Converter<'_> {
             .ok_or_else(|| self.fail(&at, "an image is required (stacks deploy images; build and push it first)"))?;
         for (engine_key, _) in &service.engine_only {
             if !ENGINE_ONLY.contains(&engine_key.as_str()) {
-                return Err(self.fail(
-                    &format!("{at}.{engine_key}"),
-                    "not supported by hivemind stack deploy (see docs/compose.md)",
-                ));
+                return Err(self.unsupported(&format!("{at}.{engine_key}")));
             }
             let why = match engine_key.as_str() {
                 "depends_on" => "apps start independently; use a health check and retries",
@@ -642,10 +647,7 @@ impl Converter<'_> {
         }
         for key in deploy.ignored.keys() {
             if !DEPLOY_IGNORED.contains(&key.as_str()) {
-                return Err(self.fail(
-                    &format!("{at}.{key}"),
-                    "not supported by hivemind stack deploy (see docs/compose.md)",
-                ));
+                return Err(self.unsupported(&format!("{at}.{key}")));
             }
             let why = match key.as_str() {
                 "placement" => "replicas are spread over the ready nodes",
@@ -906,6 +908,10 @@ fn to_yaml<T: serde::Serialize>(document: &T) -> String {
         "---\n{}",
         serde_norway::to_string(document).unwrap_or_default()
     )
+}
+
+fn unsupported_message(path: &str) -> String {
+    format!("`{path}` is not supported by hivemind stack deploy (see docs/compose.md)")
 }
 
 /// serde's "unknown field `x`, expected ..." → `x`.
