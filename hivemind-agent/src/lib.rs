@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod crashpoint;
 pub mod daemon;
+pub mod events;
 pub mod healthcheck;
 pub mod lb;
 pub mod manifest;

@@ -20,7 +20,8 @@ use crate::{
     proto::{
         self, agent_server::AgentServer, apps_server::AppsServer,
         cluster_peer_server::ClusterPeerServer, cluster_server::ClusterServer,
-        containers_server::ContainersServer, manifests_server::ManifestsServer,
+        containers_server::ContainersServer, events_server::EventsServer,
+        manifests_server::ManifestsServer,
         monitor_server::MonitorServer,
         policies_server::PoliciesServer, registries_server::RegistriesServer,
         secrets_server::SecretsServer, volumes_server::VolumesServer,
@@ -52,7 +53,7 @@ impl proto::apps_server::Apps for AgentService {
         let request = request.into_inner();
         let service = self.clone();
         Ok(Response::new(with_progress(move |progress| async move {
-            service.deploy(request, Some(progress)).await
+            Box::pin(service.deploy(request, Some(progress))).await
         })))
     }
 
@@ -272,6 +273,19 @@ impl proto::monitor_server::Monitor for AgentService {
 }
 
 #[tonic::async_trait]
+impl proto::events_server::Events for AgentService {
+    type WatchStream = Streaming<proto::EventInfo>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::EventsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.events(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
+}
+
+#[tonic::async_trait]
 impl proto::cluster_server::Cluster for AgentService {
     async fn list_nodes(
         &self,
@@ -407,7 +421,7 @@ impl proto::manifests_server::Manifests for AgentService {
         let request = request.into_inner();
         let service = self.clone();
         Ok(Response::new(with_progress(move |progress| async move {
-            service.apply_manifest(request, Some(progress)).await
+            Box::pin(service.apply_manifest(request, Some(progress))).await
         })))
     }
 
@@ -448,6 +462,7 @@ pub async fn serve(
             ManifestsServer::new(service.clone()).max_decoding_message_size(POLICY_MESSAGE_LIMIT),
         )
         .add_service(MonitorServer::new(service.clone()))
+        .add_service(EventsServer::new(service.clone()))
         .add_service(ClusterServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

@@ -6,6 +6,7 @@ mod app_update;
 mod apply;
 mod client;
 mod cluster;
+mod events;
 mod health;
 mod logs;
 mod monitor;
@@ -97,6 +98,8 @@ pub enum Command {
     /// Apply, list and remove network policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// What happened: deploys, container starts and exits, health, rollouts, nodes, policies.
+    Events(events::EventsArgs),
     /// Stream the datapath's verdicts live: who talks to whom, what was dropped and why.
     Monitor(monitor::MonitorArgs),
     /// Join this node to a cluster through any of its nodes (run on the new node).
@@ -137,6 +140,7 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Registry(command) => registry::run(global, command).await,
             Command::Policy(command) => policy::run(global, command).await,
             Command::Monitor(args) => monitor::run(global, args).await,
+            Command::Events(args) => events::run(global, args).await,
             Command::Join(args) => cluster::join(global, args).await,
             Command::Node(command) => cluster::node(global, command).await,
             Command::Cluster(command) => cluster::cluster(global, command).await,
@@ -208,6 +212,7 @@ fn check_command(command: &Command) -> &'static str {
         Command::Agent(_)
         | Command::Health
         | Command::Monitor(_)
+        | Command::Events(_)
         | Command::Completion(_)
         | Command::Man(_) => "hivemind health",
     }

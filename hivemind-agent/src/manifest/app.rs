@@ -294,7 +294,7 @@ fn health(check: &HealthCheck) -> HealthDocument {
 
 /// `10s`, `1500ms`: what `validate::duration` reads back.
 fn duration(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -304,7 +304,7 @@ fn duration(ms: u64) -> String {
 /// `256m`, `1g`, or bytes: what `validate::memory` reads back.
 fn size(bytes: u64) -> String {
     for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
-        if bytes % (1 << shift) == 0 {
+        if bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -313,7 +313,7 @@ fn size(bytes: u64) -> String {
 
 /// `0.5`, `2`: what `validate::cpus` reads back.
 fn cpus(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{}.{:03}", millis / 1000, millis % 1000)

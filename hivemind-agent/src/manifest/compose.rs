@@ -555,7 +555,7 @@ impl Converter<'_> {
             .image
             .clone()
             .ok_or_else(|| self.fail(&at, "an image is required (stacks deploy images; build and push it first)"))?;
-        for (engine_key, _) in &service.engine_only {
+        for engine_key in service.engine_only.keys() {
             if !ENGINE_ONLY.contains(&engine_key.as_str()) {
                 return Err(self.unsupported(&format!("{at}.{engine_key}")));
             }
@@ -738,9 +738,8 @@ impl Converter<'_> {
                 ServiceVolume::Short(short) => {
                     let parts: Vec<&str> = short.split(':').collect();
                     match parts.as_slice() {
-                        [source, target] => named(source, target, false),
+                        [source, target] | [source, target, "rw"] => named(source, target, false),
                         [source, target, "ro"] => named(source, target, true),
-                        [source, target, "rw"] => named(source, target, false),
                         _ => Err(self.fail(&at, format!("{short:?}: expected VOLUME:/path[:ro]"))),
                     }
                 }
@@ -776,9 +775,7 @@ impl Converter<'_> {
                     self.fail(&at, format!("secret {source} is not declared under the top-level secrets"))
                 })?;
                 // Compose's default target is the key, under /run/secrets.
-                let target = target
-                    .map(|t| t.strip_prefix("/run/secrets/").unwrap_or(t))
-                    .unwrap_or(source);
+                let target = target.map_or(source, |t| t.strip_prefix("/run/secrets/").unwrap_or(t));
                 Ok(format!("{name}:{target}"))
             })
             .collect()

@@ -79,7 +79,7 @@ pub async fn deploy(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<DeployBody>,
 ) -> Result<Json<DeployReply>> {
-    let result = state.service.deploy(body.into_request(), None).await?;
+    let result = Box::pin(state.service.deploy(body.into_request(), None)).await?;
     Ok(Json(result.into()))
 }
 

@@ -13,7 +13,7 @@
 //! What a set applied is recorded (`model::AppliedSet`), so prune and `stack rm` remove only
 //! that, and a resource belongs to one set at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::sync::mpsc;
 
@@ -24,6 +24,7 @@ use crate::{
         progress::Progress,
     },
     manifest::{self, Kind, Manifest},
+    policy::Location,
     model::{AppSpec, AppliedSet, now_ms},
     proto,
     reconcile::MAX_SECRET_BYTES,
@@ -116,13 +117,12 @@ impl AgentService {
         let mut message = plan.lines.clone();
         if request.dry_run || plan.changes() == 0 {
             message.push(plan.summary(false));
-            return Ok(result(&set, message));
+            return Ok(result(&set, &message));
         }
         self.prepare(&plan, progress.as_ref()).await?;
-        self.execute(&plan, &request.sources, progress.as_ref())
-            .await?;
+        Box::pin(self.execute(&plan, &request.sources, progress.as_ref())).await?;
         message.push(plan.summary(true));
-        Ok(result(&set, message))
+        Ok(result(&set, &message))
     }
 
     /// Step 1: see the module comment. Every problem of the set is reported together.
@@ -189,10 +189,84 @@ impl AgentService {
                 plan.volumes.push(name.clone());
             }
         }
-        // Secrets: values are compared, never shown.
+        self.plan_secrets(manifest, &stored_secrets, &request.secret_values, &mut plan, &mut problems)
+            .await;
+        // Policies: the resulting set is compiled whole.
+        match self
+            .plan_policies(&manifest.policies, &request.sources, &plan.remove_policies)
+            .await
+        {
+            Ok(policies) => {
+                plan.lines
+                    .extend(policies.created.iter().map(|n| format!("+ policy {n}")));
+                plan.lines
+                    .extend(policies.changed.iter().map(|n| format!("~ policy {n}")));
+                plan.unchanged
+                    .extend(policies.unchanged.iter().map(|n| format!("policy {n}")));
+                plan.policies_change = !policies.created.is_empty()
+                    || !policies.changed.is_empty()
+                    || !policies.removed.is_empty();
+            }
+            Err(err) => problems.push(err.message),
+        }
+        // Apps.
+        let volumes_after: BTreeSet<&String> = stored_volumes
+            .iter()
+            .filter(|v| !plan.remove_volumes.contains(v))
+            .chain(&names[&Kind::Volume])
+            .collect();
+        let secrets_after: BTreeSet<&String> = stored_secrets
+            .iter()
+            .filter(|s| !plan.remove_secrets.contains(s))
+            .chain(&names[&Kind::Secret])
+            .collect();
+        let targets = self
+            .plan_apps(manifest, &stored_apps, &volumes_after, &secrets_after, &mut plan, &mut problems)
+            .await;
+        let suffix = self.parts().services.table().suffix().to_owned();
+        check_what_stays(&stored_apps, &targets, &plan, &suffix, &mut problems);
+        for name in &plan.remove_apps {
+            plan.lines.push(format!("- app {name}"));
+        }
+        for name in &plan.remove_policies {
+            plan.lines.push(format!("- policy {name}"));
+        }
+        for name in &plan.remove_secrets {
+            plan.lines.push(format!("- secret {name}"));
+        }
+        for name in &plan.remove_volumes {
+            plan.lines.push(format!("- volume {name} (its data is deleted)"));
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "nothing applied:\n  {}",
+                problems.join("\n  ")
+            )));
+        }
+        plan.set_during = plan.set.clone();
+        for kind in Kind::ALL {
+            let before = members_of(&previous, kind).clone();
+            members(&mut plan.set_during, kind).extend(before.iter().cloned());
+            if !request.prune {
+                members(&mut plan.set, kind).extend(before);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Secrets of the set: created if missing (the value sent by the CLI), unchanged if the
+    /// stored value is the same; values are compared, never shown.
+    async fn plan_secrets(
+        &self,
+        manifest: &Manifest,
+        stored_secrets: &BTreeSet<String>,
+        values: &HashMap<String, Vec<u8>>,
+        plan: &mut Plan,
+        problems: &mut Vec<String>,
+    ) {
         for secret in &manifest.secrets {
             let name = &secret.document.metadata.name;
-            let value = request.secret_values.get(name);
+            let value = values.get(name);
             let from_file = secret.document.spec.is_some();
             match (stored_secrets.contains(name), value) {
                 (_, None) if from_file => problems.push(format!(
@@ -227,35 +301,19 @@ impl AgentService {
                 )),
             }
         }
-        // Policies: the resulting set is compiled whole.
-        match self
-            .plan_policies(&manifest.policies, &request.sources, &plan.remove_policies)
-            .await
-        {
-            Ok(policies) => {
-                plan.lines
-                    .extend(policies.created.iter().map(|n| format!("+ policy {n}")));
-                plan.lines
-                    .extend(policies.changed.iter().map(|n| format!("~ policy {n}")));
-                plan.unchanged
-                    .extend(policies.unchanged.iter().map(|n| format!("policy {n}")));
-                plan.policies_change = !policies.created.is_empty()
-                    || !policies.changed.is_empty()
-                    || !policies.removed.is_empty();
-            }
-            Err(err) => problems.push(err.message),
-        }
-        // Apps.
-        let volumes_after: BTreeSet<&String> = stored_volumes
-            .iter()
-            .filter(|v| !plan.remove_volumes.contains(v))
-            .chain(&names[&Kind::Volume])
-            .collect();
-        let secrets_after: BTreeSet<&String> = stored_secrets
-            .iter()
-            .filter(|s| !plan.remove_secrets.contains(s))
-            .chain(&names[&Kind::Secret])
-            .collect();
+    }
+
+    /// Apps of the set: new, changed or unchanged, each checked for what it references;
+    /// returns each app's resulting spec with where it was read.
+    async fn plan_apps(
+        &self,
+        manifest: &Manifest,
+        stored_apps: &[AppSpec],
+        volumes_after: &BTreeSet<&String>,
+        secrets_after: &BTreeSet<&String>,
+        plan: &mut Plan,
+        problems: &mut Vec<String>,
+    ) -> Vec<(Location, AppSpec)> {
         let mut targets = Vec::new();
         for app in &manifest.apps {
             let at = &app.at;
@@ -327,73 +385,7 @@ impl AgentService {
             }
             targets.push((at.clone(), target));
         }
-        // What stays must still have what it uses.
-        let apps_after: Vec<AppSpec> = stored_apps
-            .iter()
-            .filter(|a| !plan.remove_apps.contains(&a.name))
-            .filter(|a| !targets.iter().any(|(_, t)| t.name == a.name))
-            .cloned()
-            .chain(targets.iter().map(|(_, t)| t.clone()))
-            .collect();
-        for app in &apps_after {
-            for mount in &app.volumes {
-                if plan.remove_volumes.contains(&mount.volume) {
-                    problems.push(format!(
-                        "volume {} cannot be pruned: app {} uses it",
-                        mount.volume, app.name
-                    ));
-                }
-            }
-            for mount in &app.secrets {
-                if plan.remove_secrets.contains(&mount.secret) {
-                    problems.push(format!(
-                        "secret {} cannot be pruned: app {} uses it",
-                        mount.secret, app.name
-                    ));
-                }
-            }
-        }
-        let suffix = self.parts().services.table().suffix().to_owned();
-        for (at, target) in &targets {
-            let others: Vec<AppSpec> = apps_after
-                .iter()
-                .filter(|a| a.name != target.name)
-                .cloned()
-                .collect();
-            if let Some(clash) = port_clash(target, &others) {
-                problems.push(format!("{at}: {clash}"));
-            }
-            if let Some(clash) = crate::service::records::name_clash(target, &others, &suffix) {
-                problems.push(format!("{at}: {clash}"));
-            }
-        }
-        for name in &plan.remove_apps {
-            plan.lines.push(format!("- app {name}"));
-        }
-        for name in &plan.remove_policies {
-            plan.lines.push(format!("- policy {name}"));
-        }
-        for name in &plan.remove_secrets {
-            plan.lines.push(format!("- secret {name}"));
-        }
-        for name in &plan.remove_volumes {
-            plan.lines.push(format!("- volume {name} (its data is deleted)"));
-        }
-        if !problems.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "nothing applied:\n  {}",
-                problems.join("\n  ")
-            )));
-        }
-        plan.set_during = plan.set.clone();
-        for kind in Kind::ALL {
-            let before = members_of(&previous, kind).clone();
-            members(&mut plan.set_during, kind).extend(before.iter().cloned());
-            if !request.prune {
-                members(&mut plan.set, kind).extend(before);
-            }
-        }
-        Ok(plan)
+        targets
     }
 
     /// Step 2: every image pulled and checked before the first change.
@@ -473,7 +465,7 @@ impl AgentService {
             step(&mut done, "applied policies".to_owned()).await;
         }
         for request in &plan.deploys {
-            self.deploy(request.clone(), progress.cloned())
+            Box::pin(self.deploy(request.clone(), progress.cloned()))
                 .await
                 .map_err(|e| failed(&done, e))?;
             step(&mut done, format!("deployed app {}", request.name)).await;
@@ -587,10 +579,11 @@ impl AgentService {
                 request.kind, request.name
             )));
         }
-        let yaml = documents
-            .iter()
-            .map(|d| format!("---\n{d}"))
-            .collect::<String>();
+        let yaml = documents.iter().fold(String::new(), |mut all, d| {
+            all.push_str("---\n");
+            all.push_str(d);
+            all
+        });
         Ok(proto::GetManifestReply { yaml })
     }
 
@@ -616,7 +609,7 @@ impl AgentService {
     }
 }
 
-fn result(set: &str, lines: Vec<String>) -> proto::DeployResult {
+fn result(set: &str, lines: &[String]) -> proto::DeployResult {
     proto::DeployResult {
         app: set.to_owned(),
         container_id: String::new(),
@@ -719,4 +712,52 @@ fn port_clash(target: &AppSpec, others: &[AppSpec]) -> Option<String> {
                 )
             })
     })
+}
+
+/// What stays after the apply must still have what it uses, and own its host ports and names.
+fn check_what_stays(
+    stored_apps: &[AppSpec],
+    targets: &[(Location, AppSpec)],
+    plan: &Plan,
+    suffix: &str,
+    problems: &mut Vec<String>,
+) {
+        let apps_after: Vec<AppSpec> = stored_apps
+            .iter()
+            .filter(|a| !plan.remove_apps.contains(&a.name))
+            .filter(|a| !targets.iter().any(|(_, t)| t.name == a.name))
+            .cloned()
+            .chain(targets.iter().map(|(_, t)| t.clone()))
+            .collect();
+        for app in &apps_after {
+            for mount in &app.volumes {
+                if plan.remove_volumes.contains(&mount.volume) {
+                    problems.push(format!(
+                        "volume {} cannot be pruned: app {} uses it",
+                        mount.volume, app.name
+                    ));
+                }
+            }
+            for mount in &app.secrets {
+                if plan.remove_secrets.contains(&mount.secret) {
+                    problems.push(format!(
+                        "secret {} cannot be pruned: app {} uses it",
+                        mount.secret, app.name
+                    ));
+                }
+            }
+        }
+        for (at, target) in targets {
+            let others: Vec<AppSpec> = apps_after
+                .iter()
+                .filter(|a| a.name != target.name)
+                .cloned()
+                .collect();
+            if let Some(clash) = port_clash(target, &others) {
+                problems.push(format!("{at}: {clash}"));
+            }
+            if let Some(clash) = crate::service::records::name_clash(target, &others, &suffix) {
+                problems.push(format!("{at}: {clash}"));
+            }
+        }
 }

@@ -6,6 +6,7 @@ mod apps;
 mod cluster;
 mod containers;
 mod convert;
+mod events;
 mod metrics;
 mod monitor;
 mod policies;
@@ -14,6 +15,8 @@ mod remote;
 mod secrets;
 mod update;
 mod volumes;
+
+pub use update::changes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
 

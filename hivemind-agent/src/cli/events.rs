@@ -1,0 +1,76 @@
+//! `hivemind events`: lifecycle events, past and (with `-f`) live.
+
+use std::{io::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_stream::StreamExt as _;
+
+use super::{GlobalArgs, Output, client, output};
+use crate::proto::{self, events_client::EventsClient};
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Keep streaming events as they happen.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// From this long ago (`10m`, `2h`) or this time (RFC 3339, e.g. 2026-12-07T10:00:00Z).
+    /// Without -f the default is everything the records show; with -f, only what comes.
+    #[arg(long, value_name = "DURATION|TIME")]
+    since: Option<String>,
+}
+
+pub async fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let since_ms = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
+    let mut client = EventsClient::new(client::channel(global).await?);
+    let mut events = client
+        .watch(proto::EventsRequest {
+            follow: args.follow,
+            since_ms,
+        })
+        .await?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let line = match global.output {
+            // One JSON document a line, so a stream can be read line by line.
+            Output::Json | Output::Yaml => serde_json::to_string(&event)?,
+            Output::Table => render(&event),
+        };
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break; // the reader went away (e.g. `| head`)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: a duration back from now, or an RFC 3339 time; milliseconds since the epoch.
+fn since(value: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = crate::validate::duration("since", value) {
+        return Ok(crate::model::now_ms().saturating_sub(ms));
+    }
+    let time = chrono::DateTime::parse_from_rfc3339(value).with_context(|| {
+        format!("invalid --since {value:?}: expected a duration (10m, 2h) or an RFC 3339 time")
+    })?;
+    Ok(u64::try_from(time.timestamp_millis()).unwrap_or(0))
+}
+
+fn render(event: &proto::EventInfo) -> String {
+    let exit = event
+        .exit_code
+        .map_or_else(String::new, |code| format!(" (exit code {code})"));
+    let node = if event.node.is_empty() { "-" } else { &event.node };
+    format!(
+        "{}  {:<9} {:<11} {:<24} {:<12} {}{exit}",
+        output::timestamp(event.at_ms),
+        event.kind,
+        event.action,
+        event.name,
+        node,
+        event.message
+    )
+}
