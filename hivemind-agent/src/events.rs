@@ -226,9 +226,7 @@ fn node_event(node: &str, action: &'static str, message: &str) -> Event {
 /// The history entries `record` has and `old` had not, and a changed health verdict.
 fn container_events(old: Option<&ContainerRecord>, record: &ContainerRecord) -> Vec<Event> {
     let seen = old.map_or(0, |o| o.history.last().map_or(0, |c| c.at_ms));
-    let seen_count = old.map_or(0, |o| {
-        o.history.iter().filter(|c| c.at_ms == seen).count()
-    });
+    let seen_count = old.map_or(0, |o| o.history.iter().filter(|c| c.at_ms == seen).count());
     let mut at_seen = 0;
     let mut events = Vec::new();
     for change in &record.history {
@@ -358,7 +356,10 @@ mod tests {
         ]);
         let events = tracker.put(&key, &json(&exited));
         assert_eq!(events.len(), 1);
-        assert_eq!((events[0].action, events[0].exit_code), ("exited", Some(137)));
+        assert_eq!(
+            (events[0].action, events[0].exit_code),
+            ("exited", Some(137))
+        );
         let restarted = record(&[
             (1, ContainerState::Running, None),
             (5, ContainerState::Exited, Some(137)),
@@ -367,7 +368,7 @@ mod tests {
         let events = tracker.put(&key, &json(&restarted));
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].action, "started");
-        assert!(tracker.put(&key, &json(&restarted)).is_empty());
+        assert_eq!(tracker.put(&key, &json(&restarted)), Vec::<Event>::new());
         assert_eq!(tracker.delete(&key)[0].action, "removed");
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::{
-        AppSpec, AppliedSet, ContainerRecord, PolicyRecord, RegistryLogin, SecretRecord, VolumeRecord, keys,
+        AppSpec, AppliedSet, ContainerRecord, PolicyRecord, RegistryLogin, SecretRecord,
+        VolumeRecord, keys,
     },
     reconcile::{rollout::Rollout, schedule::Assignments},
     store::{Compare, Op, Revision, Store, StoreError, Txn},

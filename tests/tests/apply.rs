@@ -3,7 +3,7 @@
 //! `--dry-run`, pruned, and read back as the same documents. Checked through the CLI and,
 //! for "nothing changed", through containerd's own `ctr`.
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 use hivemind_tests::{
     SingleNode,
@@ -54,7 +54,8 @@ spec:
 "
     );
     if with_api {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\
 ---
 apiVersion: hivemind/v1
@@ -73,7 +74,7 @@ spec:
   ingress:
     - from: [{{app: web}}]
 "
-        ));
+        );
     }
     text
 }
@@ -94,6 +95,7 @@ fn ids(node: &SingleNode, app: &str) -> Vec<String> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one operator's story, step by step
 fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     let node = SingleNode::start();
     let agent = &node.agent;
@@ -138,8 +140,14 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     std::fs::write(&file, manifest(&node.image, "green", true)).expect("manifest");
     let out = agent.cli_ok(&["apply", "-f", file_arg, "--dry-run"]);
     assert!(out.contains("~ app web: env ~MODE"), "{out}");
-    assert!(out.contains("plan: 0 to create, 1 to change, 0 to remove, 4 unchanged"), "{out}");
-    assert!(!out.contains("blue") && !out.contains("green"), "env values shown: {out}");
+    assert!(
+        out.contains("plan: 0 to create, 1 to change, 0 to remove, 4 unchanged"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("blue") && !out.contains("green"),
+        "env values shown: {out}"
+    );
     assert_eq!(ctr_containers(&node), before);
     assert_eq!(ids(&node, "web"), web);
 
@@ -148,7 +156,10 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     assert!(out.contains("applied: 0 created, 1 changed"), "{out}");
     let new_web = ids(&node, "web");
     assert_eq!(new_web.len(), 2);
-    assert!(new_web.iter().all(|id| !web.contains(id)), "{web:?} -> {new_web:?}");
+    assert!(
+        new_web.iter().all(|id| !web.contains(id)),
+        "{web:?} -> {new_web:?}"
+    );
     assert_eq!(ids(&node, "api"), api);
     assert_eq!(ids(&node, "other"), other);
     let env = apps::exec(&node.containerd, &new_web[0], "echo $MODE");
@@ -171,9 +182,12 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     let err = stderr(&out);
     assert!(err.contains("nothing applied"), "{err}");
     assert!(err.contains("bad.yaml:"), "{err}");
-    assert!(err.contains("unknown field `replica` (did you mean `replicas`?)"), "{err}");
+    assert!(
+        err.contains("unknown field `replica` (did you mean `replicas`?)"),
+        "{err}"
+    );
     assert_eq!(ctr_containers(&node), before);
-    assert!(agent.cli(&["app", "inspect", "extra"]).status.code() != Some(0));
+    assert!(!agent.cli(&["app", "inspect", "extra"]).status.success());
     let env = apps::exec(&node.containerd, &new_web[0], "echo $MODE");
     assert_eq!(stdout(&env).trim(), "green", "the valid part was applied");
 
@@ -184,11 +198,18 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     )
     .expect("bad manifest");
     let out = agent.cli(&["apply", "-f", bad.to_str().expect("utf-8")]);
-    assert!(stderr(&out).contains("volume nope does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("volume nope does not exist"),
+        "{}",
+        stderr(&out)
+    );
 
     // get -o yaml | apply -f -: the same documents, so nothing to change.
     let yaml = agent.cli_ok(&["get", "apps", "-o", "yaml", "--set", "default"]);
-    assert!(yaml.contains("name: web") && yaml.contains("name: api"), "{yaml}");
+    assert!(
+        yaml.contains("name: web") && yaml.contains("name: api"),
+        "{yaml}"
+    );
     assert!(!yaml.contains("name: other"), "--set filters: {yaml}");
     let all = agent.cli_ok(&["get", "all"]);
     let out = agent.cli_stdin(&["apply", "-f", "-", "--dry-run"], yaml.as_bytes());
@@ -198,7 +219,10 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
         "{}\n{yaml}",
         stdout(&out)
     );
-    let out = agent.cli_stdin(&["apply", "-f", "-", "--dry-run", "--set", "copy"], all.as_bytes());
+    let out = agent.cli_stdin(
+        &["apply", "-f", "-", "--dry-run", "--set", "copy"],
+        all.as_bytes(),
+    );
     assert!(
         stderr(&out).contains("app web belongs to the apply set named default"),
         "{}",
@@ -208,11 +232,14 @@ fn apply_creates_reapplies_changes_plans_prunes_and_round_trips() {
     // --prune: api and its policy leave the files, so they go; the rest stays.
     std::fs::write(&file, manifest(&node.image, "green", false)).expect("manifest");
     let out = agent.cli_ok(&["apply", "-f", file_arg, "--prune", "--dry-run"]);
-    assert!(out.contains("- app api") && out.contains("- policy api-from-web"), "{out}");
+    assert!(
+        out.contains("- app api") && out.contains("- policy api-from-web"),
+        "{out}"
+    );
     assert_eq!(ids(&node, "api"), api);
     let out = agent.cli_ok(&["apply", "-f", file_arg, "--prune"]);
     assert!(out.contains("0 created, 0 changed, 2 removed"), "{out}");
-    assert!(agent.cli(&["app", "inspect", "api"]).status.code() != Some(0));
+    assert!(!agent.cli(&["app", "inspect", "api"]).status.success());
     let policies = agent.cli_ok(&["policy", "ls", "-q"]);
     assert!(!policies.contains("api-from-web"), "{policies}");
     assert_eq!(ids(&node, "web"), new_web);

@@ -26,11 +26,13 @@ fn events_show_the_past_and_follow_a_killed_container_restarting() {
 
     let past = agent.cli_ok(&["events", "--since", "10m"]);
     assert!(
-        past.lines().any(|l| l.contains("app") && l.contains("deployed") && l.contains("web")),
+        past.lines()
+            .any(|l| l.contains("app") && l.contains("deployed") && l.contains("web")),
         "{past}"
     );
     assert!(
-        past.lines().any(|l| l.contains(&id) && l.contains("started")),
+        past.lines()
+            .any(|l| l.contains(&id) && l.contains("started")),
         "{past}"
     );
 

@@ -14,7 +14,7 @@ use hivemind_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// In the shape of the well-known voting-app / WordPress examples: a front on a published
+/// In the shape of the well-known voting-app and blog examples: a front on a published
 /// port, an internal api, a stateful service with a volume and a password secret.
 fn compose(image: &str) -> String {
     format!(
@@ -76,14 +76,18 @@ secrets:
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one operator's story, step by step
 fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
     let node = SingleNode::start();
     let agent = &node.agent;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("docker-compose.yml");
     std::fs::write(&file, compose(&node.image)).expect("compose file");
-    std::fs::write(dir.path().join("db.env"), "# the db's settings\nDB_NAME=shop\nDB_USER='admin'\n")
-        .expect("env file");
+    std::fs::write(
+        dir.path().join("db.env"),
+        "# the db's settings\nDB_NAME=shop\nDB_USER='admin'\n",
+    )
+    .expect("env file");
     std::fs::write(dir.path().join("db_password.txt"), "hunter2").expect("secret file");
     let file_arg = file.to_str().expect("utf-8 path");
 
@@ -109,7 +113,10 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
         "`services.web.deploy.update_config.delay` ignored",
         "`version` ignored",
     ] {
-        assert!(warnings.contains(ignored), "missing {ignored:?} in:\n{warnings}");
+        assert!(
+            warnings.contains(ignored),
+            "missing {ignored:?} in:\n{warnings}"
+        );
     }
 
     let web = apps::wait_healthy(agent, "shop-web", 2, TIMEOUT);
@@ -121,10 +128,16 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
     let api_ip = apps::ip(&api);
     wait_for("web resolves api to the api replica", TIMEOUT, || {
         let out = apps::exec(&node.containerd, &web_id, "nslookup api");
-        stdout(&out).contains(&format!("Address: {api_ip}")).then_some(())
+        stdout(&out)
+            .contains(&format!("Address: {api_ip}"))
+            .then_some(())
     });
     let out = apps::exec(&node.containerd, &web_id, "wget -q -O - http://api/");
-    assert!(stdout(&out).contains("hivemind test image"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("hivemind test image"),
+        "{}",
+        stderr(&out)
+    );
     // ... and its full name too.
     let out = apps::exec(&node.containerd, &web_id, "nslookup db.shop.hivemind");
     assert!(out.status.success(), "{}", stdout(&out));
@@ -136,7 +149,12 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
         &db_id,
         "echo $DB_NAME $DB_USER; cat $DB_PASSWORD_FILE; echo; grep /var/lib/db /proc/mounts | wc -l",
     );
-    assert_eq!(stdout(&out).trim(), "shop admin\nhunter2\n1", "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "shop admin\nhunter2\n1",
+        "{}",
+        stderr(&out)
+    );
     let inspect = agent.cli_json(&["app", "inspect", "shop-web"]);
     assert_eq!(inspect["replicas"], 2, "{inspect}");
     assert_eq!(inspect["labels"]["hivemind.stack"], "shop", "{inspect}");
@@ -145,16 +163,28 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
     let again = agent.cli_ok(&["stack", "deploy", "-c", file_arg, "shop"]);
     assert!(again.contains("unchanged: all 5 resources"), "{again}");
     let listed = agent.cli_ok(&["stack", "ls"]);
-    assert!(listed.contains("shop") && listed.contains("shop-web"), "{listed}");
+    assert!(
+        listed.contains("shop") && listed.contains("shop-web"),
+        "{listed}"
+    );
 
     // An unsupported key: refused with its line, nothing changed.
     let bad = dir.path().join("bad.yml");
     std::fs::write(
         &bad,
-        compose(&node.image).replace("    restart: always\n", "    restart: always\n    configs: [app_config]\n"),
+        compose(&node.image).replace(
+            "    restart: always\n",
+            "    restart: always\n    configs: [app_config]\n",
+        ),
     )
     .expect("bad compose file");
-    let out = agent.cli(&["stack", "deploy", "-c", bad.to_str().expect("utf-8"), "shop"]);
+    let out = agent.cli(&[
+        "stack",
+        "deploy",
+        "-c",
+        bad.to_str().expect("utf-8"),
+        "shop",
+    ]);
     assert!(!out.status.success());
     let line = compose(&node.image)
         .lines()
@@ -162,7 +192,9 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
         .expect("restart line")
         + 2;
     assert!(
-        stderr(&out).contains(&format!("bad.yml:{line}: `services.api.configs` is not supported")),
+        stderr(&out).contains(&format!(
+            "bad.yml:{line}: `services.api.configs` is not supported"
+        )),
         "{}",
         stderr(&out)
     );
@@ -171,13 +203,27 @@ fn a_compose_stack_comes_up_talks_by_service_name_and_goes_away_whole() {
     let out = agent.cli_ok(&["stack", "rm", "shop"]);
     assert!(out.contains("5 removed"), "{out}");
     for app in ["shop-web", "shop-api", "shop-db"] {
-        assert!(!agent.cli(&["app", "inspect", app]).status.success(), "{app} left");
+        assert!(
+            !agent.cli(&["app", "inspect", app]).status.success(),
+            "{app} left"
+        );
     }
     let volumes = agent.cli_ok(&["volume", "ls", "-q"]);
-    assert!(volumes.contains("keep") && !volumes.contains("shop-db-data"), "{volumes}");
-    assert!(!agent.cli_ok(&["secret", "ls", "-q"]).contains("shop-db-password"));
+    assert!(
+        volumes.contains("keep") && !volumes.contains("shop-db-data"),
+        "{volumes}"
+    );
+    assert!(
+        !agent
+            .cli_ok(&["secret", "ls", "-q"])
+            .contains("shop-db-password")
+    );
     assert_eq!(apps::containers(agent, "other").len(), 1);
     assert!(!agent.cli_ok(&["stack", "ls", "-q"]).contains("shop"));
     let gone = agent.cli(&["stack", "rm", "shop"]);
-    assert!(stderr(&gone).contains("no stack named shop"), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("no stack named shop"),
+        "{}",
+        stderr(&gone)
+    );
 }

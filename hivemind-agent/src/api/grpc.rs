@@ -21,8 +21,7 @@ use crate::{
         self, agent_server::AgentServer, apps_server::AppsServer,
         cluster_peer_server::ClusterPeerServer, cluster_server::ClusterServer,
         containers_server::ContainersServer, events_server::EventsServer,
-        manifests_server::ManifestsServer,
-        monitor_server::MonitorServer,
+        manifests_server::ManifestsServer, monitor_server::MonitorServer,
         policies_server::PoliciesServer, registries_server::RegistriesServer,
         secrets_server::SecretsServer, volumes_server::VolumesServer,
     },
@@ -429,7 +428,9 @@ impl proto::manifests_server::Manifests for AgentService {
         &self,
         request: Request<proto::GetManifestRequest>,
     ) -> Result<Response<proto::GetManifestReply>, Status> {
-        Ok(Response::new(self.get_manifest(&request.into_inner()).await?))
+        Ok(Response::new(
+            self.get_manifest(&request.into_inner()).await?,
+        ))
     }
 
     async fn list_sets(

@@ -133,7 +133,10 @@ pub async fn stack(global: &GlobalArgs, command: &StackCommand) -> anyhow::Resul
         }
         StackCommand::Ls => {
             let mut client = ManifestsClient::new(client::channel(global).await?);
-            let reply = client.list_sets(proto::ListSetsRequest {}).await?.into_inner();
+            let reply = client
+                .list_sets(proto::ListSetsRequest {})
+                .await?
+                .into_inner();
             let stacks: Vec<(&str, &proto::SetInfo)> = reply
                 .sets
                 .iter()

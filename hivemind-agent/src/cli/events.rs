@@ -63,7 +63,11 @@ fn render(event: &proto::EventInfo) -> String {
     let exit = event
         .exit_code
         .map_or_else(String::new, |code| format!(" (exit code {code})"));
-    let node = if event.node.is_empty() { "-" } else { &event.node };
+    let node = if event.node.is_empty() {
+        "-"
+    } else {
+        &event.node
+    };
     format!(
         "{}  {:<9} {:<11} {:<24} {:<12} {}{exit}",
         output::timestamp(event.at_ms),

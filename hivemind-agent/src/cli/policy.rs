@@ -129,7 +129,8 @@ fn mib(bytes: usize) -> f64 {
 
 /// The YAML texts to send: the file, every .yaml/.yml file of a directory (sorted), or stdin.
 pub fn read_sources(file: &str) -> anyhow::Result<Vec<proto::PolicySource>> {
-    let sources = crate::manifest::read_path(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sources =
+        crate::manifest::read_path(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(sources
         .into_iter()
         .map(|(name, yaml)| proto::PolicySource { name, yaml })

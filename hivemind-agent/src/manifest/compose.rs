@@ -386,10 +386,7 @@ pub fn convert(file: &str, text: &str, base: &Path, stack: &str) -> Result<Stack
                 } else {
                     format!("{path}.{key}")
                 };
-                (
-                    key_line(text, &full),
-                    unsupported_message(&full),
-                )
+                (key_line(text, &full), unsupported_message(&full))
             }
             None => (key_line(text, &path), format!("{path}: {message}")),
         };
@@ -446,7 +443,10 @@ impl Converter<'_> {
             self.warn("version", "obsolete in the Compose Specification");
         }
         if compose.name.is_some() {
-            self.warn("name", "the stack's name is the one given on the command line");
+            self.warn(
+                "name",
+                "the stack's name is the one given on the command line",
+            );
         }
         if compose.networks.is_some() {
             self.warn("networks", "every app is on the one cluster network");
@@ -493,7 +493,10 @@ impl Converter<'_> {
                 (Some(file), None, false) => {
                     let full = self.base.join(file);
                     Some(std::fs::read(&full).map_err(|err| {
-                        self.fail(&format!("{path}.file"), format!("cannot read {}: {err}", full.display()))
+                        self.fail(
+                            &format!("{path}.file"),
+                            format!("cannot read {}: {err}", full.display()),
+                        )
                     })?)
                 }
                 (None, Some(var), false) => Some(
@@ -534,7 +537,11 @@ impl Converter<'_> {
 
     /// `STACK-KEY`, with `_` as `-` (names are DNS labels).
     fn scoped(&self, key: &str) -> String {
-        format!("{}-{}", self.stack, key.replace('_', "-").to_ascii_lowercase())
+        format!(
+            "{}-{}",
+            self.stack,
+            key.replace('_', "-").to_ascii_lowercase()
+        )
     }
 
     fn check_name(&self, path: &str, name: &str) -> Result<(), ComposeError> {
@@ -551,10 +558,12 @@ impl Converter<'_> {
         let at = format!("services.{key}");
         let name = self.scoped(key);
         self.check_name(&at, &name)?;
-        let image = service
-            .image
-            .clone()
-            .ok_or_else(|| self.fail(&at, "an image is required (stacks deploy images; build and push it first)"))?;
+        let image = service.image.clone().ok_or_else(|| {
+            self.fail(
+                &at,
+                "an image is required (stacks deploy images; build and push it first)",
+            )
+        })?;
         for engine_key in service.engine_only.keys() {
             if !ENGINE_ONLY.contains(&engine_key.as_str()) {
                 return Err(self.unsupported(&format!("{at}.{engine_key}")));
@@ -576,7 +585,10 @@ impl Converter<'_> {
             for file in files {
                 let full = self.base.join(&file);
                 let text = std::fs::read_to_string(&full).map_err(|err| {
-                    self.fail(&format!("{at}.env_file"), format!("cannot read {}: {err}", full.display()))
+                    self.fail(
+                        &format!("{at}.env_file"),
+                        format!("cannot read {}: {err}", full.display()),
+                    )
                 })?;
                 env.extend(env_file(&text));
             }
@@ -587,12 +599,13 @@ impl Converter<'_> {
         let mut labels = service.labels.as_ref().map(Pairs::map).unwrap_or_default();
         labels.insert(STACK_LABEL.to_owned(), Scalar(self.stack.to_owned()));
         labels.insert(STACK_SERVICE_LABEL.to_owned(), Scalar(key.to_owned()));
-        let words = |what: &str, words: &Option<Words>| -> Result<Option<Vec<String>>, ComposeError> {
-            words
-                .as_ref()
-                .map(|w| w.words().map_err(|e| self.fail(&format!("{at}.{what}"), e)))
-                .transpose()
-        };
+        let words =
+            |what: &str, words: &Option<Words>| -> Result<Option<Vec<String>>, ComposeError> {
+                words
+                    .as_ref()
+                    .map(|w| w.words().map_err(|e| self.fail(&format!("{at}.{what}"), e)))
+                    .transpose()
+            };
         let mut spec = AppSpecDocument {
             image,
             replicas: 1,
@@ -639,7 +652,10 @@ impl Converter<'_> {
         if let Some(mode) = deploy.mode.as_deref()
             && mode != "replicated"
         {
-            return Err(self.fail(&format!("{at}.mode"), format!("only replicated services are supported, not {mode:?}")));
+            return Err(self.fail(
+                &format!("{at}.mode"),
+                format!("only replicated services are supported, not {mode:?}"),
+            ));
         }
         spec.replicas = deploy.replicas.unwrap_or(1);
         if let Some(more) = &deploy.labels {
@@ -658,7 +674,10 @@ impl Converter<'_> {
         }
         if let Some(resources) = &deploy.resources {
             if resources.reservations.is_some() {
-                self.warn(&format!("{at}.resources.reservations"), "only limits are enforced");
+                self.warn(
+                    &format!("{at}.resources.reservations"),
+                    "only limits are enforced",
+                );
             }
             if let Some(limits) = &resources.limits {
                 if limits.pids.is_some() {
@@ -728,9 +747,15 @@ impl Converter<'_> {
                 ));
             }
             let name = names.get(source).ok_or_else(|| {
-                self.fail(&at, format!("volume {source} is not declared under the top-level volumes"))
+                self.fail(
+                    &at,
+                    format!("volume {source} is not declared under the top-level volumes"),
+                )
             })?;
-            Ok(format!("{name}:{target}{}", if read_only { ":ro" } else { "" }))
+            Ok(format!(
+                "{name}:{target}{}",
+                if read_only { ":ro" } else { "" }
+            ))
         };
         volumes
             .iter()
@@ -751,7 +776,10 @@ impl Converter<'_> {
                 }
                 ServiceVolume::Long(long) => Err(self.fail(
                     &at,
-                    format!("type {:?} is not supported; only named volumes (type: volume)", long.kind),
+                    format!(
+                        "type {:?} is not supported; only named volumes (type: volume)",
+                        long.kind
+                    ),
                 )),
             })
             .collect()
@@ -772,10 +800,14 @@ impl Converter<'_> {
                     ServiceSecret::Long(long) => (long.source.as_str(), long.target.as_deref()),
                 };
                 let name = names.get(source).ok_or_else(|| {
-                    self.fail(&at, format!("secret {source} is not declared under the top-level secrets"))
+                    self.fail(
+                        &at,
+                        format!("secret {source} is not declared under the top-level secrets"),
+                    )
                 })?;
                 // Compose's default target is the key, under /run/secrets.
-                let target = target.map_or(source, |t| t.strip_prefix("/run/secrets/").unwrap_or(t));
+                let target =
+                    target.map_or(source, |t| t.strip_prefix("/run/secrets/").unwrap_or(t));
                 Ok(format!("{name}:{target}"))
             })
             .collect()
@@ -822,7 +854,10 @@ impl Converter<'_> {
                 .transpose()
         };
         if cmd.is_none() {
-            return Err(self.fail(&format!("{at}.test"), "a test is required (or disable: true)"));
+            return Err(self.fail(
+                &format!("{at}.test"),
+                "a test is required (or disable: true)",
+            ));
         }
         Ok(HealthDocument {
             cmd,
@@ -837,8 +872,7 @@ impl Converter<'_> {
 
 /// `x-` keys are the file's own (anchors and the like), at the top and in services.
 fn drop_extensions(value: &mut serde_norway::Value) {
-    let is_extension =
-        |k: &serde_norway::Value| k.as_str().is_some_and(|k| k.starts_with("x-"));
+    let is_extension = |k: &serde_norway::Value| k.as_str().is_some_and(|k| k.starts_with("x-"));
     if let Some(map) = value.as_mapping_mut() {
         map.retain(|k, _| !is_extension(k));
         if let Some(services) = map.get_mut("services").and_then(|s| s.as_mapping_mut()) {
@@ -860,10 +894,14 @@ fn duration(value: &str) -> Result<String, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let ms = match &rest[..unit] {
             "h" => 3_600_000.0,
             "m" => 60_000.0,
@@ -980,10 +1018,22 @@ services:
 ";
         let err = convert("c.yml", text, Path::new("."), "shop").expect_err("unsupported");
         assert_eq!(err.line, Some(8), "{err}");
-        assert!(err.to_string().contains("services.db.devices_cgroup"), "{err}");
-        let ok = convert("c.yml", &text.replace("    devices_cgroup: x\n", ""), Path::new("."), "shop")
-            .expect("supported");
+        assert!(
+            err.to_string().contains("services.db.devices_cgroup"),
+            "{err}"
+        );
+        let ok = convert(
+            "c.yml",
+            &text.replace("    devices_cgroup: x\n", ""),
+            Path::new("."),
+            "shop",
+        )
+        .expect("supported");
         assert_eq!(ok.warnings.len(), 2, "{:?}", ok.warnings);
-        assert!(ok.warnings[0].starts_with("c.yml:4: `services.web.build` ignored"), "{:?}", ok.warnings);
+        assert!(
+            ok.warnings[0].starts_with("c.yml:4: `services.web.build` ignored"),
+            "{:?}",
+            ok.warnings
+        );
     }
 }

@@ -153,11 +153,17 @@ impl Manifest {
         let of = |n: &Metadata| n.name.clone();
         names.insert(
             Kind::Volume,
-            self.volumes.iter().map(|v| of(&v.document.metadata)).collect(),
+            self.volumes
+                .iter()
+                .map(|v| of(&v.document.metadata))
+                .collect(),
         );
         names.insert(
             Kind::Secret,
-            self.secrets.iter().map(|s| of(&s.document.metadata)).collect(),
+            self.secrets
+                .iter()
+                .map(|s| of(&s.document.metadata))
+                .collect(),
         );
         names.insert(
             Kind::NetworkPolicy,

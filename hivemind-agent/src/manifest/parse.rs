@@ -8,8 +8,8 @@ use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 
 use super::{
-    API_VERSION, Kind, Located, Manifest, ManifestError, ManifestErrors,
-    app::AppDocument, SecretDocument, VolumeDocument,
+    API_VERSION, Kind, Located, Manifest, ManifestError, ManifestErrors, SecretDocument,
+    VolumeDocument, app::AppDocument,
 };
 use crate::policy::{self, Location, PolicyError};
 
@@ -203,8 +203,12 @@ fn read_text(file: &str, text: &str, manifest: &mut Manifest, errors: &mut Vec<M
                     manifest.apps.push(app);
                 }
             }
-            Some(Kind::Volume) => manifest.volumes.extend(typed::<VolumeDocument>(de, at, errors)),
-            Some(Kind::Secret) => manifest.secrets.extend(typed::<SecretDocument>(de, at, errors)),
+            Some(Kind::Volume) => manifest
+                .volumes
+                .extend(typed::<VolumeDocument>(de, at, errors)),
+            Some(Kind::Secret) => manifest
+                .secrets
+                .extend(typed::<SecretDocument>(de, at, errors)),
             Some(Kind::NetworkPolicy) | None => {}
         }
     }
@@ -367,21 +371,35 @@ apiVersion: hivemind/v2
 kind: Volume
 metadata: {name: data}
 ";
-        let errors = parse_sources([("bad.yaml", text)]).expect_err("invalid").to_string();
+        let errors = parse_sources([("bad.yaml", text)])
+            .expect_err("invalid")
+            .to_string();
         assert!(
-            errors.contains("bad.yaml:6:3: document 1: spec: unknown field `replica` (did you mean `replicas`?)"),
+            errors.contains(
+                "bad.yaml:6:3: document 1: spec: unknown field `replica` (did you mean `replicas`?)"
+            ),
             "{errors}"
         );
-        assert!(errors.contains("bad.yaml:9:1: document 2 (x): kind: kind must be one of"), "{errors}");
-        assert!(errors.contains("bad.yaml:12:1: document 3 (data): apiVersion"), "{errors}");
+        assert!(
+            errors.contains("bad.yaml:9:1: document 2 (x): kind: kind must be one of"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("bad.yaml:12:1: document 3 (data): apiVersion"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn duplicates_and_empty_sets_are_refused() {
         let text = "kind: Volume\napiVersion: hivemind/v1\nmetadata: {name: a}\n---\nkind: Volume\napiVersion: hivemind/v1\nmetadata: {name: a}\n";
-        let errors = parse_sources([("d.yaml", text)]).expect_err("dup").to_string();
+        let errors = parse_sources([("d.yaml", text)])
+            .expect_err("dup")
+            .to_string();
         assert!(errors.contains("volume a is defined twice"), "{errors}");
-        let errors = parse_sources([("e.yaml", "# nothing\n")]).expect_err("empty").to_string();
+        let errors = parse_sources([("e.yaml", "# nothing\n")])
+            .expect_err("empty")
+            .to_string();
         assert!(errors.contains("no documents"), "{errors}");
     }
 }

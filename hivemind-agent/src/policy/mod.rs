@@ -37,10 +37,10 @@ pub use model::{
     MAX_PORT_RANGE, Metadata, Peer, PeerDoc, Policy, PolicyDocument, PortDoc, PortRule, Protocol,
     Rule, Spec, display_labels,
 };
-pub use parse::{parse_path, parse_policy_documents, parse_sources, parse_str};
 pub(crate) use parse::{
     bare_message, document_name, duplicated_key, second_key_position, shape_error, yaml_files,
 };
+pub use parse::{parse_path, parse_policy_documents, parse_sources, parse_str};
 
 /// The most YAML one apply takes, over REST (one body) and gRPC (all files of a
 /// `policy apply -f`). A policy set that needs more is far past the datapath's map sizes.

@@ -217,7 +217,11 @@ pub(crate) fn duplicated_key(message: &str) -> Option<&str> {
 /// Line and column (1-based) of the second `key:` of one block mapping in document
 /// `document` (0-based) of `text`. Follows indentation only, which is what block-style YAML
 /// nests by; `None` for anything it cannot follow (flow mappings, quoted multi-line keys).
-pub(crate) fn second_key_position(text: &str, document: usize, key: &str) -> Option<(usize, usize)> {
+pub(crate) fn second_key_position(
+    text: &str,
+    document: usize,
+    key: &str,
+) -> Option<(usize, usize)> {
     let mut current = 0;
     // Open mappings: the column of their keys and the keys seen so far.
     let mut open: Vec<(usize, Vec<String>)> = Vec::new();

@@ -24,8 +24,8 @@ use crate::{
         progress::Progress,
     },
     manifest::{self, Kind, Manifest},
-    policy::Location,
     model::{AppSpec, AppliedSet, now_ms},
+    policy::Location,
     proto,
     reconcile::MAX_SECRET_BYTES,
     runtime::image::ImageRef,
@@ -60,6 +60,44 @@ struct Plan {
 }
 
 impl Plan {
+    /// Volumes are created if missing; an existing one is left as it is.
+    fn add_volumes(&mut self, manifest: &Manifest, stored: &BTreeSet<String>) {
+        for volume in &manifest.volumes {
+            let name = &volume.document.metadata.name;
+            if stored.contains(name) {
+                self.unchanged.push(format!("volume {name}"));
+            } else {
+                self.lines.push(format!("+ volume {name}"));
+                self.volumes.push(name.clone());
+            }
+        }
+    }
+
+    fn add_removal_lines(&mut self) {
+        let lines = (self.remove_apps.iter().map(|n| format!("- app {n}")))
+            .chain(self.remove_policies.iter().map(|n| format!("- policy {n}")))
+            .chain(self.remove_secrets.iter().map(|n| format!("- secret {n}")))
+            .chain(
+                self.remove_volumes
+                    .iter()
+                    .map(|n| format!("- volume {n} (its data is deleted)")),
+            );
+        self.lines.extend(lines.collect::<Vec<_>>());
+    }
+
+    /// The set while applying (before and after together) and after it (without prune,
+    /// what it had stays in it).
+    fn record_sets(&mut self, previous: &AppliedSet, prune: bool) {
+        self.set_during = self.set.clone();
+        for kind in Kind::ALL {
+            let before = members_of(previous, kind).clone();
+            members(&mut self.set_during, kind).extend(before.iter().cloned());
+            if !prune {
+                members(&mut self.set, kind).extend(before);
+            }
+        }
+    }
+
     fn changes(&self) -> usize {
         self.lines.len()
     }
@@ -107,7 +145,10 @@ impl AgentService {
         } else if request.prune {
             // `stack rm`: the empty set, pruned.
             if self.parts().state.applied_set(&set).await?.is_none() {
-                return Err(ApiError::not_found(format!("no {} recorded", describe(&set))));
+                return Err(ApiError::not_found(format!(
+                    "no {} recorded",
+                    describe(&set)
+                )));
             }
             Manifest::default()
         } else {
@@ -171,43 +212,33 @@ impl AgentService {
                 .collect()
         };
         plan.remove_apps = gone(Kind::App, &|n| stored_apps.iter().any(|a| a.name == n));
-        let stored_policies: BTreeSet<String> =
-            state.policies().await?.into_iter().map(|p| p.name).collect();
+        let stored_policies: BTreeSet<String> = state
+            .policies()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         plan.remove_policies = gone(Kind::NetworkPolicy, &|n| stored_policies.contains(n))
             .into_iter()
             .collect();
         plan.remove_secrets = gone(Kind::Secret, &|n| stored_secrets.contains(n));
         plan.remove_volumes = gone(Kind::Volume, &|n| stored_volumes.contains(n));
 
-        // Volumes.
-        for volume in &manifest.volumes {
-            let name = &volume.document.metadata.name;
-            if stored_volumes.contains(name) {
-                plan.unchanged.push(format!("volume {name}"));
-            } else {
-                plan.lines.push(format!("+ volume {name}"));
-                plan.volumes.push(name.clone());
-            }
-        }
-        self.plan_secrets(manifest, &stored_secrets, &request.secret_values, &mut plan, &mut problems)
-            .await;
+        plan.add_volumes(manifest, &stored_volumes);
+        self.plan_secrets(
+            manifest,
+            &stored_secrets,
+            &request.secret_values,
+            &mut plan,
+            &mut problems,
+        )
+        .await;
         // Policies: the resulting set is compiled whole.
-        match self
-            .plan_policies(&manifest.policies, &request.sources, &plan.remove_policies)
+        if let Err(err) = self
+            .plan_policy_set(manifest, &request.sources, &mut plan)
             .await
         {
-            Ok(policies) => {
-                plan.lines
-                    .extend(policies.created.iter().map(|n| format!("+ policy {n}")));
-                plan.lines
-                    .extend(policies.changed.iter().map(|n| format!("~ policy {n}")));
-                plan.unchanged
-                    .extend(policies.unchanged.iter().map(|n| format!("policy {n}")));
-                plan.policies_change = !policies.created.is_empty()
-                    || !policies.changed.is_empty()
-                    || !policies.removed.is_empty();
-            }
-            Err(err) => problems.push(err.message),
+            problems.push(err.message);
         }
         // Apps.
         let volumes_after: BTreeSet<&String> = stored_volumes
@@ -221,36 +252,25 @@ impl AgentService {
             .chain(&names[&Kind::Secret])
             .collect();
         let targets = self
-            .plan_apps(manifest, &stored_apps, &volumes_after, &secrets_after, &mut plan, &mut problems)
+            .plan_apps(
+                manifest,
+                &stored_apps,
+                &volumes_after,
+                &secrets_after,
+                &mut plan,
+                &mut problems,
+            )
             .await;
         let suffix = self.parts().services.table().suffix().to_owned();
         check_what_stays(&stored_apps, &targets, &plan, &suffix, &mut problems);
-        for name in &plan.remove_apps {
-            plan.lines.push(format!("- app {name}"));
-        }
-        for name in &plan.remove_policies {
-            plan.lines.push(format!("- policy {name}"));
-        }
-        for name in &plan.remove_secrets {
-            plan.lines.push(format!("- secret {name}"));
-        }
-        for name in &plan.remove_volumes {
-            plan.lines.push(format!("- volume {name} (its data is deleted)"));
-        }
+        plan.add_removal_lines();
         if !problems.is_empty() {
             return Err(ApiError::invalid(format!(
                 "nothing applied:\n  {}",
                 problems.join("\n  ")
             )));
         }
-        plan.set_during = plan.set.clone();
-        for kind in Kind::ALL {
-            let before = members_of(&previous, kind).clone();
-            members(&mut plan.set_during, kind).extend(before.iter().cloned());
-            if !request.prune {
-                members(&mut plan.set, kind).extend(before);
-            }
-        }
+        plan.record_sets(&previous, request.prune);
         Ok(plan)
     }
 
@@ -388,6 +408,28 @@ impl AgentService {
         targets
     }
 
+    /// The policy documents' part of the plan (the set that results compiled whole).
+    async fn plan_policy_set(
+        &self,
+        manifest: &Manifest,
+        sources: &[proto::PolicySource],
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
+        let policies = self
+            .plan_policies(&manifest.policies, sources, &plan.remove_policies)
+            .await?;
+        plan.lines
+            .extend(policies.created.iter().map(|n| format!("+ policy {n}")));
+        plan.lines
+            .extend(policies.changed.iter().map(|n| format!("~ policy {n}")));
+        plan.unchanged
+            .extend(policies.unchanged.iter().map(|n| format!("policy {n}")));
+        plan.policies_change = !policies.created.is_empty()
+            || !policies.changed.is_empty()
+            || !policies.removed.is_empty();
+        Ok(())
+    }
+
     /// Step 2: every image pulled and checked before the first change.
     async fn prepare(
         &self,
@@ -399,7 +441,8 @@ impl AgentService {
             .iter()
             .map(|d| {
                 validate_deploy(d).map(|mut spec| {
-                    spec.image = ImageRef::parse(&spec.image).map_or(spec.image.clone(), |i| i.name());
+                    spec.image =
+                        ImageRef::parse(&spec.image).map_or(spec.image.clone(), |i| i.name());
                     spec
                 })
             })
@@ -440,7 +483,9 @@ impl AgentService {
             ApiError::new(err.kind, format!("{} ({before})", err.message))
         };
         for name in &plan.volumes {
-            self.create_volume(name).await.map_err(|e| failed(&done, e))?;
+            self.create_volume(name)
+                .await
+                .map_err(|e| failed(&done, e))?;
             step(&mut done, format!("created volume {name}")).await;
         }
         for (name, value) in &plan.secrets {
@@ -481,11 +526,15 @@ impl AgentService {
             step(&mut done, format!("removed app {name}")).await;
         }
         for name in &plan.remove_secrets {
-            self.remove_secret(name).await.map_err(|e| failed(&done, e))?;
+            self.remove_secret(name)
+                .await
+                .map_err(|e| failed(&done, e))?;
             step(&mut done, format!("removed secret {name}")).await;
         }
         for name in &plan.remove_volumes {
-            self.remove_volume(name).await.map_err(|e| failed(&done, e))?;
+            self.remove_volume(name)
+                .await
+                .map_err(|e| failed(&done, e))?;
             step(&mut done, format!("removed volume {name}")).await;
         }
         state.put_applied_set(&plan.set).await?;
@@ -508,17 +557,15 @@ impl AgentService {
                 ))
             })?]
         };
-        let filter = if request.set.is_empty() {
-            None
-        } else {
-            let name = set_name(&request.set)?;
-            Some(
-                state
-                    .applied_set(&name)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(format!("no {} recorded", describe(&name))))?,
-            )
-        };
+        let filter =
+            if request.set.is_empty() {
+                None
+            } else {
+                let name = set_name(&request.set)?;
+                Some(state.applied_set(&name).await?.ok_or_else(|| {
+                    ApiError::not_found(format!("no {} recorded", describe(&name)))
+                })?)
+            };
         let wanted = |kind: Kind, name: &str| {
             (request.name.is_empty() || request.name == name)
                 && filter
@@ -660,7 +707,10 @@ fn owners(
 ) {
     for other in sets.iter().filter(|s| s.name != set_name) {
         for (kind, list) in names {
-            for name in list.iter().filter(|n| members_of(other, *kind).contains(*n)) {
+            for name in list
+                .iter()
+                .filter(|n| members_of(other, *kind).contains(*n))
+            {
                 problems.push(format!(
                     "{kind} {name} belongs to the {}; remove it there first",
                     describe(&other.name)
@@ -722,42 +772,42 @@ fn check_what_stays(
     suffix: &str,
     problems: &mut Vec<String>,
 ) {
-        let apps_after: Vec<AppSpec> = stored_apps
+    let apps_after: Vec<AppSpec> = stored_apps
+        .iter()
+        .filter(|a| !plan.remove_apps.contains(&a.name))
+        .filter(|a| !targets.iter().any(|(_, t)| t.name == a.name))
+        .cloned()
+        .chain(targets.iter().map(|(_, t)| t.clone()))
+        .collect();
+    for app in &apps_after {
+        for mount in &app.volumes {
+            if plan.remove_volumes.contains(&mount.volume) {
+                problems.push(format!(
+                    "volume {} cannot be pruned: app {} uses it",
+                    mount.volume, app.name
+                ));
+            }
+        }
+        for mount in &app.secrets {
+            if plan.remove_secrets.contains(&mount.secret) {
+                problems.push(format!(
+                    "secret {} cannot be pruned: app {} uses it",
+                    mount.secret, app.name
+                ));
+            }
+        }
+    }
+    for (at, target) in targets {
+        let others: Vec<AppSpec> = apps_after
             .iter()
-            .filter(|a| !plan.remove_apps.contains(&a.name))
-            .filter(|a| !targets.iter().any(|(_, t)| t.name == a.name))
+            .filter(|a| a.name != target.name)
             .cloned()
-            .chain(targets.iter().map(|(_, t)| t.clone()))
             .collect();
-        for app in &apps_after {
-            for mount in &app.volumes {
-                if plan.remove_volumes.contains(&mount.volume) {
-                    problems.push(format!(
-                        "volume {} cannot be pruned: app {} uses it",
-                        mount.volume, app.name
-                    ));
-                }
-            }
-            for mount in &app.secrets {
-                if plan.remove_secrets.contains(&mount.secret) {
-                    problems.push(format!(
-                        "secret {} cannot be pruned: app {} uses it",
-                        mount.secret, app.name
-                    ));
-                }
-            }
+        if let Some(clash) = port_clash(target, &others) {
+            problems.push(format!("{at}: {clash}"));
         }
-        for (at, target) in targets {
-            let others: Vec<AppSpec> = apps_after
-                .iter()
-                .filter(|a| a.name != target.name)
-                .cloned()
-                .collect();
-            if let Some(clash) = port_clash(target, &others) {
-                problems.push(format!("{at}: {clash}"));
-            }
-            if let Some(clash) = crate::service::records::name_clash(target, &others, &suffix) {
-                problems.push(format!("{at}: {clash}"));
-            }
+        if let Some(clash) = crate::service::records::name_clash(target, &others, suffix) {
+            problems.push(format!("{at}: {clash}"));
         }
+    }
 }

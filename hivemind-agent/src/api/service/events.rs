@@ -31,7 +31,12 @@ impl AgentService {
         let past = if request.follow && request.since_ms == 0 {
             Vec::new()
         } else {
-            let rollouts: Vec<_> = state.rollouts().await?.into_iter().map(|(r, _)| r).collect();
+            let rollouts: Vec<_> = state
+                .rollouts()
+                .await?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect();
             events::history(
                 &state.apps().await?,
                 &state.containers().await?,

@@ -47,7 +47,9 @@ impl AgentService {
             policy::parse_sources(sources.iter().map(|s| (s.name.as_str(), s.yaml.as_str())))
                 .map_err(|errors| ApiError::invalid(format!("nothing applied:\n{errors}")))?;
         let _change = self.inner.changes.lock().await;
-        let plan = self.plan_policies(&parsed, sources, &BTreeSet::new()).await?;
+        let plan = self
+            .plan_policies(&parsed, sources, &BTreeSet::new())
+            .await?;
         self.commit_policies(&plan).await?;
         let mut updated = plan.changed;
         updated.extend(plan.unchanged);
