@@ -247,8 +247,9 @@ async fn serve(
     let cluster_task = cluster_listener.map(|(listener, tls, address)| {
         let service = service.clone();
         let shutdown = stopped();
+        let token = token.clone();
         tokio::spawn(async move {
-            let served = grpc::serve_cluster(listener, &tls, service, shutdown).await;
+            let served = grpc::serve_cluster(listener, &tls, &token, service, shutdown).await;
             if let Err(err) = &served {
                 tracing::error!(%address, "cluster endpoint: {err}");
             }

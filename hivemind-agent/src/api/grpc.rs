@@ -470,16 +470,19 @@ pub async fn serve(
 }
 
 /// The cluster endpoint: TLS with this node's certificate. `ClusterPeer` (joining) takes any
-/// caller; every other service requires a client certificate of the cluster CA, so another
-/// node can call this node's services — e.g. `Containers.Info` and `Logs` for the containers
-/// running here — through [`cluster::ClusterClient`].
+/// caller; every other service requires a client certificate of the cluster CA — so another
+/// node can call this node's services, e.g. `Containers.Info` and `Logs` for the containers
+/// running here, through [`cluster::ClusterClient`] — or this agent's API token, which is how
+/// a remote `hivemind --addr https://...` drives it.
 pub async fn serve_cluster(
     listener: TcpListener,
     tls: &cluster::NodeTls,
+    api_token: &str,
     service: AgentService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let nodes_only = cluster::require_node_certificate;
+    let gate = cluster::NodeOrToken::new(api_token);
+    let limit = POLICY_MESSAGE_LIMIT;
     tonic::transport::Server::builder()
         .tls_config(cluster::server_tls(tls))?
         .add_service(ClusterPeerServer::new(PeerService(
@@ -487,32 +490,45 @@ pub async fn serve_cluster(
         )))
         .add_service(InterceptedService::new(
             AgentServer::new(service.clone()),
-            nodes_only,
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             AppsServer::new(service.clone()),
-            nodes_only,
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             ContainersServer::new(service.clone()),
-            nodes_only,
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             VolumesServer::new(service.clone()),
-            nodes_only,
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            PoliciesServer::new(service.clone()),
-            nodes_only,
+            SecretsServer::new(service.clone()),
+            gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            RegistriesServer::new(service.clone()),
+            gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PoliciesServer::new(service.clone()).max_decoding_message_size(limit),
+            gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ManifestsServer::new(service.clone()).max_decoding_message_size(limit),
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             MonitorServer::new(service.clone()),
-            nodes_only,
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            ClusterServer::new(service),
-            nodes_only,
+            EventsServer::new(service.clone()),
+            gate.clone(),
         ))
+        .add_service(InterceptedService::new(ClusterServer::new(service), gate))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -283,7 +283,7 @@ pub fn action(global: &GlobalArgs, reply: &proto::ActionReply) -> anyhow::Result
 
 async fn deploy(
     global: &GlobalArgs,
-    apps: &mut proto::apps_client::AppsClient<tonic::transport::Channel>,
+    apps: &mut proto::apps_client::AppsClient<super::client::Transport>,
     args: &DeployArgs,
 ) -> anyhow::Result<()> {
     let request = proto::DeployRequest {

@@ -7,7 +7,6 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 use crate::proto::{self, containers_client::ContainersClient};
 
@@ -20,7 +19,7 @@ pub struct LogOptions {
 
 /// One container's output, byte for byte.
 pub async fn container(
-    containers: &mut ContainersClient<Channel>,
+    containers: &mut ContainersClient<super::client::Transport>,
     id: &str,
     options: LogOptions,
 ) -> anyhow::Result<()> {
@@ -37,7 +36,7 @@ pub async fn container(
 
 /// Every current replica of `app`, line by line, `ID | line`.
 pub async fn app(
-    containers: &mut ContainersClient<Channel>,
+    containers: &mut ContainersClient<super::client::Transport>,
     app: &str,
     options: LogOptions,
 ) -> anyhow::Result<()> {
@@ -79,7 +78,7 @@ pub async fn app(
 
 /// Sends `id`'s output as whole lines (a last line without a newline gets one).
 async fn stream_lines(
-    containers: &mut ContainersClient<Channel>,
+    containers: &mut ContainersClient<super::client::Transport>,
     id: &str,
     options: LogOptions,
     tx: &mpsc::Sender<anyhow::Result<(String, Vec<u8>)>>,

@@ -27,6 +27,8 @@ use crate::{config::AgentArgs, paths};
 pub const EXIT_USAGE: u8 = 64;
 /// The agent answered but reports a subsystem down.
 pub const EXIT_DEGRADED: u8 = 3;
+/// A remote agent refused the credentials (sysexits `EX_NOPERM`).
+pub const EXIT_NOPERM: u8 = 77;
 /// The change may or may not have been applied: the store did not confirm it in time
 /// (sysexits `EX_TEMPFAIL`).
 pub const EXIT_UNCONFIRMED: u8 = 75;
@@ -49,9 +51,16 @@ pub struct GlobalArgs {
     /// The agent to talk to: unix:PATH or https://HOST:PORT.
     #[arg(long, global = true, env = "HIVEMIND_ADDR", default_value_t = format!("unix:{}", paths::DEFAULT_SOCKET))]
     pub addr: String,
-    /// Bearer token for remote agents; for `hivemind join`, the join token.
+    /// Bearer token for remote agents (a node's API token); for `hivemind join`, the join
+    /// token.
     #[arg(long, global = true, env = "HIVEMIND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA that a remote agent's certificate must chain to (`https://` only).
+    #[arg(long, global = true, env = "HIVEMIND_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A context of the client config (~/.config/hivemind/config.toml): addr, token, ca.
+    #[arg(long, global = true, env = "HIVEMIND_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// List commands print only names (ids for containers), one per line.
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,
@@ -167,6 +176,10 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
                         check_command(command)
                     );
                     return ExitCode::from(EXIT_UNCONFIRMED);
+                }
+                Some(status) if status.code() == tonic::Code::Unauthenticated => {
+                    eprintln!("hivemind: {}", status.message());
+                    return ExitCode::from(EXIT_NOPERM);
                 }
                 Some(status) => eprintln!("hivemind: {}", status.message()),
                 None => eprintln!("hivemind: {err:#}"),

@@ -469,6 +469,46 @@ pub fn server_tls(tls: &NodeTls) -> tonic::transport::ServerTlsConfig {
         .client_auth_optional(true)
 }
 
+/// The cluster endpoint's gate for every service but joining: another node (a client
+/// certificate of the cluster CA, verified in the TLS handshake) or a remote `hivemind` CLI
+/// (`authorization: Bearer <this agent's API token>`).
+#[derive(Clone)]
+pub struct NodeOrToken {
+    token: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for NodeOrToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOrToken").finish_non_exhaustive()
+    }
+}
+
+impl NodeOrToken {
+    pub fn new(token: &str) -> Self {
+        Self {
+            token: token.into(),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for NodeOrToken {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
+            return Ok(request);
+        }
+        let headers = request.metadata().clone().into_headers();
+        if crate::api::rest::security::bearer_matches(&headers, &self.token) {
+            return Ok(request);
+        }
+        let message = if headers.contains_key(axum::http::header::AUTHORIZATION) {
+            "the agent refused the token: give this node's API token (`hivemind agent --print-token` on it, or <data dir>/api-token)"
+        } else {
+            "this endpoint needs a bearer token (--token, or token in the client config) or a node certificate of the cluster"
+        };
+        Err(tonic::Status::unauthenticated(message))
+    }
+}
+
 /// A tonic interceptor for the cluster endpoint: only callers that presented a certificate of
 /// the cluster CA (verified during the TLS handshake) get through.
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
