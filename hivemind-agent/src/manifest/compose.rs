@@ -1036,4 +1036,152 @@ services:
             ok.warnings
         );
     }
+
+    /// dockersamples/example-voting-app's `docker-stack.yml`, as published.
+    const VOTING_APP: &str = "\
+version: \"3.9\"
+services:
+  redis:
+    image: redis:alpine
+    networks:
+      - frontend
+  db:
+    image: postgres:15-alpine
+    environment:
+      POSTGRES_USER: \"postgres\"
+      POSTGRES_PASSWORD: \"postgres\"
+    volumes:
+      - db-data:/var/lib/postgresql/data
+    networks:
+      - backend
+  vote:
+    image: dockersamples/examplevotingapp_vote
+    ports:
+      - 8080:80
+    networks:
+      - frontend
+    deploy:
+      replicas: 2
+  result:
+    image: dockersamples/examplevotingapp_result
+    ports:
+      - 8081:80
+    networks:
+      - backend
+  worker:
+    image: dockersamples/examplevotingapp_worker
+    networks:
+      - frontend
+      - backend
+    deploy:
+      replicas: 2
+networks:
+  frontend:
+  backend:
+volumes:
+  db-data:
+";
+
+    /// The WordPress sample of Docker's documentation.
+    const WORDPRESS: &str = "\
+services:
+  db:
+    image: mariadb:10.6.4-focal
+    command: '--default-authentication-plugin=mysql_native_password'
+    volumes:
+      - db_data:/var/lib/mysql
+    restart: always
+    environment:
+      - MYSQL_ROOT_PASSWORD=somewordpress
+      - MYSQL_DATABASE=wordpress
+      - MYSQL_USER=wordpress
+      - MYSQL_PASSWORD=wordpress
+    expose:
+      - 3306
+      - 33060
+  wordpress:
+    image: wordpress:latest
+    volumes:
+      - wp_data:/var/www/html
+    ports:
+      - 80:80
+    restart: always
+    environment:
+      - WORDPRESS_DB_HOST=db
+      - WORDPRESS_DB_USER=wordpress
+      - WORDPRESS_DB_PASSWORD=wordpress
+      - WORDPRESS_DB_NAME=wordpress
+volumes:
+  db_data:
+  wp_data:
+";
+
+    fn documents(stack: &Stack) -> super::super::Manifest {
+        super::super::parse_sources([("stack.yaml", stack.yaml.as_str())]).expect("valid documents")
+    }
+
+    #[test]
+    fn the_voting_app_stack_converts_whole() {
+        let stack =
+            convert("docker-stack.yml", VOTING_APP, Path::new("."), "vote").expect("supported");
+        let manifest = documents(&stack);
+        let names: Vec<&str> = manifest
+            .apps
+            .iter()
+            .map(|a| a.document.metadata.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "vote-db",
+                "vote-redis",
+                "vote-result",
+                "vote-vote",
+                "vote-worker"
+            ]
+        );
+        let vote = &manifest.apps[3].document;
+        assert_eq!(vote.spec.replicas, 2);
+        assert_eq!(vote.spec.ports, [Scalar::from("8080:80")]);
+        assert_eq!(
+            manifest.apps[0].document.spec.volumes,
+            ["vote-db-data:/var/lib/postgresql/data"]
+        );
+        assert_eq!(manifest.volumes[0].document.metadata.name, "vote-db-data");
+        // Networks are read and named, never silently dropped.
+        let networks = stack
+            .warnings
+            .iter()
+            .filter(|w| w.contains("networks"))
+            .count();
+        assert_eq!(networks, 6, "{:?}", stack.warnings);
+    }
+
+    #[test]
+    fn the_wordpress_sample_converts_with_its_engine_keys_listed() {
+        let stack = convert("compose.yaml", WORDPRESS, Path::new("."), "blog").expect("supported");
+        let manifest = documents(&stack);
+        let db = &manifest.apps[0].document;
+        assert_eq!(db.metadata.name, "blog-db");
+        assert_eq!(
+            db.spec.command.as_deref(),
+            Some(&["--default-authentication-plugin=mysql_native_password".to_owned()][..])
+        );
+        assert_eq!(db.spec.env["MYSQL_DATABASE"], Scalar::from("wordpress"));
+        assert_eq!(db.metadata.labels[STACK_SERVICE_LABEL], Scalar::from("db"));
+        let wordpress = &manifest.apps[1].document;
+        assert_eq!(wordpress.spec.env["WORDPRESS_DB_HOST"], Scalar::from("db"));
+        assert_eq!(wordpress.spec.volumes, ["blog-wp-data:/var/www/html"]);
+        for key in [
+            "services.db.restart",
+            "services.db.expose",
+            "services.wordpress.restart",
+        ] {
+            assert!(
+                stack.warnings.iter().any(|w| w.contains(key)),
+                "{key}: {:?}",
+                stack.warnings
+            );
+        }
+    }
 }
