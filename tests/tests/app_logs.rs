@@ -1,6 +1,6 @@
 //! `hivemind app logs --name APP`: every replica's output interleaved line by line, each line
 //! prefixed by its container id; `--tail` per replica; `-f` keeps streaming what the replicas
-//! write after it started.
+//! write after it started — for replicas on this node and on the other nodes of a cluster.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -10,8 +10,9 @@ use std::{
 };
 
 use hivemind_tests::{
-    SingleNode,
+    Agent, AgentOptions, SingleNode,
     apps::{self, deploy_ok},
+    cluster::{Underlay, form_three},
     util::{hivemind_bin, stderr, wait_for},
 };
 
@@ -90,4 +91,90 @@ fn app_logs_interleave_every_replica_with_its_id() {
     let out = agent.cli(&["app", "logs", "--name", "nope"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+}
+
+/// `hivemind app logs ARGS -f` on `agent`, its lines sent to the returned channel.
+fn follow(agent: &Agent, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(hivemind_bin())
+        .arg("--addr")
+        .arg(format!("unix:{}", agent.socket().display()))
+        .args(["app", "logs", "-f"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("app logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+#[test]
+fn app_logs_gather_replicas_from_every_node_of_a_cluster() {
+    const REGISTRY: &str = "192.0.2.11:5000";
+    let underlay = Underlay::new();
+    let options = AgentOptions {
+        insecure_registries: vec![REGISTRY.to_owned()],
+        ..AgentOptions::default()
+    };
+    let (n1, _registry, image, n2, n3) = form_three(&underlay, &options, REGISTRY);
+    deploy_ok(&n1.agent, &image, "web", &["--replicas", "3"]);
+    let replicas = wait_for("one running replica per node", TIMEOUT, || {
+        let all = apps::containers(&n1.agent, "web");
+        let nodes: std::collections::BTreeSet<String> = all
+            .iter()
+            .map(|c| c["node"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (all.len() == 3 && nodes.len() == 3 && all.iter().all(|c| c["state"] == "running"))
+            .then_some(all)
+    });
+
+    // From node 2: every replica's start line, wherever it runs, prefixed by its id.
+    let all = n2.agent.cli_ok(&["app", "logs", "--name", "web"]);
+    for replica in &replicas {
+        let id = apps::id(replica);
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(&format!("{id} ")) && l.contains("hivemind test image on")),
+            "no start line of {id} (on {}) in:\n{all}",
+            replica["node"]
+        );
+    }
+
+    // From node 3, -f: a request to the replica on node 1 shows up, with that replica's id.
+    let on_n1 = replicas
+        .iter()
+        .find(|c| c["node"] == n1.name())
+        .expect("a replica on node 1");
+    let (id, ip) = (apps::id(on_n1), apps::ip(on_n1));
+    let (mut child, lines) = follow(&n3.agent, &["--name", "web", "--tail", "0"]);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    let found = loop {
+        let _ = n1
+            .netns
+            .run("curl", &["-s", "-o", "/dev/null", &format!("http://{ip}/")]);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            if line.starts_with(&format!("{id} ")) {
+                break true;
+            }
+            seen.push(line);
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        found,
+        "no line from {id} on node 1 seen from node 3; saw {seen:?}"
+    );
 }
