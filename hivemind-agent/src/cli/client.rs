@@ -149,23 +149,15 @@ fn target(global: &GlobalArgs) -> anyhow::Result<Target> {
     };
     let token = match (&global.token, context) {
         (Some(token), _) => Some(token.clone()),
-        (
-            None,
-            Some(ContextConfig {
-                token: Some(token), ..
-            }),
-        ) => Some(token.clone()),
-        (
-            None,
-            Some(ContextConfig {
-                token_file: Some(file),
-                ..
-            }),
-        ) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read the token file {}", file.display()))?,
-        ),
-        _ => None,
+        (None, Some(context)) => match (&context.token, &context.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the token file {}", file.display()))?,
+            ),
+            (None, None) => None,
+        },
+        (None, None) => None,
     };
     Ok(Target {
         addr: match context {

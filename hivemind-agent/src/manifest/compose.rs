@@ -1082,7 +1082,7 @@ volumes:
   db-data:
 ";
 
-    /// The WordPress sample of Docker's documentation.
+    /// The `WordPress` sample of Docker's documentation.
     const WORDPRESS: &str = "\
 services:
   db:
