@@ -292,6 +292,36 @@ impl Agent {
             .args(args))
     }
 
+    /// `hivemind ARGS` left running (`-f` commands): the process, and its stdout's lines as
+    /// they come. Kill the process when done.
+    pub fn cli_lines(
+        &self,
+        args: &[&str],
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead as _;
+        let mut child = Command::new(hivemind_bin())
+            .arg("--addr")
+            .arg(format!("unix:{}", self.socket.display()))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("hivemind");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// `hivemind ... ARGS` that must succeed; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -2,18 +2,13 @@
 //! prefixed by its container id; `--tail` per replica; `-f` keeps streaming what the replicas
 //! write after it started — for replicas on this node and on the other nodes of a cluster.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use hivemind_tests::{
-    Agent, AgentOptions, SingleNode,
+    AgentOptions, SingleNode,
     apps::{self, deploy_ok},
     cluster::{Underlay, form_three},
-    util::{hivemind_bin, stderr, wait_for},
+    util::{stderr, wait_for},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,23 +39,7 @@ fn app_logs_interleave_every_replica_with_its_id() {
     assert_eq!(tail.lines().count(), 3, "{tail}");
 
     // -f: a request served after the stream started shows up, from the replica that served it.
-    let mut follow = Command::new(hivemind_bin())
-        .arg("--addr")
-        .arg(format!("unix:{}", agent.socket().display()))
-        .args(["app", "logs", "--name", "web", "-f", "--tail", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("app logs -f");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut follow, rx) = agent.cli_lines(&["app", "logs", "--name", "web", "-f", "--tail", "0"]);
     let target = &replicas[1];
     let ip = apps::ip(target);
     let id = apps::id(target);
@@ -91,29 +70,6 @@ fn app_logs_interleave_every_replica_with_its_id() {
     let out = agent.cli(&["app", "logs", "--name", "nope"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
-}
-
-/// `hivemind app logs ARGS -f` on `agent`, its lines sent to the returned channel.
-fn follow(agent: &Agent, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(hivemind_bin())
-        .arg("--addr")
-        .arg(format!("unix:{}", agent.socket().display()))
-        .args(["app", "logs", "-f"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("app logs -f");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
 }
 
 #[test]
@@ -154,7 +110,9 @@ fn app_logs_gather_replicas_from_every_node_of_a_cluster() {
         .find(|c| c["node"] == n1.name())
         .expect("a replica on node 1");
     let (id, ip) = (apps::id(on_n1), apps::ip(on_n1));
-    let (mut child, lines) = follow(&n3.agent, &["--name", "web", "--tail", "0"]);
+    let (mut child, lines) = n3
+        .agent
+        .cli_lines(&["app", "logs", "-f", "--name", "web", "--tail", "0"]);
     let deadline = Instant::now() + TIMEOUT;
     let mut seen = Vec::new();
     let found = loop {

@@ -1,17 +1,11 @@
 //! `hivemind events`: the past the records show (`--since`), and `-f` streaming a killed
 //! container's exit (with its code) and its restart as they happen.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use hivemind_tests::{
     SingleNode,
     apps::{self, deploy_ok},
-    util::hivemind_bin,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,23 +30,7 @@ fn events_show_the_past_and_follow_a_killed_container_restarting() {
         "{past}"
     );
 
-    let mut follow = Command::new(hivemind_bin())
-        .arg("--addr")
-        .arg(format!("unix:{}", agent.socket().display()))
-        .args(["-o", "json", "events", "-f"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("events -f");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut follow, rx) = agent.cli_lines(&["-o", "json", "events", "-f"]);
     // The stream is set up once the process is connected; give it a moment, then kill.
     std::thread::sleep(Duration::from_millis(500));
     node.containerd

@@ -1,12 +1,11 @@
 //! `hivemind events`: lifecycle events, past and (with `-f`) live.
 
-use std::{io::Write as _, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio_stream::StreamExt as _;
 
-use super::{GlobalArgs, Output, client, output};
+use super::{GlobalArgs, client, output};
 use crate::proto::{self, events_client::EventsClient};
 
 #[derive(Args, Debug)]
@@ -23,28 +22,14 @@ pub struct EventsArgs {
 pub async fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let since_ms = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
     let mut client = EventsClient::new(client::channel(global).await?);
-    let mut events = client
+    let events = client
         .watch(proto::EventsRequest {
             follow: args.follow,
             since_ms,
         })
         .await?
         .into_inner();
-    let mut stdout = std::io::stdout().lock();
-    while let Some(event) = events.next().await {
-        let event = event?;
-        let line = match global.output {
-            // One JSON document a line, so a stream can be read line by line.
-            Output::Json | Output::Yaml => serde_json::to_string(&event)?,
-            Output::Table => render(&event),
-        };
-        if writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            break; // the reader went away (e.g. `| head`)
-        }
-    }
+    output::lines(global.output, events, render).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,11 +1,10 @@
 //! `hivemind monitor`: verdict events live.
 
-use std::{fmt::Write as _, io::Write as _, process::ExitCode};
+use std::{fmt::Write as _, process::ExitCode};
 
 use clap::Args;
-use tokio_stream::StreamExt as _;
 
-use super::{GlobalArgs, Output, client, output};
+use super::{GlobalArgs, client, output};
 use crate::proto::{self, monitor_client::MonitorClient};
 
 #[derive(Args, Debug)]
@@ -24,22 +23,8 @@ pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> anyhow::Result<Exit
         app: args.app.clone().unwrap_or_default(),
         verdict: args.verdict.clone(),
     };
-    let mut events = monitor.watch(request).await?.into_inner();
-    let mut stdout = std::io::stdout().lock();
-    while let Some(event) = events.next().await {
-        let event = event?;
-        let line = match global.output {
-            // One JSON document a line (a YAML stream would need separators).
-            Output::Json | Output::Yaml => serde_json::to_string(&event)?,
-            Output::Table => render(&event),
-        };
-        if writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            break; // the reader went away (e.g. `| head`)
-        }
-    }
+    let events = monitor.watch(request).await?.into_inner();
+    output::lines(global.output, events, render).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -178,3 +178,30 @@ mod time_tests {
         assert_eq!(bytes(64 << 20), "64.0 MiB");
     }
 }
+
+/// Prints a stream of events one line each — `render`ed for people, one JSON document a line
+/// for `-o json` and `-o yaml` (a YAML stream would need separators) — until it ends or the
+/// reader goes away (e.g. `| head`).
+pub async fn lines<T: serde::Serialize>(
+    output: super::Output,
+    mut events: tonic::Streaming<T>,
+    render: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tokio_stream::StreamExt as _;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let line = match output {
+            super::Output::Json | super::Output::Yaml => serde_json::to_string(&event)?,
+            super::Output::Table => render(&event),
+        };
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
