@@ -215,7 +215,7 @@ fn connection_lost(status: &tonic::Status) -> bool {
 fn check_command(command: &Command) -> &'static str {
     match command {
         Command::App(_) => "hivemind app ls",
-        Command::Apply(_) | Command::Get(_) => "hivemind apply --dry-run",
+        Command::Apply(_) | Command::Get(_) => "hivemind get all",
         Command::Stack(_) => "hivemind stack ls",
         Command::Volume(_) => "hivemind volume ls",
         Command::Secret(_) => "hivemind secret ls",
