@@ -54,6 +54,8 @@ struct Plan {
     remove_volumes: Vec<String>,
     /// The set after a successful apply.
     set: AppliedSet,
+    /// Whether `set` has other members than the set recorded before.
+    set_changed: bool,
     /// The set while applying: before and after together, so a failure half-way leaves
     /// nothing that prune cannot find later.
     set_during: AppliedSet,
@@ -95,6 +97,7 @@ impl Plan {
             if !prune {
                 members(&mut self.set, kind).extend(before);
             }
+            self.set_changed |= members_of(&self.set, kind) != members_of(previous, kind);
         }
     }
 
@@ -157,6 +160,10 @@ impl AgentService {
         let plan = self.plan(&set, &manifest, &request).await?;
         let mut message = plan.lines.clone();
         if request.dry_run || plan.changes() == 0 {
+            if !request.dry_run && plan.set_changed {
+                // Nothing to do but taking over what is there: remember it for --prune.
+                self.parts().state.put_applied_set(&plan.set).await?;
+            }
             message.push(plan.summary(false));
             return Ok(result(&set, &message));
         }
