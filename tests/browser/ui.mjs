@@ -31,7 +31,12 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  // Chromium aborts in-flight requests with ERR_NETWORK_CHANGED whenever an interface appears
+  // in its namespace, and every container the test starts adds a veth to the node's namespace.
+  // That is the browser reacting to the test host, not a UI error; the UI's next poll retries.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().includes("net::ERR_NETWORK_CHANGED")) consoleErrors.push(m.text());
+  });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
   const shot = async (name) => {
     const path = join(ARTIFACTS, `${name}.png`);
