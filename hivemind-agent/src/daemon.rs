@@ -85,6 +85,15 @@ async fn start_subsystems(
             ..RegistryOptions::default()
         },
     );
+    // The shim runs this same binary to stamp containers' output; without it (no path to
+    // ourselves) output is still kept, only without times.
+    let runtime = match std::env::current_exe() {
+        Ok(exe) => runtime.with_log_writer(exe),
+        Err(err) => {
+            tracing::warn!("container logs without timestamps: cannot find this binary: {err}");
+            runtime
+        }
+    };
     match runtime.version().await {
         Ok(version) => tracing::info!(version = %version.version, "containerd reachable"),
         // Not fatal: the runtime reconnects by itself and health reports it down meanwhile.

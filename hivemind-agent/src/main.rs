@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hivemind_agent::{api, cli, config, daemon, telemetry};
+use hivemind_agent::{api, cli, config, daemon, runtime, telemetry};
 
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
@@ -13,10 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let cli::Command::Agent(agent_args) = args.command {
-        run_agent(*agent_args)
-    } else {
-        cli::run(&args.global, &args.command)
+    match args.command {
+        cli::Command::Agent(agent_args) => run_agent(*agent_args),
+        cli::Command::LogWriter { path } => runtime::log_file::run_writer(&path),
+        command => cli::run(&args.global, &command),
     }
 }
 

@@ -407,6 +407,22 @@ pub fn duration(field: &'static str, value: &str) -> Result<u64, InvalidInput> {
         .ok_or_else(|| invalid(field, value, "expected a duration such as 500ms, 5s or 1m"))
 }
 
+/// `--since`: a duration back from now (`10m`, `2h`) or an RFC 3339 time; milliseconds since
+/// the epoch.
+pub fn since(field: &'static str, value: &str) -> Result<u64, InvalidInput> {
+    if let Ok(ms) = duration(field, value) {
+        return Ok(crate::model::now_ms().saturating_sub(ms));
+    }
+    let time = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|_| {
+        invalid(
+            field,
+            value,
+            "expected a duration (10m, 2h) or an RFC 3339 time (2026-12-07T10:00:00Z)",
+        )
+    })?;
+    Ok(u64::try_from(time.timestamp_millis()).unwrap_or(0))
+}
+
 /// The raw `--health-*` settings.
 #[derive(Debug, Default)]
 pub struct HealthInput<'a> {

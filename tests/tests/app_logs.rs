@@ -1,6 +1,7 @@
 //! `hivemind app logs --name APP`: every replica's output interleaved line by line, each line
 //! prefixed by its container id; `--tail` per replica; `-f` keeps streaming what the replicas
-//! write after it started — for replicas on this node and on the other nodes of a cluster.
+//! write after it started; `--timestamps` and `--since` from the records the log writer keeps —
+//! for replicas on this node and on the other nodes of a cluster.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,50 @@ fn app_logs_interleave_every_replica_with_its_id() {
     let _ = follow.wait();
     assert!(found, "no line from {id} after a request; saw {seen:?}");
 
+    // What is on disk is a record per line, in the CRI log format log shippers read.
+    let info = agent.cli_json(&["app", "container-info", "--container-id", &id]);
+    let on_disk = std::fs::read_to_string(info["log_path"].as_str().unwrap()).unwrap();
+    let first = on_disk.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = first.splitn(4, ' ').collect();
+    assert!(
+        fields.len() == 4
+            && chrono::DateTime::parse_from_rfc3339(fields[0]).is_ok()
+            && ["stdout", "stderr"].contains(&fields[1])
+            && fields[2] == "F",
+        "not a CRI log record: {first:?}"
+    );
+
+    // --timestamps: each line, after its id, starts with the time it was written.
+    let stamped = agent.cli_ok(&["app", "logs", "--name", "web", "--timestamps"]);
+    let mut newest = None;
+    for line in stamped.lines() {
+        let (_, rest) = line.split_once(" | ").unwrap_or_else(|| panic!("{line}"));
+        let (time, _) = rest.split_once(' ').unwrap_or((rest, ""));
+        let time = chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap_or_else(|err| panic!("no timestamp ({err}) in {line:?}"));
+        newest = newest.max(Some(time));
+    }
+    // --since: a time after every line so far shows only what came later.
+    let since = newest.expect("stamped lines") + chrono::TimeDelta::seconds(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = node
+        .netns
+        .run("curl", &["-s", "-o", "/dev/null", &format!("http://{ip}/")]);
+    let since_arg = since.to_rfc3339();
+    let later = wait_for("the request's line after --since", TIMEOUT, || {
+        let out = agent.cli_ok(&["app", "logs", "--name", "web", "--since", &since_arg]);
+        out.lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && l.contains("response:"))
+            .then_some(out)
+    });
+    assert!(
+        !later.contains("hivemind test image on"),
+        "--since {since_arg} showed older lines:\n{later}"
+    );
+    let out = agent.cli(&["app", "logs", "--name", "web", "--since", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("\"yesterday\""), "{}", stderr(&out));
+
     // Neither or both: a clear usage error.
     let out = agent.cli(&["app", "logs"]);
     assert!(!out.status.success());
@@ -103,6 +148,32 @@ fn app_logs_gather_replicas_from_every_node_of_a_cluster() {
             replica["node"]
         );
     }
+
+    // The flags reach the nodes that hold the logs: --timestamps, and --since from the future
+    // shows nothing.
+    let stamped = n2.agent.cli_ok(&[
+        "app",
+        "logs",
+        "--name",
+        "web",
+        "--timestamps",
+        "--tail",
+        "1",
+    ]);
+    assert_eq!(stamped.lines().count(), 3, "{stamped}");
+    for line in stamped.lines() {
+        let (_, rest) = line.split_once(" | ").unwrap_or_else(|| panic!("{line}"));
+        let time = rest.split(' ').next().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "no timestamp in {line:?}"
+        );
+    }
+    let future = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let none = n2
+        .agent
+        .cli_ok(&["app", "logs", "--name", "web", "--since", &future]);
+    assert!(none.trim().is_empty(), "{none}");
 
     // From node 3, -f: a request to the replica on node 1 shows up, with that replica's id.
     let on_n1 = replicas

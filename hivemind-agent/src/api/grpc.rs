@@ -14,7 +14,7 @@ use tokio_stream::{
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
-use super::service::AgentService;
+use super::service::{AgentService, LogQuery};
 use crate::{
     cluster::{self, Cluster},
     proto::{
@@ -183,8 +183,8 @@ impl proto::containers_server::Containers for AgentService {
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let request = request.into_inner();
-        let stream =
-            AgentService::logs(self, &request.container_id, request.follow, request.tail).await?;
+        let query = LogQuery::from(&request);
+        let stream = AgentService::logs(self, &request.container_id, query).await?;
         Ok(Response::new(Box::pin(stream.map(|chunk| {
             chunk
                 .map(|data| proto::LogChunk { data })

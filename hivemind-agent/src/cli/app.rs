@@ -69,7 +69,18 @@ pub enum AppCommand {
         /// Only the last N lines.
         #[arg(long, default_value_t = 0)]
         tail: u32,
+        /// Only output written since: a duration back from now (`10m`, `2h`) or an RFC 3339
+        /// time (2026-12-07T10:00:00Z).
+        #[arg(long, value_name = "DURATION|TIME", value_parser = since)]
+        since: Option<u64>,
+        /// Start each line with the time it was written (RFC 3339, nanoseconds, UTC).
+        #[arg(short, long)]
+        timestamps: bool,
     },
+}
+
+fn since(value: &str) -> Result<u64, crate::validate::InvalidInput> {
+    crate::validate::since("--since", value)
 }
 
 /// How a rollout (restart, update) proceeds.
@@ -256,10 +267,14 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
             name,
             follow,
             tail,
+            since,
+            timestamps,
         } => {
             let options = super::logs::LogOptions {
                 follow: *follow,
                 tail: *tail,
+                since_ms: since.unwrap_or(0),
+                timestamps: *timestamps,
             };
             match (container_id, name) {
                 (Some(id), _) => super::logs::container(&mut containers, id, options).await?,

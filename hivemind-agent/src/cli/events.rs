@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::{GlobalArgs, client, output};
@@ -20,7 +19,12 @@ pub struct EventsArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let since_ms = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(|value| crate::validate::since("--since", value))
+        .transpose()?
+        .unwrap_or(0);
     let mut client = EventsClient::new(client::channel(global).await?);
     let events = client
         .watch(proto::EventsRequest {
@@ -31,17 +35,6 @@ pub async fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitC
         .into_inner();
     output::lines(global.output, events, render).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--since`: a duration back from now, or an RFC 3339 time; milliseconds since the epoch.
-fn since(value: &str) -> anyhow::Result<u64> {
-    if let Ok(ms) = crate::validate::duration("since", value) {
-        return Ok(crate::model::now_ms().saturating_sub(ms));
-    }
-    let time = chrono::DateTime::parse_from_rfc3339(value).with_context(|| {
-        format!("invalid --since {value:?}: expected a duration (10m, 2h) or an RFC 3339 time")
-    })?;
-    Ok(u64::try_from(time.timestamp_millis()).unwrap_or(0))
 }
 
 fn render(event: &proto::EventInfo) -> String {

@@ -15,6 +15,9 @@ use crate::proto::{self, containers_client::ContainersClient};
 pub struct LogOptions {
     pub follow: bool,
     pub tail: u32,
+    /// Milliseconds since the epoch; 0: from the start.
+    pub since_ms: u64,
+    pub timestamps: bool,
 }
 
 /// One container's output, byte for byte.
@@ -106,5 +109,7 @@ fn request(id: &str, options: LogOptions) -> proto::LogsRequest {
         container_id: id.to_owned(),
         follow: options.follow,
         tail: options.tail,
+        since_ms: options.since_ms,
+        timestamps: options.timestamps,
     }
 }

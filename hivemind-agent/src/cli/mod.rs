@@ -123,6 +123,9 @@ pub enum Command {
     Completion(shell::CompletionArgs),
     /// Write the man pages of every command into a directory.
     Man(shell::ManArgs),
+    /// Internal: run by containerd's shim to write a container's log (not for users).
+    #[command(name = "log-writer", hide = true)]
+    LogWriter { path: std::path::PathBuf },
 }
 
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
@@ -155,7 +158,9 @@ pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
             Command::Cluster(command) => cluster::cluster(global, command).await,
             Command::Completion(args) => Ok(shell::completion(args)),
             Command::Man(args) => shell::man(args),
-            Command::Agent(_) => unreachable!("main runs the agent itself"),
+            Command::Agent(_) | Command::LogWriter { .. } => {
+                unreachable!("main runs the agent and the log writer itself")
+            }
         }
     });
     match result {
@@ -223,6 +228,7 @@ fn check_command(command: &Command) -> &'static str {
         Command::Policy(_) => "hivemind policy ls",
         Command::Join(_) | Command::Node(_) | Command::Cluster(_) => "hivemind node ls",
         Command::Agent(_)
+        | Command::LogWriter { .. }
         | Command::Health
         | Command::Monitor(_)
         | Command::Events(_)

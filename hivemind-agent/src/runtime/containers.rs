@@ -170,7 +170,10 @@ impl Runtime {
             .map_err(|status| self.call_error("get rootfs mounts", id, &status))?
             .into_inner()
             .mounts;
-        let log_uri = format!("file://{}", log.display());
+        let log_uri = match &self.log_writer {
+            Some(writer) => super::log_file::writer_uri(writer, log),
+            None => format!("file://{}", log.display()),
+        };
         let mut tasks = TasksClient::new(self.channel.clone());
         tasks
             .create(self.request(CreateTaskRequest {

@@ -8,6 +8,7 @@
 pub mod containers;
 pub mod exec;
 pub mod image;
+pub mod log_file;
 pub mod metrics;
 pub mod netns;
 pub mod rootfs;
@@ -15,7 +16,11 @@ mod seccomp;
 pub mod spec;
 pub mod user;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
@@ -67,6 +72,9 @@ pub struct Runtime {
     images: Images,
     /// Image accounts (`/etc/passwd`, `/etc/group`) read so far, by chain id.
     accounts: rootfs::AccountsCache,
+    /// The `hivemind` binary the shim runs to write timestamped log records; without it
+    /// containers' output goes to their log file as it is.
+    log_writer: Option<Arc<Path>>,
 }
 
 /// containerd selects the namespace of every call from this gRPC header.
@@ -104,7 +112,15 @@ impl Runtime {
             namespace,
             images,
             accounts: rootfs::AccountsCache::default(),
+            log_writer: None,
         }
+    }
+
+    /// Containers' output is written as timestamped records by `binary`'s
+    /// [`log_file::WRITER_SUBCOMMAND`] (the agent passes its own executable).
+    pub fn with_log_writer(mut self, binary: PathBuf) -> Self {
+        self.log_writer = Some(binary.into());
+        self
     }
 
     /// Pulling, reading and removing images.

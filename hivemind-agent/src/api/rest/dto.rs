@@ -363,6 +363,10 @@ pub struct LogsQuery {
     pub tail: Option<u32>,
     /// Keep the response open and stream new output as it is written.
     pub follow: Option<bool>,
+    /// Only output written since: a duration back from now (`10m`) or an RFC 3339 time.
+    pub since: Option<String>,
+    /// Start each line with the RFC 3339 time it was written.
+    pub timestamps: Option<bool>,
 }
 
 /// `KEY=VALUE` entries, from a JSON list of strings or an object of strings.

@@ -20,7 +20,11 @@ use super::{
     error::{ErrorBody, RestError},
     extract::{JsonBody, Path, Query},
 };
-use crate::proto;
+use crate::{
+    api::{error::ApiError, service::LogQuery},
+    proto,
+    runtime::log_file::Render,
+};
 
 type Result<T> = std::result::Result<T, RestError>;
 
@@ -248,10 +252,19 @@ pub async fn container_logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response> {
-    let stream = state
-        .service
-        .logs(&id, query.follow.unwrap_or(false), query.tail.unwrap_or(0))
-        .await?;
+    let since_ms = match query.since.as_deref() {
+        Some(since) => crate::validate::since("since", since).map_err(ApiError::from)?,
+        None => 0,
+    };
+    let query = LogQuery {
+        follow: query.follow.unwrap_or(false),
+        tail: query.tail.unwrap_or(0),
+        render: Render {
+            since_ms,
+            timestamps: query.timestamps.unwrap_or(false),
+        },
+    };
+    let stream = state.service.logs(&id, query).await?;
     let body = Body::from_stream(stream.map(|chunk| chunk.map(axum::body::Bytes::from)));
     Ok((
         [

@@ -17,7 +17,30 @@ use crate::{
     api::error::{ApiError, ErrorKind},
     model::ContainerRecord,
     proto,
+    runtime::log_file::{self, Render},
 };
+
+/// Which part of a container's log to stream, and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogQuery {
+    pub follow: bool,
+    /// The last N lines only (0: all).
+    pub tail: u32,
+    pub render: Render,
+}
+
+impl From<&proto::LogsRequest> for LogQuery {
+    fn from(request: &proto::LogsRequest) -> Self {
+        Self {
+            follow: request.follow,
+            tail: request.tail,
+            render: Render {
+                since_ms: request.since_ms,
+                timestamps: request.timestamps,
+            },
+        }
+    }
+}
 
 /// How often a followed log is checked for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -109,8 +132,7 @@ impl AgentService {
     pub async fn logs(
         &self,
         id: &str,
-        follow: bool,
-        tail: u32,
+        query: LogQuery,
     ) -> Result<ReceiverStream<Result<Vec<u8>, ApiError>>, ApiError> {
         let record = self.existing_container(id).await?;
         let path = self.log_path(id);
@@ -119,9 +141,9 @@ impl AgentService {
         let id = id.to_owned();
         tokio::spawn(async move {
             let streamed = if service.is_remote(&record) {
-                service.remote_logs(&record, follow, tail, &tx).await
+                service.remote_logs(&record, query, &tx).await
             } else {
-                stream_log(&service, &id, &path, follow, tail, &tx).await
+                stream_log(&service, &id, &path, query, &tx).await
             };
             if let Err(err) = streamed {
                 let _ = tx.send(Err(err)).await;
@@ -175,56 +197,54 @@ async fn stream_log(
     service: &AgentService,
     id: &str,
     path: &Path,
-    follow: bool,
-    tail: u32,
+    query: LogQuery,
     tx: &mpsc::Sender<Result<Vec<u8>, ApiError>>,
 ) -> Result<(), ApiError> {
     let io_error = |err: std::io::Error| {
         ApiError::new(
-            super::super::error::ErrorKind::Internal,
+            ErrorKind::Internal,
             format!("reading {}: {err}", path.display()),
         )
     };
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         // Not written yet (the container is starting): nothing to show so far.
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !query.follow => return Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             tokio::time::sleep(FOLLOW_POLL).await;
             tokio::fs::File::open(path).await.map_err(io_error)?
         }
         Err(err) => return Err(io_error(err)),
     };
-    let mut position = if tail > 0 {
+    // Bytes read but not yet shown: the start of a line whose end is not written yet.
+    let mut pending = Vec::new();
+    if query.tail > 0 {
         let len = file.metadata().await.map_err(io_error)?.len();
         let start = len.saturating_sub(TAIL_WINDOW);
         file.seek(SeekFrom::Start(start)).await.map_err(io_error)?;
-        let mut window = Vec::new();
-        file.read_to_end(&mut window).await.map_err(io_error)?;
-        let from = tail_start(&window, tail as usize);
-        if tx.send(Ok(window[from..].to_vec())).await.is_err() {
-            return Ok(());
-        }
-        start + window.len() as u64
-    } else {
-        0
-    };
-    file.seek(SeekFrom::Start(position))
-        .await
-        .map_err(io_error)?;
+        file.read_to_end(&mut pending).await.map_err(io_error)?;
+        pending.drain(..tail_start(&pending, query.tail as usize));
+    }
     let mut buffer = vec![0; CHUNK];
     let mut idle_polls = 0u32;
     loop {
+        let shown = render_lines(&mut pending, query.render);
+        if !shown.is_empty() && tx.send(Ok(shown)).await.is_err() {
+            return Ok(());
+        }
         let read = file.read(&mut buffer).await.map_err(io_error)?;
         if read > 0 {
-            position += read as u64;
+            pending.extend_from_slice(&buffer[..read]);
             idle_polls = 0;
-            if tx.send(Ok(buffer[..read].to_vec())).await.is_err() {
-                return Ok(());
-            }
             continue;
         }
-        if !follow || tx.is_closed() {
+        if !query.follow || tx.is_closed() {
+            // A last line without its newline (output of a plain log file) is shown as well.
+            if !pending.is_empty() {
+                let mut shown = Vec::new();
+                log_file::render(&pending, query.render, &mut shown);
+                let _ = tx.send(Ok(shown)).await;
+            }
             return Ok(());
         }
         tokio::time::sleep(FOLLOW_POLL).await;
@@ -235,8 +255,19 @@ async fn stream_log(
         {
             return Ok(());
         }
-        let _ = position;
     }
+}
+
+/// The output of every whole line in `pending`, which keeps what follows the last newline.
+fn render_lines(pending: &mut Vec<u8>, render: Render) -> Vec<u8> {
+    let mut shown = Vec::new();
+    let mut start = 0;
+    while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+        log_file::render(&pending[start..start + end], render, &mut shown);
+        start += end + 1;
+    }
+    pending.drain(..start);
+    shown
 }
 
 /// Byte offset where the last `lines` lines of `text` start.

@@ -16,6 +16,7 @@ mod secrets;
 mod update;
 mod volumes;
 
+pub use containers::LogQuery;
 pub use update::changes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};

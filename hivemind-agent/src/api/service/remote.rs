@@ -6,7 +6,7 @@
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use super::AgentService;
+use super::{AgentService, LogQuery};
 use crate::{
     api::error::{ApiError, ErrorKind},
     model::ContainerRecord,
@@ -60,16 +60,17 @@ impl AgentService {
     pub(super) async fn remote_logs(
         &self,
         record: &ContainerRecord,
-        follow: bool,
-        tail: u32,
+        query: LogQuery,
         tx: &mpsc::Sender<Result<Vec<u8>, ApiError>>,
     ) -> Result<(), ApiError> {
         let mut client = self.containers_client(&record.node).await?;
         let mut stream = client
             .logs(proto::LogsRequest {
                 container_id: record.id.clone(),
-                follow,
-                tail,
+                follow: query.follow,
+                tail: query.tail,
+                since_ms: query.render.since_ms,
+                timestamps: query.render.timestamps,
             })
             .await
             .map_err(|status| from_status(&record.node, &status))?
