@@ -66,7 +66,8 @@ fn app_logs_interleave_every_replica_with_its_id() {
 
     // What is on disk is a record per line, in the CRI log format log shippers read.
     let info = agent.cli_json(&["app", "container-info", "--container-id", &id]);
-    let on_disk = std::fs::read_to_string(info["log_path"].as_str().unwrap()).unwrap();
+    let log_path = info["log_path"].as_str().expect("log_path");
+    let on_disk = std::fs::read_to_string(log_path).expect("the container's log file");
     let first = on_disk.lines().next().unwrap_or_default();
     let fields: Vec<&str> = first.splitn(4, ' ').collect();
     assert!(

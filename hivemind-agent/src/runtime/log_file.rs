@@ -23,7 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub const WRITER_SUBCOMMAND: &str = "log-writer";
 
 /// Longer lines are split into partial records (`P`), as Docker and the CRI split them.
-const MAX_LINE: u64 = 16 * 1024;
+const MAX_LINE: usize = 16 * 1024;
 
 /// The stdio URI that makes the shim run `writer` to append `log`'s records.
 pub fn writer_uri(writer: &Path, log: &Path) -> String {
@@ -72,7 +72,11 @@ fn copy_records(stream: &str, input: impl Read, sink: &Mutex<File>) {
     let mut record = Vec::with_capacity(1024);
     loop {
         line.clear();
-        match reader.by_ref().take(MAX_LINE).read_until(b'\n', &mut line) {
+        match reader
+            .by_ref()
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) => return,
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -93,7 +97,7 @@ fn copy_records(stream: &str, input: impl Read, sink: &Mutex<File>) {
 fn encode(record: &mut Vec<u8>, at: DateTime<Utc>, stream: &str, line: &[u8]) {
     let (tag, content) = match line.strip_suffix(b"\n") {
         Some(content) => ("F", content),
-        None if line.len() as u64 >= MAX_LINE => ("P", line),
+        None if line.len() >= MAX_LINE => ("P", line),
         None => ("F", line),
     };
     record.extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Nanos, true).as_bytes());
@@ -180,7 +184,7 @@ mod tests {
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
-            .unwrap()
+            .expect("a test time")
     }
 
     fn shown(file: &[u8], options: Render) -> String {
@@ -188,7 +192,7 @@ mod tests {
         for line in file.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             render(line, options, &mut out);
         }
-        String::from_utf8(out).unwrap()
+        String::from_utf8(out).expect("text")
     }
 
     #[test]
@@ -217,7 +221,8 @@ mod tests {
         let mut file = Vec::new();
         encode(&mut file, at("2026-12-07T10:00:00Z"), "stdout", b"old\n");
         encode(&mut file, at("2026-12-07T10:05:00Z"), "stdout", b"new\n");
-        let since_ms = at("2026-12-07T10:01:00Z").timestamp_millis() as u64;
+        let since_ms =
+            u64::try_from(at("2026-12-07T10:01:00Z").timestamp_millis()).expect("after 1970");
         let options = Render {
             since_ms,
             ..Render::default()
@@ -227,13 +232,13 @@ mod tests {
 
     #[test]
     fn long_lines_are_split_and_joined_again() {
-        let long = vec![b'x'; MAX_LINE as usize];
+        let long = vec![b'x'; MAX_LINE];
         let mut file = Vec::new();
         encode(&mut file, Utc::now(), "stdout", &long);
         encode(&mut file, Utc::now(), "stdout", b"y\n");
         assert!(String::from_utf8_lossy(&file).contains(" stdout P xxx"));
         let shown = shown(&file, Render::default());
-        assert_eq!(shown.len(), MAX_LINE as usize + 2);
+        assert_eq!(shown.len(), MAX_LINE + 2);
         assert!(shown.ends_with("xy\n"));
     }
 

@@ -118,6 +118,7 @@ impl Runtime {
 
     /// Containers' output is written as timestamped records by `binary`'s
     /// [`log_file::WRITER_SUBCOMMAND`] (the agent passes its own executable).
+    #[must_use]
     pub fn with_log_writer(mut self, binary: PathBuf) -> Self {
         self.log_writer = Some(binary.into());
         self
