@@ -71,16 +71,12 @@ pub enum AppCommand {
         tail: u32,
         /// Only output written since: a duration back from now (`10m`, `2h`) or an RFC 3339
         /// time (2026-12-07T10:00:00Z).
-        #[arg(long, value_name = "DURATION|TIME", value_parser = since)]
+        #[arg(long, value_name = "DURATION|TIME", value_parser = super::since_arg)]
         since: Option<u64>,
         /// Start each line with the time it was written (RFC 3339, nanoseconds, UTC).
         #[arg(short, long)]
         timestamps: bool,
     },
-}
-
-fn since(value: &str) -> Result<u64, crate::validate::InvalidInput> {
-    crate::validate::since("--since", value)
 }
 
 /// How a rollout (restart, update) proceeds.

@@ -14,17 +14,12 @@ pub struct EventsArgs {
     follow: bool,
     /// From this long ago (`10m`, `2h`) or this time (RFC 3339, e.g. 2026-12-07T10:00:00Z).
     /// Without -f the default is everything the records show; with -f, only what comes.
-    #[arg(long, value_name = "DURATION|TIME")]
-    since: Option<String>,
+    #[arg(long, value_name = "DURATION|TIME", value_parser = super::since_arg)]
+    since: Option<u64>,
 }
 
 pub async fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let since_ms = args
-        .since
-        .as_deref()
-        .map(|value| crate::validate::since("--since", value))
-        .transpose()?
-        .unwrap_or(0);
+    let since_ms = args.since.unwrap_or(0);
     let mut client = EventsClient::new(client::channel(global).await?);
     let events = client
         .watch(proto::EventsRequest {

@@ -128,6 +128,11 @@ pub enum Command {
     LogWriter { path: std::path::PathBuf },
 }
 
+/// `--since DURATION|TIME` of `events` and `app logs`: milliseconds since the epoch.
+fn since_arg(value: &str) -> Result<u64, crate::validate::InvalidInput> {
+    crate::validate::since("--since", value)
+}
+
 /// Runs a client command; prints a one-line error and exits non-zero on failure.
 pub fn run(global: &GlobalArgs, command: &Command) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
