@@ -21,9 +21,11 @@ pub const CONTAINERD_NS: &str = "hivemind";
 /// `app deploy` arguments for a health check that writes the replica's id (its hostname) to
 /// `/www/id` on every pass, so an answer for `/id` names the replica that gave it; touching
 /// `/tmp/sick` in a replica makes it fail. Checked every second; one failure is unhealthy.
+/// The id is written beside and renamed into place: a request must never meet the file
+/// truncated by the redirection and not yet written (an empty answer).
 pub const ID_CHECK: [&str; 8] = [
     "--health-cmd",
-    "test ! -e /tmp/sick && hostname > /www/id",
+    "test ! -e /tmp/sick && hostname > /www/id.new && mv /www/id.new /www/id",
     "--health-interval",
     "1s",
     "--health-timeout",
