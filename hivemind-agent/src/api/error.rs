@@ -85,6 +85,8 @@ impl From<RuntimeError> for ApiError {
     fn from(err: RuntimeError) -> Self {
         let kind = if err.is_unreachable() {
             ErrorKind::Unavailable
+        } else if err.is_refusal() {
+            ErrorKind::Invalid
         } else {
             ErrorKind::Internal
         };

@@ -159,6 +159,7 @@ where
 #[tonic::async_trait]
 impl proto::containers_server::Containers for AgentService {
     type LogsStream = Streaming<proto::LogChunk>;
+    type ExecStream = Streaming<proto::ExecOutput>;
 
     async fn list(
         &self,
@@ -190,6 +191,24 @@ impl proto::containers_server::Containers for AgentService {
                 .map(|data| proto::LogChunk { data })
                 .map_err(Status::from)
         }))))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<tonic::Streaming<proto::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut input = request.into_inner();
+        let Some(start) = input.message().await?.and_then(|first| first.start) else {
+            return Err(Status::invalid_argument(
+                "an exec's first message must say what to run (start)",
+            ));
+        };
+        // A broken caller stream is the end of its input.
+        let input = input.map_while(Result::ok);
+        let stream = AgentService::exec(self, start, input).await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|message| message.map_err(Status::from)),
+        )))
     }
 }
 

@@ -77,6 +77,9 @@ pub enum AppCommand {
         #[arg(short, long)]
         timestamps: bool,
     },
+    /// Run a command in a running container (on any node), as the container's user with its
+    /// environment: `app exec --container-id ID -- ls /`, `-it ... -- sh` for a shell.
+    Exec(super::exec::ExecArgs),
 }
 
 /// How a rollout (restart, update) proceeds.
@@ -278,6 +281,7 @@ pub async fn run(global: &GlobalArgs, command: &AppCommand) -> anyhow::Result<Ex
                 (None, None) => anyhow::bail!("give --container-id ID or --name APP"),
             }
         }
+        AppCommand::Exec(args) => return super::exec::run(&mut containers, args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod client;
 mod cluster;
 mod events;
 mod health;
+mod exec;
 mod logs;
 mod monitor;
 mod output;

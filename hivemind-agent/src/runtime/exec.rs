@@ -1,4 +1,5 @@
-//! Running a command inside a running container (health checks), like `ctr task exec`.
+//! Running a command inside a running container (health checks), like `ctr task exec`;
+//! [`super::exec_attached`] runs one with its stdio attached to a caller.
 
 use std::{path::Path, time::Duration};
 
@@ -30,21 +31,7 @@ impl Runtime {
         timeout: Duration,
         output: &Path,
     ) -> Result<ExecOutcome, RuntimeError> {
-        let container = ContainersClient::new(self.channel.clone())
-            .get(self.request(GetContainerRequest { id: id.into() }))
-            .await
-            .map_err(|status| self.call_error("read the spec of", id, &status))?
-            .into_inner()
-            .container
-            .unwrap_or_default();
-        let spec: serde_json::Value = container
-            .spec
-            .and_then(|any| serde_json::from_slice(&any.value).ok())
-            .unwrap_or_default();
-        let mut process = spec
-            .get("process")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({ "cwd": "/" }));
+        let mut process = self.container_process(id).await?;
         process["args"] = serde_json::json!(args);
         process["terminal"] = serde_json::json!(false);
 
@@ -57,10 +44,7 @@ impl Runtime {
                 stdout: out.clone(),
                 stderr: out,
                 terminal: false,
-                spec: Some(prost_types::Any {
-                    type_url: PROCESS_TYPE_URL.into(),
-                    value: serde_json::to_vec(&process).unwrap_or_default(),
-                }),
+                spec: Some(process_any(&process)),
                 ..ExecProcessRequest::default()
             }))
             .await
@@ -95,7 +79,34 @@ impl Runtime {
             }
         }
         .await;
-        // The process record goes either way (a killed process needs a moment to be reaped).
+        // The process record goes either way.
+        self.forget_exec(id, exec_id).await;
+        outcome
+    }
+
+    /// The container's `process` (user, environment, working directory, capabilities), the
+    /// base of every process exec'd in it.
+    pub(super) async fn container_process(&self, id: &str) -> Result<serde_json::Value, RuntimeError> {
+        let container = ContainersClient::new(self.channel.clone())
+            .get(self.request(GetContainerRequest { id: id.into() }))
+            .await
+            .map_err(|status| self.call_error("read the spec of", id, &status))?
+            .into_inner()
+            .container
+            .unwrap_or_default();
+        let spec: serde_json::Value = container
+            .spec
+            .and_then(|any| serde_json::from_slice(&any.value).ok())
+            .unwrap_or_default();
+        Ok(spec
+            .get("process")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({ "cwd": "/" })))
+    }
+
+    /// Deletes an exec's process record (a killed process needs a moment to be reaped).
+    pub(super) async fn forget_exec(&self, id: &str, exec_id: &str) {
+        let mut tasks = TasksClient::new(self.channel.clone());
         for _ in 0..20 {
             let deleted = tasks
                 .delete_process(self.request(DeleteProcessRequest {
@@ -104,11 +115,17 @@ impl Runtime {
                 }))
                 .await;
             match deleted {
-                Ok(_) => break,
-                Err(status) if status.code() == tonic::Code::NotFound => break,
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::NotFound => return,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        outcome
+    }
+}
+
+pub(super) fn process_any(process: &serde_json::Value) -> prost_types::Any {
+    prost_types::Any {
+        type_url: PROCESS_TYPE_URL.into(),
+        value: serde_json::to_vec(process).unwrap_or_default(),
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod containers;
 pub mod exec;
+pub mod exec_attached;
+mod fifo;
 pub mod image;
 pub mod log_file;
 pub mod metrics;
@@ -45,6 +47,17 @@ pub enum RuntimeError {
         code: tonic::Code,
         message: String,
     },
+    /// An exec the container cannot run as asked (not running, unknown user).
+    #[error("cannot exec in {id}: {message}")]
+    ExecRefused { id: String, message: String },
+    /// The agent's own end of an exec's stdio failed.
+    #[error("exec in {id}: cannot {what}: {source}")]
+    ExecIo {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RuntimeError {
@@ -53,7 +66,13 @@ impl RuntimeError {
         match self {
             Self::Unreachable { .. } | Self::Timeout { .. } => true,
             Self::Call { code, .. } => *code == tonic::Code::Unavailable,
+            Self::ExecRefused { .. } | Self::ExecIo { .. } => false,
         }
+    }
+
+    /// True when the request itself was wrong for the container, not the runtime at fault.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::ExecRefused { .. })
     }
 }
 

@@ -7,6 +7,7 @@ mod cluster;
 mod containers;
 mod convert;
 mod events;
+mod exec;
 mod metrics;
 mod monitor;
 mod policies;
@@ -17,6 +18,7 @@ mod update;
 mod volumes;
 
 pub use containers::LogQuery;
+pub use exec::ExecStream;
 pub use update::changes;
 
 use std::{path::PathBuf, sync::Arc, time::Instant};

@@ -85,6 +85,44 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    /// An exec in a container on another node: `start` and the caller's input go there, what
+    /// comes back goes to `tx`. The caller going away ends the call, which the remote node
+    /// sees as its caller gone.
+    pub(super) async fn remote_exec(
+        &self,
+        record: &ContainerRecord,
+        start: proto::ExecStart,
+        input: impl futures_util::Stream<Item = proto::ExecInput> + Send + Unpin + 'static,
+        tx: &mpsc::Sender<Result<proto::ExecOutput, ApiError>>,
+    ) -> Result<(), ApiError> {
+        let mut client = self.containers_client(&record.node).await?;
+        let first = proto::ExecInput {
+            start: Some(start),
+            ..Default::default()
+        };
+        let outbound = tokio_stream::once(first).chain(input);
+        let mut stream = client
+            .exec(outbound)
+            .await
+            .map_err(|status| from_status(&record.node, &status))?
+            .into_inner();
+        loop {
+            let message = tokio::select! {
+                message = stream.next() => message,
+                () = tx.closed() => return Ok(()),
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
+            let message = message.map_err(|status| from_status(&record.node, &status))?;
+            if tx.send(Ok(message)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The remote node's answer as this node's error, saying which node said it.
 fn from_status(node: &str, status: &tonic::Status) -> ApiError {
     let kind = match status.code() {
