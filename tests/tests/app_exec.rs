@@ -35,12 +35,24 @@ fn running(node: &SingleNode, image: &str, name: &str) -> String {
     apps::id(&c)
 }
 
-#[test]
-fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
+/// A node running one replica of the accounts image as www; its container id.
+fn shell_node() -> (SingleNode, String) {
     let node = SingleNode::start();
     let layout = image::oci_layout_configured("exec-www", "accounts", WWW);
     let image = node.registry.push_image(&layout, "hivemind/exec-www:1");
     let id = running(&node, &image, "shell");
+    (node, id)
+}
+
+/// The processes in container `id`, as `ctr task ps` lists them.
+fn processes(node: &SingleNode, id: &str) -> String {
+    node.containerd
+        .ctr_ok(&["-n", apps::CONTAINERD_NS, "task", "ps", id])
+}
+
+#[test]
+fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
+    let (node, id) = shell_node();
     let exec = |extra: &[&str], command: &[&str]| {
         let mut args = vec!["app", "exec", "--container-id", id.as_str()];
         args.extend(extra);
@@ -85,13 +97,20 @@ fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
     // A process killed by a signal: 128 + its number, as a shell reports it.
     let out = exec(&[], &["sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+}
 
-    // What cannot run says why, and leaves no process and no pipes behind.
-    let ps = || {
-        node.containerd
-            .ctr_ok(&["-n", apps::CONTAINERD_NS, "task", "ps", &id])
+/// What cannot run says why, and leaves no process and no pipes behind.
+#[test]
+fn exec_says_why_it_cannot_run_and_leaves_nothing_behind() {
+    let (node, id) = shell_node();
+    let exec = |extra: &[&str], command: &[&str]| {
+        let mut args = vec!["app", "exec", "--container-id", id.as_str()];
+        args.extend(extra);
+        args.push("--");
+        args.extend(command);
+        node.agent.cli(&args)
     };
-    let before = ps();
+    let before = processes(&node, &id);
     for (extra, command, needle) in [
         (&[][..], &["no-such-program"][..], "no-such-program"),
         (&["-u", "nobody"][..], &["id"][..], "user \"nobody\""),
@@ -105,9 +124,17 @@ fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
     let out = node
         .agent
         .cli(&["app", "exec", "--container-id", "nope", "--", "id"]);
-    assert!(stderr(&out).contains("no container nope"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no container nope"),
+        "{}",
+        stderr(&out)
+    );
     let out = node.agent.cli(&["app", "exec", "--container-id", &id]);
-    assert_eq!(out.status.code(), Some(64), "a command is required (a usage error)");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a command is required (a usage error)"
+    );
     let out = node
         .agent
         .cli(&["app", "exec", "-it", "--container-id", &id, "--", "sh"]);
@@ -116,14 +143,40 @@ fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(ps(), before, "the container's processes");
+    assert_eq!(processes(&node, &id), before, "the container's processes");
     let dir = node.agent.data_dir().join("containers").join(&id);
     let left: Vec<_> = std::fs::read_dir(&dir)
         .expect("the container's directory")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|name| name.starts_with("exec-"))
         .collect();
-    assert!(left.is_empty(), "exec pipes left in {}: {left:?}", dir.display());
+    assert!(
+        left.is_empty(),
+        "exec pipes left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+#[test]
+fn exec_with_a_terminal_and_a_caller_that_goes_away() {
+    let (node, id) = shell_node();
+    let before = processes(&node, &id);
+
+    // A caller that goes away takes its process with it.
+    let mut caller = Command::new(hivemind_bin())
+        .arg("--addr")
+        .arg(format!("unix:{}", node.agent.socket().display()))
+        .args(["app", "exec", "--container-id", &id, "--", "sleep", "1000"])
+        .spawn()
+        .expect("hivemind");
+    wait_for("the exec'd sleep", TIMEOUT, || {
+        (processes(&node, &id).lines().count() > before.lines().count()).then_some(())
+    });
+    let _ = caller.kill();
+    let _ = caller.wait();
+    wait_for("the sleep killed with its caller gone", TIMEOUT, || {
+        (processes(&node, &id) == before).then_some(())
+    });
 
     // -it on a real terminal: a pty of its own, the size of ours and following it, keys
     // passed as typed, the exit code of the shell.
@@ -231,10 +284,12 @@ impl Terminal {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.output.recv_timeout(left) {
                 Ok(byte) => self.seen.push(byte),
-                Err(_) => panic!(
-                    "{text:?} never appeared; the terminal showed {:?}",
-                    String::from_utf8_lossy(&self.seen)
-                ),
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "{text:?} never appeared; the terminal showed {:?}",
+                        String::from_utf8_lossy(&self.seen)
+                    )
+                }
             }
         }
     }

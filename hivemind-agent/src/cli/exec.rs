@@ -46,9 +46,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let keyboard = args.interactive && args.tty;
     if keyboard && !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "the input is not a terminal: -it needs one (use -i alone to pipe input in)"
-        );
+        anyhow::bail!("the input is not a terminal: -it needs one (use -i alone to pipe input in)");
     }
     let start = proto::ExecStart {
         container_id: args.container_id.clone(),
@@ -81,10 +79,7 @@ pub async fn run(
     } else {
         None
     };
-    let mut stream = containers
-        .exec(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut stream = containers.exec(ReceiverStream::new(rx)).await?.into_inner();
     let mut status = None;
     while let Some(message) = stream.next().await {
         let message = message?;
@@ -142,7 +137,9 @@ fn follow_size(tx: mpsc::Sender<proto::ExecInput>) {
     };
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            let Some(size) = terminal_size() else { continue };
+            let Some(size) = terminal_size() else {
+                continue;
+            };
             let resize = proto::ExecInput {
                 resize: Some(size),
                 ..Default::default()

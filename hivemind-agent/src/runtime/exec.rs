@@ -86,7 +86,10 @@ impl Runtime {
 
     /// The container's `process` (user, environment, working directory, capabilities), the
     /// base of every process exec'd in it.
-    pub(super) async fn container_process(&self, id: &str) -> Result<serde_json::Value, RuntimeError> {
+    pub(super) async fn container_process(
+        &self,
+        id: &str,
+    ) -> Result<serde_json::Value, RuntimeError> {
         let container = ContainersClient::new(self.channel.clone())
             .get(self.request(GetContainerRequest { id: id.into() }))
             .await

@@ -107,7 +107,10 @@ impl Runtime {
             ));
         }
 
-        let status = match self.start_attached(id, exec_id, &fifos, request, &process).await {
+        let status = match self
+            .start_attached(id, exec_id, &fifos, request, &process)
+            .await
+        {
             Ok(()) => self.attend(id, exec_id, stdin, &mut input, &output).await,
             Err(err) => Err(err),
         };
@@ -183,9 +186,11 @@ impl Runtime {
         tokio::pin!(wait);
         let exited = |reply: Result<tonic::Response<_>, tonic::Status>| {
             reply
-                .map(|reply: tonic::Response<containerd_client::services::v1::WaitResponse>| {
-                    reply.into_inner().exit_status
-                })
+                .map(
+                    |reply: tonic::Response<containerd_client::services::v1::WaitResponse>| {
+                        reply.into_inner().exit_status
+                    },
+                )
                 .map_err(|status| self.call_error("wait for an exec in", id, &status))
         };
         let mut listening = true;
@@ -345,7 +350,10 @@ mod tests {
     }
 
     fn accounts() -> Accounts {
-        Accounts::parse("root:x:0:0::/root:/bin/sh\n", "root:x:0:\nwheel:x:10:root\n")
+        Accounts::parse(
+            "root:x:0:0::/root:/bin/sh\n",
+            "root:x:0:\nwheel:x:10:root\n",
+        )
     }
 
     #[test]
@@ -408,8 +416,8 @@ mod tests {
         };
         let err = shape_process(&mut process, &request, accounts).expect_err("refused");
         assert!(err.contains("nobody"), "{err}");
-        let err = shape_process(&mut base(), &AttachedExec::default(), accounts)
-            .expect_err("refused");
+        let err =
+            shape_process(&mut base(), &AttachedExec::default(), accounts).expect_err("refused");
         assert_eq!(err, "no command given");
     }
 }

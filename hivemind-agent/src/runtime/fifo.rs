@@ -10,12 +10,7 @@ use std::{
 };
 
 use nix::{sys::stat::Mode, unistd::mkfifo};
-use tokio::{
-    io::AsyncReadExt as _,
-    net::unix::pipe,
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::{io::AsyncReadExt as _, net::unix::pipe, sync::mpsc, task::JoinHandle};
 
 /// One exec's pipes in a directory of their own, removed on drop.
 #[derive(Debug)]
