@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -44,6 +44,15 @@ fn shell_node() -> (SingleNode, String) {
     (node, id)
 }
 
+/// `hivemind app exec --container-id ID EXTRA... -- COMMAND...`.
+fn exec(node: &SingleNode, id: &str, extra: &[&str], command: &[&str]) -> Output {
+    let mut args = vec!["app", "exec", "--container-id", id];
+    args.extend(extra);
+    args.push("--");
+    args.extend(command);
+    node.agent.cli(&args)
+}
+
 /// The processes in container `id`, as `ctr task ps` lists them.
 fn processes(node: &SingleNode, id: &str) -> String {
     node.containerd
@@ -53,13 +62,7 @@ fn processes(node: &SingleNode, id: &str) -> String {
 #[test]
 fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
     let (node, id) = shell_node();
-    let exec = |extra: &[&str], command: &[&str]| {
-        let mut args = vec!["app", "exec", "--container-id", id.as_str()];
-        args.extend(extra);
-        args.push("--");
-        args.extend(command);
-        node.agent.cli(&args)
-    };
+    let exec = |extra: &[&str], command: &[&str]| exec(&node, &id, extra, command);
 
     // Output on stdout and stderr as the process wrote them; its exit code is ours.
     let out = exec(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"]);
@@ -103,13 +106,7 @@ fn exec_runs_as_the_container_and_passes_output_and_exit_code() {
 #[test]
 fn exec_says_why_it_cannot_run_and_leaves_nothing_behind() {
     let (node, id) = shell_node();
-    let exec = |extra: &[&str], command: &[&str]| {
-        let mut args = vec!["app", "exec", "--container-id", id.as_str()];
-        args.extend(extra);
-        args.push("--");
-        args.extend(command);
-        node.agent.cli(&args)
-    };
+    let exec = |extra: &[&str], command: &[&str]| exec(&node, &id, extra, command);
     let before = processes(&node, &id);
     for (extra, command, needle) in [
         (&[][..], &["no-such-program"][..], "no-such-program"),

@@ -66,14 +66,7 @@ impl Runtime {
                 Ok(Ok(reply)) => Ok(ExecOutcome::Exited(reply.into_inner().exit_status)),
                 Ok(Err(status)) => Err(self.call_error("wait for an exec in", id, &status)),
                 Err(_) => {
-                    let _ = tasks
-                        .kill(self.request(KillRequest {
-                            container_id: id.into(),
-                            exec_id: exec_id.into(),
-                            signal: SIGKILL,
-                            all: false,
-                        }))
-                        .await;
+                    self.kill_exec(id, exec_id).await;
                     Ok(ExecOutcome::TimedOut)
                 }
             }
@@ -105,6 +98,18 @@ impl Runtime {
             .get("process")
             .cloned()
             .unwrap_or_else(|| serde_json::json!({ "cwd": "/" })))
+    }
+
+    /// Kills an exec'd process (best effort: it may have exited already).
+    pub(super) async fn kill_exec(&self, id: &str, exec_id: &str) {
+        let _ = TasksClient::new(self.channel.clone())
+            .kill(self.request(KillRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                signal: SIGKILL,
+                all: false,
+            }))
+            .await;
     }
 
     /// Deletes an exec's process record (a killed process needs a moment to be reaped).

@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use containerd_client::services::v1::{
-    CloseIoRequest, ExecProcessRequest, KillRequest, ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, WaitRequest,
     tasks_client::TasksClient,
 };
 use tokio::{io::AsyncWriteExt as _, net::unix::pipe, sync::mpsc};
@@ -17,7 +17,6 @@ use super::{
     user::Accounts,
 };
 
-const SIGKILL: u32 = 9;
 /// How long output may keep coming after the process exited (a child it left in the
 /// background can hold the pipe open; its output past this is not waited for).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
@@ -202,14 +201,7 @@ impl Runtime {
                     caller_gone = true;
                     listening = false;
                     stdin = None;
-                    let _ = tasks
-                        .kill(self.request(KillRequest {
-                            container_id: id.into(),
-                            exec_id: exec_id.into(),
-                            signal: SIGKILL,
-                            all: false,
-                        }))
-                        .await;
+                    self.kill_exec(id, exec_id).await;
                 }
                 message = input.recv(), if listening => match message {
                     Some(ExecInput::Stdin(bytes)) => {
