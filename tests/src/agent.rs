@@ -286,10 +286,17 @@ impl Agent {
 
     /// Runs `hivemind --addr unix:SOCKET ARGS` (from the root namespace: the socket is a file).
     pub fn cli(&self, args: &[&str]) -> Output {
-        run(Command::new(hivemind_bin())
+        run(&mut self.cli_command(args))
+    }
+
+    /// `hivemind ARGS` against this agent, to be run or spawned by the caller.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(hivemind_bin());
+        command
             .arg("--addr")
             .arg(format!("unix:{}", self.socket.display()))
-            .args(args))
+            .args(args);
+        command
     }
 
     /// `hivemind ARGS` left running (`-f` commands): the process, and its stdout's lines as

@@ -502,7 +502,7 @@ impl AgentService {
             step(&mut done, format!("created secret {name}")).await;
         }
         if plan.policies_change {
-            let _change = self.inner.changes.lock().await;
+            let _change = self.inner.locks.node().await;
             let parsed = crate::policy::parse_policy_documents(
                 sources.iter().map(|s| (s.name.as_str(), s.yaml.as_str())),
             )

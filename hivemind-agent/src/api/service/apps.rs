@@ -40,7 +40,7 @@ impl AgentService {
         let parts = self.parts();
         let mut spec = validate_deploy(&request)?;
         rollout_timeout(&request.rollout_timeout)?;
-        let change = self.inner.changes.lock().await;
+        let change = self.inner.locks.app(&spec.name).await;
 
         let existing = parts.state.app(&spec.name).await?;
         if let Some((current, _)) = &existing
@@ -58,10 +58,9 @@ impl AgentService {
                 .update(super::update::from_deploy(&request), progress)
                 .await;
         }
-        self.check_volumes_exist(&spec).await?;
-        self.check_secrets_exist(&spec).await?;
-        self.check_no_clash(&spec).await?;
-
+        // What the store can refuse, before the registry is asked for anything; asked again
+        // under the node's lock once the image is here (another app may have taken a port).
+        self.check_fits(&spec).await?;
         let image = self
             .pull(&spec.image, request.force_pull, progress.as_ref())
             .await?;
@@ -69,17 +68,21 @@ impl AgentService {
         self.check_image_settings(&mut spec, &image).await?;
 
         spec.generation = 1;
-        if !parts.state.create_app(&spec).await? {
-            return Err(ApiError::conflict(format!(
-                "app {} was created concurrently",
-                spec.name
-            )));
-        }
-        // Claimed now (not by the balancer a moment later) so the deploy's answer and the
-        // first `app ls` show it; a full service CIDR fails the deploy cleanly.
-        if let Err(err) = parts.vips.ensure(&spec.name).await {
-            let _ = parts.state.delete_app(&spec.name).await;
-            return Err(ApiError::new(ErrorKind::Unavailable, err.to_string()));
+        {
+            let _node = self.inner.locks.node().await;
+            self.check_fits(&spec).await?;
+            if !parts.state.create_app(&spec).await? {
+                return Err(ApiError::conflict(format!(
+                    "app {} was created concurrently",
+                    spec.name
+                )));
+            }
+            // Claimed now (not by the balancer a moment later) so the deploy's answer and the
+            // first `app ls` show it; a full service CIDR fails the deploy cleanly.
+            if let Err(err) = parts.vips.ensure(&spec.name).await {
+                let _ = parts.state.delete_app(&spec.name).await;
+                return Err(ApiError::new(ErrorKind::Unavailable, err.to_string()));
+            }
         }
         match self.converge_app(&spec, generation_done(&spec)).await {
             Ok(records) => {
@@ -215,7 +218,7 @@ impl AgentService {
 
     pub async fn scale(&self, name: &str, replicas: i64) -> Result<proto::ActionReply, ApiError> {
         let replicas = validate::replicas(replicas)?;
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.app(name).await;
         let (mut app, revision) = self.existing_app(name).await?;
         self.check_no_rollout(name).await?;
         let before = app.replicas;
@@ -243,7 +246,7 @@ impl AgentService {
         let name = &request.name;
         let deadline_ms = rollout_timeout(&request.rollout_timeout)?;
         validate::parallel(request.parallel)?;
-        let change = self.inner.changes.lock().await;
+        let change = self.inner.locks.app(name).await;
         let (mut app, revision) = self.existing_app(name).await?;
         self.check_no_rollout(name).await?;
         let previous = app.clone();
@@ -394,7 +397,7 @@ impl AgentService {
 
     /// Stops and removes every container, then forgets the app. Its volumes are kept.
     pub async fn remove_app(&self, name: &str) -> Result<proto::ActionReply, ApiError> {
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.app(name).await;
         let (app, _) = self.existing_app(name).await?;
         let before = self.app_records(name).await?.len();
         self.parts().state.delete_app(name).await?;
@@ -477,6 +480,14 @@ impl AgentService {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Everything the spec refers to or takes that other apps and the store decide: its
+    /// volumes and secrets exist, its host ports and service name are free.
+    pub(super) async fn check_fits(&self, spec: &AppSpec) -> Result<(), ApiError> {
+        self.check_volumes_exist(spec).await?;
+        self.check_secrets_exist(spec).await?;
+        self.check_no_clash(spec).await
     }
 
     pub(super) async fn check_volumes_exist(&self, spec: &AppSpec) -> Result<(), ApiError> {

@@ -36,7 +36,7 @@ impl AgentService {
             ));
         }
         // No deploy, scale or removal while the node's store is about to change under it.
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.everything().await;
         Ok(self
             .parts()
             .cluster

@@ -8,6 +8,7 @@ mod containers;
 mod convert;
 mod events;
 mod exec;
+mod locks;
 mod metrics;
 mod monitor;
 mod policies;
@@ -66,10 +67,8 @@ pub struct Parts {
 struct Inner {
     parts: Parts,
     started: Instant,
-    /// Deploys, scales, restarts and removals run one at a time: each is a read-check-write
-    /// of the desired state followed by a convergence, and interleaving two would make their
-    /// results (and error messages) depend on timing.
-    changes: tokio::sync::Mutex<()>,
+    /// Which changes wait for which (see [`locks`]).
+    locks: locks::ChangeLocks,
 }
 
 impl AgentService {
@@ -78,7 +77,7 @@ impl AgentService {
             inner: Arc::new(Inner {
                 parts,
                 started: Instant::now(),
-                changes: tokio::sync::Mutex::new(()),
+                locks: locks::ChangeLocks::default(),
             }),
         }
     }

@@ -46,7 +46,7 @@ impl AgentService {
         let parsed =
             policy::parse_sources(sources.iter().map(|s| (s.name.as_str(), s.yaml.as_str())))
                 .map_err(|errors| ApiError::invalid(format!("nothing applied:\n{errors}")))?;
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.node().await;
         let plan = self
             .plan_policies(&parsed, sources, &BTreeSet::new())
             .await?;
@@ -158,7 +158,7 @@ impl AgentService {
     }
 
     pub async fn remove_policy(&self, name: &str) -> Result<proto::ActionReply, ApiError> {
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.node().await;
         self.existing_policy(name).await?;
         let parts = self.parts();
         parts.state.delete_policy(name).await?;

@@ -71,8 +71,8 @@ impl AgentService {
     pub async fn remove_secret(&self, name: &str) -> Result<proto::ActionReply, ApiError> {
         validate::name("secret name", name)?;
         let state = &self.parts().state;
-        // Deploys check the secret exists under the same lock.
-        let _change = self.inner.changes.lock().await;
+        // Deploys and updates check the secret exists under the same lock.
+        let _change = self.inner.locks.node().await;
         if state.secret(name).await?.is_none() {
             return Err(ApiError::not_found(format!("no secret named {name}")));
         }

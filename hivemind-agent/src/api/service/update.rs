@@ -27,7 +27,7 @@ impl AgentService {
     ) -> Result<proto::DeployResult, ApiError> {
         let deadline_ms = super::apps::rollout_timeout(&request.rollout_timeout)?;
         validate::parallel(request.parallel)?;
-        let change = self.inner.changes.lock().await;
+        let change = self.inner.locks.app(&request.name).await;
         let (current, revision) = self.existing_app(&request.name).await?;
         self.check_no_rollout(&current.name).await?;
         let next = apply(&current, &request)?;
@@ -48,7 +48,7 @@ impl AgentService {
         rollout: RolloutSettings,
         progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<proto::DeployResult, ApiError> {
-        let change = self.inner.changes.lock().await;
+        let change = self.inner.locks.app(&next.name).await;
         let (current, revision) = self.existing_app(&next.name).await?;
         self.check_no_rollout(&current.name).await?;
         next.generation = current.generation;
@@ -58,26 +58,24 @@ impl AgentService {
     }
 
     /// From `current` to `next`: in place when no new containers are needed, else a
-    /// health-gated rollout. `change` is the agent's change lock, held until the rollout is
-    /// recorded.
+    /// health-gated rollout. `change` is the app's lock, held until the rollout is recorded.
     async fn roll_to(
         &self,
-        change: tokio::sync::MutexGuard<'_, ()>,
+        change: super::locks::AppChange,
         current: AppSpec,
         revision: u64,
         mut next: AppSpec,
         rollout: RolloutSettings,
         progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<proto::DeployResult, ApiError> {
-        // What the store can refuse, before the network is asked for anything.
-        self.check_volumes_exist(&next).await?;
-        self.check_secrets_exist(&next).await?;
+        // What the store can refuse, before the registry is asked for anything; asked again
+        // under the node's lock below, where the change is stored.
+        self.check_fits(&next).await?;
         let image = self
             .pull(&next.image, rollout.force_pull, progress.as_ref())
             .await?;
         next.image.clone_from(&image.name);
         self.check_image_settings(&mut next, &image).await?;
-        self.check_no_clash(&next).await?;
 
         let changed = changes(&current, &next);
         let records = self.current_records(&current).await?;
@@ -89,6 +87,8 @@ impl AgentService {
             ));
         }
         next.updated_at_ms = now_ms();
+        let node = self.inner.locks.node().await;
+        self.check_fits(&next).await?;
         if !needs_new_containers(&current, &next) {
             if !self.parts().state.update_app(&next, revision).await? {
                 return Err(ApiError::conflict(format!(
@@ -96,7 +96,7 @@ impl AgentService {
                     next.name
                 )));
             }
-            drop(change);
+            drop((node, change));
             let records = self
                 .converge_app(&next, super::apps::generation_done(&next))
                 .await?;
@@ -116,7 +116,7 @@ impl AgentService {
             rollout.deadline_ms,
         );
         self.begin_rollout(&next, revision, &rollout).await?;
-        drop(change); // the rollout is recorded: a second one is refused, not queued
+        drop((node, change)); // the rollout is recorded: a second one is refused, not queued
         self.follow_rollout(&next, progress.as_ref()).await?;
         let records = self.current_records(&next).await?;
         Ok(result(

@@ -67,7 +67,7 @@ impl AgentService {
     pub async fn remove_volume(&self, name: &str) -> Result<proto::ActionReply, ApiError> {
         validate::name("volume name", name)?;
         let parts = self.parts();
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.locks.node().await;
         if parts.state.volume(name).await?.is_none() {
             return Err(ApiError::not_found(format!("no volume named {name}")));
         }

@@ -1,6 +1,8 @@
 //! `deploy`: how long `hivemind app deploy` takes to get a container running (image already
 //! present), next to `ctr run -d` of the same image on the same containerd; and `hivemind app
-//! scale` 0→20 (and back) next to 20 `ctr run -d`, 8 at a time (the agent's own parallelism).
+//! scale` 0→20 (and back) next to 20 `ctr run -d`, 8 at a time (the agent's own parallelism);
+//! and what a slow pull of one app (a registry that answers each request a second late)
+//! costs a concurrent `app scale` of another: nothing, when no lock is held across a pull.
 //!
 //! Topology: [`SingleNode`] — a namespace holding the harness registry (127.0.0.1:5000) and
 //! the release agent; a private containerd. The agent's containers live in containerd
@@ -38,6 +40,40 @@ const DEPLOY: &str = "deploy → running (1 container)";
 const SCALE_UP: &str = "scale 0→20 (ctr: 20 × run -d, 8 at a time)";
 const SCALE_DOWN: &str = "scale 20→0 (ctr: 20 × tasks rm -f, 8 at a time)";
 const ROUND_TRIP: &str = "client round trip (hivemind health; ctr version)";
+const SCALE_BESIDE_PULL: &str = "scale 0→1 of another app";
+/// The slow registry: a proxy in the node's namespace in front of the harness registry that
+/// holds every request for [`SLOW_REQUEST`] before passing it on.
+const SLOW_REGISTRY: &str = "127.0.0.1:5001";
+const SLOW_REQUEST: &str = "1.0";
+const SLOW_PROXY: &str = r"
+import socket, sys, threading, time
+port, upstream, delay = int(sys.argv[1]), sys.argv[2].split(':'), float(sys.argv[3])
+def pipe(src, dst, late):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            if late:
+                time.sleep(delay)
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(('127.0.0.1', port))
+server.listen(64)
+while True:
+    client, _ = server.accept()
+    up = socket.create_connection((upstream[0], int(upstream[1])))
+    threading.Thread(target=pipe, args=(client, up, True), daemon=True).start()
+    threading.Thread(target=pipe, args=(up, client, False), daemon=True).start()
+";
 
 fn run(options: &Options) -> Report {
     let reps = options.reps(10, 3);
@@ -53,6 +89,7 @@ fn run(options: &Options) -> Report {
 
     let node = SingleNode::start_with(&AgentOptions {
         log_filter: Some("info".to_owned()),
+        insecure_registries: vec![SLOW_REGISTRY.to_owned()],
         ..AgentOptions::default()
     });
     let bench = Deploy { node: &node };
@@ -119,6 +156,7 @@ fn run(options: &Options) -> Report {
         table.rows[2].cells[variant].push(ms(down));
     });
 
+    let beside = bench.scale_beside_a_slow_pull(scale_reps.max(3), &mut report);
     let ratio = table.ratio(DEPLOY, 1).unwrap_or(f64::NAN);
     let rounds = table.paired_ratios(DEPLOY, 1).unwrap_or_default();
     report.target(
@@ -144,8 +182,18 @@ fn run(options: &Options) -> Report {
         "hivemind does more per container than `ctr run -d`: a store record written before and after (redb, fsync), a placement written to the store, its own network namespace with a veth pair, an address from IPAM and a datapath endpoint (about 50 ms: see the datapath bench's plumbing note), /etc/hosts, /etc/hostname and /etc/resolv.conf, a seccomp profile and Docker's capability set, stdout to a file, and a reconcile pass over every app".to_owned(),
         "20→0 stops every container with SIGTERM (then SIGKILL after a 1 s grace period, which httpd does not need) and removes it; `ctr tasks rm -f` sends SIGKILL at once, so that column is for information only".to_owned(),
     ];
-    report.tables.push(table);
+    report.tables.extend([table, beside]);
     report
+}
+
+/// The slow registry's process, killed when the bench is done with it.
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 struct Deploy<'a> {
@@ -270,6 +318,105 @@ impl Deploy<'_> {
         let down = scale("0");
         assert_eq!(count(), 0, "running fleet containers after scale down");
         (up, down)
+    }
+
+    /// Times `app scale` 0→1 of one app alone and while another app's deploy pulls through
+    /// the slow registry (started first, still pulling when the scale returns).
+    fn scale_beside_a_slow_pull(&self, rounds: usize, report: &mut Report) -> Table {
+        let mut table = Table::new(
+            "a concurrent slow pull (ms, median of rounds)",
+            &["alone", "during another app's pull (about 5 s)"],
+        );
+        table.row(SCALE_BESIDE_PULL, "ms", Better::Lower);
+        let _proxy = Proxy(
+            self.node
+                .netns
+                .command("python3")
+                .args(["-c", SLOW_PROXY, "5001", "127.0.0.1:5000", SLOW_REQUEST])
+                .spawn()
+                .expect("python3 runs the slow registry"),
+        );
+        std::thread::sleep(Duration::from_millis(300)); // the proxy binds
+        let slow_image = self.node.image.replacen("127.0.0.1:5000", SLOW_REGISTRY, 1);
+        ensure_ok(
+            "deploy the app to scale, with 0 replicas",
+            &self.node.agent.cli(&[
+                "app",
+                "deploy",
+                "--image",
+                &self.node.image,
+                "--name",
+                "beside",
+                "--replicas",
+                "0",
+                "--stop-timeout",
+                STOP_TIMEOUT,
+            ]),
+        );
+        let scale = |replicas: &str| {
+            let start = Instant::now();
+            let out =
+                self.node
+                    .agent
+                    .cli(&["app", "scale", "--name", "beside", "--replicas", replicas]);
+            ensure_ok("hivemind app scale", &out);
+            start.elapsed()
+        };
+        interleave(rounds, 2, |_, variant| {
+            let elapsed = if variant == 0 {
+                scale("1")
+            } else {
+                let mut pull = self.node.agent.cli_command(&[
+                    "app",
+                    "deploy",
+                    "--image",
+                    &slow_image,
+                    "--name",
+                    "slowpoke",
+                    "--pull",
+                    "--stop-timeout",
+                    STOP_TIMEOUT,
+                ]);
+                let mut pulling = pull
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("hivemind app deploy");
+                std::thread::sleep(Duration::from_secs(1)); // well into the pull
+                let elapsed = scale("1");
+                assert!(
+                    pulling.try_wait().ok().flatten().is_none(),
+                    "the slow pull ended before the scale did: slow it down"
+                );
+                let status = pulling.wait().expect("the slow deploy");
+                assert!(
+                    status.success(),
+                    "the deploy through the slow registry failed"
+                );
+                ensure_ok(
+                    "hivemind app rm slowpoke",
+                    &self.node.agent.cli(&["app", "rm", "--name", "slowpoke"]),
+                );
+                elapsed
+            };
+            table.rows[0].cells[variant].push(ms(elapsed));
+            ensure_ok(
+                "scale back to 0",
+                &self
+                    .node
+                    .agent
+                    .cli(&["app", "scale", "--name", "beside", "--replicas", "0"]),
+            );
+        });
+        let added = table.median(SCALE_BESIDE_PULL, 1).unwrap_or(f64::NAN)
+            - table.median(SCALE_BESIDE_PULL, 0).unwrap_or(f64::NAN);
+        report.target(
+            "a slow pull delays another app's scale by",
+            "< 100 ms",
+            format!("{added:.0} ms (median with the pull in flight minus median alone)"),
+            added < 100.0,
+        );
+        table
     }
 
     /// 20 `ctr run -d`, 8 at a time, then 20 `ctr tasks rm -f` + `containers rm`, 8 at a time.
