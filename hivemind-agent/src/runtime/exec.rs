@@ -50,13 +50,7 @@ impl Runtime {
             .await
             .map_err(|status| self.call_error("exec in", id, &status))?;
         let outcome = async {
-            tasks
-                .start(self.request(StartRequest {
-                    container_id: id.into(),
-                    exec_id: exec_id.into(),
-                }))
-                .await
-                .map_err(|status| self.call_error("start an exec in", id, &status))?;
+            self.start_exec(id, exec_id).await?;
             let mut waiter = tasks.clone();
             let wait = waiter.wait(self.request(WaitRequest {
                 container_id: id.into(),
@@ -98,6 +92,18 @@ impl Runtime {
             .get("process")
             .cloned()
             .unwrap_or_else(|| serde_json::json!({ "cwd": "/" })))
+    }
+
+    /// Starts an exec'd process containerd has created.
+    pub(super) async fn start_exec(&self, id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        TasksClient::new(self.channel.clone())
+            .start(self.request(StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            }))
+            .await
+            .map(drop)
+            .map_err(|status| self.call_error("start an exec in", id, &status))
     }
 
     /// Kills an exec'd process (best effort: it may have exited already).

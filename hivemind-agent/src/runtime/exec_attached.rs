@@ -5,8 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use containerd_client::services::v1::{
-    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, WaitRequest,
-    tasks_client::TasksClient,
+    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, WaitRequest, tasks_client::TasksClient,
 };
 use tokio::{io::AsyncWriteExt as _, net::unix::pipe, sync::mpsc};
 
@@ -150,14 +149,7 @@ impl Runtime {
                 }))
                 .await
                 .map_err(|status| self.call_error("exec in", id, &status))?;
-            tasks
-                .start(self.request(StartRequest {
-                    container_id: id.into(),
-                    exec_id: exec_id.into(),
-                }))
-                .await
-                .map_err(|status| self.call_error("start an exec in", id, &status))?;
-            Ok(())
+            self.start_exec(id, exec_id).await
         }
         .await;
         if started.is_err() {
